@@ -1,0 +1,38 @@
+# GPU users: make demo TORCH="torch==<version>" (with their CUDA index configured in pip).
+TORCH ?= torch==2.13.0
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test install install-test benchmarks clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/concept-tracker demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+benchmarks: $(VENV)/.installed-test
+	$(PY) benchmarks/transforms.py
+	$(PY) benchmarks/engine.py
+	$(PY) benchmarks/and_or.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

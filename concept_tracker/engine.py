@@ -1,0 +1,375 @@
+"""The interaction engine: masked forwards over every coalition, then the transforms.
+
+``compute_interactions`` enumerates the ``2**n`` coalitions of every sample, builds masked
+inputs in chunks of rows, runs the model without gradients and in eval mode, reads one value per
+row and turns the values into AND / OR interactions. The model, its training flags, grad mode and
+every RNG are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .interactions import KINDS, Interactions
+from .players import Players
+from .transforms import MAX_PLAYERS, and_transform, coalition_matrix, or_transform
+from .values import ValueFn, needs_target, predicted_targets, resolve_value, value_name
+
+Inputs = Any
+"""A batch: a Tensor [B, ...] or a mapping of tensors [B, ...] (Hugging Face style)."""
+
+# Rows per chunk on CPU are sized so one chunk holds about this many input elements.
+_CPU_CHUNK_ELEMENTS = 1 << 19
+_MAX_AUTO_ROWS = 4096
+# Float64 copies of the [B, 2**n] tensors alive at once (values, effects, transform scratch).
+_RESULT_COPIES = 6
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Run a block in eval mode and restore everything training depends on afterwards.
+
+    Restores every module's ``training`` flag, grad mode, and the RNG states of torch (CPU and
+    every initialised CUDA device), numpy and ``random``, so that tracking leaves no trace on
+    the run it observes.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    grad_mode = torch.is_grad_enabled()
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    np_rng = np.random.get_state()
+    py_rng = random.getstate()
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+        torch.set_grad_enabled(grad_mode)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        np.random.set_state(np_rng)
+        random.setstate(py_rng)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def batch_size_of(inputs: Inputs) -> int:
+    """Number of samples ``B`` in a batch (Tensor [B, ...] or mapping of [B, ...] tensors)."""
+    if isinstance(inputs, Tensor):
+        if inputs.dim() == 0:
+            raise ValueError("inputs is a scalar; pass a batch [B, ...] of samples.")
+        return inputs.shape[0]
+    if isinstance(inputs, Mapping):
+        sizes = {k: v.shape[0] for k, v in inputs.items() if isinstance(v, Tensor)}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise ValueError(
+                f"inputs must hold tensors with one common batch dimension; got sizes {sizes}."
+            )
+        return next(iter(sizes.values()))
+    raise ValueError(
+        f"inputs has type {type(inputs).__name__}; pass a Tensor [B, ...] or a dict of tensors "
+        "[B, ...] (Hugging Face style)."
+    )
+
+
+def to_device(inputs: Inputs, device: torch.device) -> Inputs:
+    """The batch with every tensor on ``device`` (non-tensor entries of a mapping dropped)."""
+    if isinstance(inputs, Tensor):
+        return inputs.to(device)
+    return {k: v.to(device) for k, v in inputs.items() if isinstance(v, Tensor)}
+
+
+def split_samples(inputs: Inputs) -> list[Any]:
+    """The batch as a list of samples without the batch dimension."""
+    size = batch_size_of(inputs)
+    if isinstance(inputs, Tensor):
+        return list(inputs.unbind(0))
+    return [{k: v[b] for k, v in inputs.items()} for b in range(size)]
+
+
+def _concat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+    return {k: torch.cat([p[k] for p in parts], 0) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    return model(**batch) if isinstance(batch, Mapping) else model(batch)
+
+
+def _row_elements(sample: Any) -> int:
+    if isinstance(sample, Tensor):
+        return max(sample.numel(), 1)
+    return max(sum(v.numel() for v in sample.values()), 1)
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _auto_rows(model: nn.Module, sample: Any, device: torch.device, total: int) -> int:
+    """Rows per chunk: an element budget on CPU; measured peak memory per row on CUDA."""
+    if device.type != "cuda":
+        return max(1, min(total, _MAX_AUTO_ROWS, _CPU_CHUNK_ELEMENTS // _row_elements(sample)))
+    probe_rows = min(total, 16)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        _call(model, _replicate(sample, probe_rows))
+    per_row = max((torch.cuda.max_memory_allocated(device) - before) / probe_rows, 1.0)
+    free = torch.cuda.mem_get_info(device)[0]
+    return max(1, min(total, int(0.5 * free / per_row)))
+
+
+def _replicate(sample: Any, rows: int) -> Any:
+    if isinstance(sample, Tensor):
+        return sample[None].expand(rows, *sample.shape)
+    return {k: v[None].expand(rows, *v.shape) for k, v in sample.items() if k != "word_ids"}
+
+
+def _plan(num_samples: int, n: int, rows: int) -> list[list[tuple[int, int, int]]]:
+    """Chunks of at most ``rows`` rows; each chunk is a list of (sample, first, stop) pieces
+    over the coalition index range of that sample."""
+    per = 1 << n
+    chunks, current, filled = [], [], 0
+    for b in range(num_samples):
+        start = 0
+        while start < per:
+            take = min(per - start, rows - filled)
+            current.append((b, start, start + take))
+            filled += take
+            start += take
+            if filled == rows:
+                chunks.append(current)
+                current, filled = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _check_finite(vals: Tensor, pieces: list[tuple[int, int, int]]) -> None:
+    if torch.isfinite(vals).all():
+        return
+    bad = int((~torch.isfinite(vals)).nonzero()[0, 0])
+    offset = 0
+    for b, start, stop in pieces:
+        if bad < offset + stop - start:
+            raise ValueError(
+                f"the model's value is {vals[bad].item()} for sample {b}, coalition "
+                f"{start + bad - offset} (bitmask of kept players); check the players' baselines "
+                "(a masked input the model cannot handle) and the model for NaN/inf outputs."
+            )
+        offset += stop - start
+
+
+def coalition_values(
+    model: nn.Module,
+    samples: list[Any],
+    players: Players,
+    targets: Tensor | None,
+    value_fn: ValueFn,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> Tensor:
+    """v(S) for every sample and coalition. Call inside :func:`preserved_state`.
+
+    Args:
+        samples: B samples (no batch dimension) on the model's device.
+        targets: [B] int64 target per sample, or None for value functions that read none.
+        value_fn: ``f(outputs, target[M]) -> Tensor[M]``.
+        batch_size: rows per forward; None sizes it from the input size (CPU) or free memory (CUDA).
+    Returns:
+        [B, 2**n] float64 values on the model's device.
+    """
+    n = players.n
+    device = model_device(model)
+    per = 1 << n
+    total = len(samples) * per
+    coalitions = coalition_matrix(n, device)
+    rows = batch_size or _auto_rows(model, samples[0], device, total)
+    out = torch.empty(len(samples), per, dtype=torch.float64, device=device)
+    warned = False
+    done = 0
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, disable=not show_progress, desc="coalitions", unit="row") as bar:
+        while done < total:
+            # Re-plan from the first unfinished row: after an OOM the chunk size changes.
+            remaining = _plan_from(len(samples), n, rows, done)
+            try:
+                for pieces in remaining:
+                    parts = [players.mask(samples[b], coalitions[s:e]) for b, s, e in pieces]
+                    tgt = None
+                    if targets is not None:
+                        tgt = torch.cat([targets[b].expand(e - s) for b, s, e in pieces])
+                    with torch.inference_mode():
+                        vals = value_fn(_call(model, _concat(parts)), tgt)
+                    vals = vals.reshape(-1).to(torch.float64)
+                    _check_finite(vals, pieces)
+                    offset = 0
+                    for b, s, e in pieces:
+                        out[b, s:e] = vals[offset : offset + e - s]
+                        offset += e - s
+                    done += offset
+                    bar.update(offset)
+            except torch.cuda.OutOfMemoryError:
+                if rows == 1:
+                    raise
+                rows = max(1, rows // 2)
+                torch.cuda.empty_cache()
+                if not warned:
+                    warnings.warn(f"CUDA out of memory in compute_interactions; retrying with batch_size={rows}.", stacklevel=3)
+                    warned = True
+    return out
+
+
+def _plan_from(num_samples: int, n: int, rows: int, done: int) -> list[list[tuple[int, int, int]]]:
+    per = 1 << n
+    first = done // per
+    chunks = _plan(num_samples - first, n, rows) if done % per == 0 else None
+    if chunks is not None:
+        return [[(b + first, s, e) for b, s, e in c] for c in chunks]
+    # Mid-sample resume: finish the partly done sample, then plan the rest.
+    head, start = [], done % per
+    while start < per:
+        stop = min(per, start + rows)
+        head.append([(first, start, stop)])
+        start = stop
+    tail = _plan(num_samples - first - 1, n, rows)
+    return head + [[(b + first + 1, s, e) for b, s, e in c] for c in tail]
+
+
+def default_targets(model: nn.Module, samples: list[Any], players: Players) -> Tensor:
+    """The model's predicted class on each unmasked sample. Call inside :func:`preserved_state`.
+
+    Returns:
+        [B] int64.
+    """
+    with torch.inference_mode():
+        preds = [predicted_targets(_call(model, players.model_inputs(s)))[0] for s in samples]
+    return torch.stack(preds).clone()
+
+
+def _check_memory(num_samples: int, n: int, device: torch.device) -> None:
+    needed = _RESULT_COPIES * 8 * num_samples * (1 << n)
+    available = _available_bytes(device)
+    if needed > available:
+        raise ValueError(
+            f"{num_samples} samples x 2**{n} coalitions need about {needed / 2**30:.1f} GiB for "
+            f"values and effects, but {device} has {available / 2**30:.1f} GiB free; pass fewer "
+            "samples (inputs) or fewer players (n)."
+        )
+
+
+def _resolve_targets(target: Any, num_samples: int, device: torch.device) -> Tensor | None:
+    if target is None:
+        return None
+    t = torch.as_tensor(target, device=device).long().reshape(-1)
+    if t.numel() == 1:
+        return t.expand(num_samples).clone()
+    if t.numel() != num_samples:
+        raise ValueError(f"target has {t.numel()} entries for {num_samples} samples; give one per sample or one int.")
+    return t
+
+
+def compute_interactions(
+    model: nn.Module,
+    inputs: Inputs,
+    players: Players,
+    target: int | Tensor | None = None,
+    value: str | ValueFn = "log_odds",
+    kind: str = "and",
+    batch_size: int | None = None,
+    show_progress: bool = False,
+    and_or: Any = None,
+    warm_start: Interactions | None = None,
+) -> Interactions:
+    """Interactions between the players of every sample.
+
+    Runs ``B * 2**n`` masked forwards in chunks of ``batch_size`` rows under
+    ``torch.inference_mode()`` with the model in eval mode, on the model's device, and restores
+    training flags, grad mode and RNG states afterwards.
+
+    Args:
+        model: any ``nn.Module``; called as ``model(x)`` or ``model(**inputs)`` for dict inputs.
+        inputs: Tensor [B, ...] or a dict of tensors [B, ...] (Hugging Face style).
+        players: how each sample splits into n players and how a coalition masks it.
+        target: [B] or one int target class; None = the model's prediction on each sample.
+        value: "log_odds" (default), "logit", "log_prob", "output" or ``f(outputs, target)``.
+        kind: "and", "or" or "and_or" (sparse AND-OR decomposition, see ``and_or``).
+        batch_size: rows per forward; None sizes it automatically. On CUDA out-of-memory the
+            chunk is halved and retried (with one warning).
+        show_progress: a tqdm bar over the rows.
+        and_or: ``AndOrConfig`` for kind "and_or" (None = defaults).
+        warm_start: an earlier "and_or" result on the same samples whose gamma and q start the solver.
+    Returns:
+        :class:`Interactions` with ``outputs`` [B, 2**n] and the effects of ``kind``, on the
+        model's device.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; use one of {list(KINDS)}.")
+    value_fn = resolve_value(value)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int or None.")
+    if not isinstance(players, Players):
+        raise ValueError(f"players has type {type(players).__name__}; pass a concept_tracker player kind (TabularPlayers, ...).")
+    num_samples = batch_size_of(inputs)
+    device = model_device(model)
+    batch = to_device(inputs, device)
+    players.prepare(batch)
+    n = players.n
+    if n > MAX_PLAYERS:
+        raise ValueError(f"players give n={n}; at most {MAX_PLAYERS} are supported.")
+    _check_memory(num_samples, n, device)
+    samples = split_samples(batch)
+    targets = _resolve_targets(target, num_samples, device)
+
+    with preserved_state(model):
+        if targets is None and needs_target(value):
+            targets = default_targets(model, samples, players)
+        outputs = coalition_values(model, samples, players, targets, value_fn, batch_size, show_progress)
+
+    names = [players.names(s) for s in samples]
+    common = dict(n=n, kind=kind, targets=targets, value=value_name(value), player_names=names, aligned=players.aligned)
+    if kind == "and":
+        return Interactions(outputs=outputs, and_effects=and_transform(outputs), or_effects=None, **common)
+    if kind == "or":
+        return Interactions(outputs=outputs, and_effects=None, or_effects=or_transform(outputs), **common)
+    from .and_or import decompose
+
+    start = None
+    if warm_start is not None:
+        if warm_start.gamma is None or warm_start.q is None or warm_start.gamma.shape != outputs.shape:
+            raise ValueError(
+                f"warm_start must be an earlier kind='and_or' result on the same {num_samples} "
+                f"samples and n={n} players."
+            )
+        start = (warm_start.gamma.to(device), warm_start.q.to(device))
+    sol = decompose(outputs, and_or, warm_start=start)
+    return Interactions(
+        outputs=outputs, and_effects=sol.and_effects, or_effects=sol.or_effects, gamma=sol.gamma, q=sol.q, **common
+    )

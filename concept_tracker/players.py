@@ -1,0 +1,532 @@
+"""Players: how a sample is split into input variables and how a coalition masks it.
+
+A player kind turns one sample plus a bool coalition matrix ``[M, n]`` (row = coalition,
+column ``i`` set iff player ``i`` is kept) into ``M`` model inputs: the players in the
+coalition keep their values, the others take their baseline value. Parts of the input that
+belong to no player ("background") keep their original values unless stated otherwise.
+
+Tensor players (tabular, image patches, feature masks) share one mechanism: a *player map*
+with the sample's shape (broadcastable) holding the player id of every element, ``-1`` for
+background. Masking is then one gather and one ``torch.where`` per chunk of rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .transforms import MAX_PLAYERS
+
+Sample = Any
+"""One sample: a Tensor without the batch dimension, or a mapping of such tensors (HF style)."""
+
+Baselines = str | float | Tensor
+
+
+def _check_n(n: int, param: str) -> None:
+    if n < 1:
+        raise ValueError(f"{param} gives n={n} players; at least 1 is needed.")
+    if n > MAX_PLAYERS:
+        raise ValueError(
+            f"{param} gives n={n} players; at most {MAX_PLAYERS} are supported "
+            f"(2**n coalitions per sample). Choose fewer players."
+        )
+
+
+def _check_coalitions(coalitions: Tensor, n: int) -> None:
+    if coalitions.dtype != torch.bool or coalitions.dim() != 2 or coalitions.shape[1] != n:
+        raise ValueError(
+            f"coalitions must be a bool tensor [M, {n}]; got {coalitions.dtype} "
+            f"{tuple(coalitions.shape)}."
+        )
+
+
+class Players:
+    """Base of every player kind.
+
+    Attributes:
+        aligned: True when player ``i`` means the same thing in every sample (needed by metrics
+            that compare samples, such as train-test similarity).
+    """
+
+    aligned: bool = True
+
+    @property
+    def n(self) -> int:
+        """Number of players."""
+        raise NotImplementedError
+
+    def prepare(self, inputs: Any) -> None:
+        """Called once with the whole batch before masking (e.g. to bind the input width or
+        compute "mean" baselines when :meth:`fit` was not called). Default: nothing."""
+
+    def mask(self, sample: Sample, coalitions: Tensor) -> Any:
+        """Masked model inputs for one sample.
+
+        Args:
+            sample: one sample (no batch dimension), already on the model's device.
+            coalitions: [M, n] bool; column ``i`` set iff player ``i`` is kept.
+        Returns:
+            ``M`` model inputs batched like the original input (Tensor [M, ...] or a dict).
+        """
+        raise NotImplementedError
+
+    def names(self, sample: Sample) -> list[str]:
+        """The ``n`` player names for this sample (feature names, patch ids, words)."""
+        return [f"p{i}" for i in range(self.n)]
+
+    def model_inputs(self, sample: Sample) -> Any:
+        """One sample as the model takes it, batched to one row (for the unmasked forward)."""
+        if isinstance(sample, Mapping):
+            return {k: v[None] for k, v in sample.items()}
+        return sample[None]
+
+
+class _MapPlayers(Players):
+    """Players defined by a player map over the sample's elements and a baseline tensor."""
+
+    def __init__(self, baselines: Baselines, background_keep: bool = True) -> None:
+        if isinstance(baselines, str) and baselines not in ("zero", "mean"):
+            raise ValueError(
+                f"baselines={baselines!r}; use 'zero', 'mean', a float or a tensor with the "
+                "shape of one sample."
+            )
+        if not isinstance(baselines, (str, float, int, Tensor)):
+            raise ValueError(
+                f"baselines has type {type(baselines).__name__}; use 'zero', 'mean', a float or "
+                "a tensor with the shape of one sample."
+            )
+        self.baselines = baselines
+        self._mean: Tensor | None = None
+        self._background_keep = background_keep
+
+    def fit(self, data: Tensor) -> "_MapPlayers":
+        """Fit the "mean" baseline: the mean sample over ``data`` [N, ...]."""
+        if not isinstance(data, Tensor) or data.dim() < 2:
+            raise ValueError("fit(data) needs a tensor [N, ...] of samples to average.")
+        self._mean = data.float().mean(0).to(data.dtype)
+        return self
+
+    def prepare(self, inputs: Any) -> None:
+        if self.baselines == "mean" and self._mean is None:
+            if not isinstance(inputs, Tensor) or inputs.shape[0] < 2:
+                raise ValueError(
+                    'baselines="mean" needs data: call players.fit(train_data) first, or pass '
+                    "a batch of several samples."
+                )
+            self.fit(inputs)
+
+    def player_map(self, sample: Tensor) -> Tensor:
+        """[...] int64 player id of each element (broadcastable to ``sample``), -1 = background."""
+        raise NotImplementedError
+
+    def baseline(self, sample: Tensor) -> Tensor:
+        """Baseline values broadcastable to ``sample``."""
+        b = self.baselines
+        if isinstance(b, str):
+            if b == "zero":
+                return torch.zeros((), dtype=sample.dtype, device=sample.device)
+            if self._mean is None:
+                raise ValueError('baselines="mean" needs data: call players.fit(train_data) first.')
+            b = self._mean
+        if isinstance(b, (int, float)):
+            return torch.tensor(b, dtype=sample.dtype, device=sample.device)
+        b = b.to(device=sample.device, dtype=sample.dtype)
+        try:
+            torch.broadcast_shapes(b.shape, sample.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"baselines has shape {tuple(b.shape)}, which does not broadcast to one sample "
+                f"of shape {tuple(sample.shape)}; give one value per input element."
+            ) from None
+        return b
+
+    def mask(self, sample: Tensor, coalitions: Tensor) -> Tensor:
+        if not isinstance(sample, Tensor):
+            raise ValueError(
+                f"{type(self).__name__} masks tensors; got a sample of type "
+                f"{type(sample).__name__}. Use TokenPlayers for dict (Hugging Face) inputs."
+            )
+        n = self.n
+        _check_coalitions(coalitions, n)
+        pmap = self.player_map(sample).to(sample.device)
+        idx = torch.where(pmap < 0, n, pmap)
+        keep_bg = torch.full((coalitions.shape[0], 1), self._background_keep, device=sample.device)
+        ext = torch.cat([coalitions.to(sample.device), keep_bg], dim=1)
+        keep = ext[:, idx.reshape(-1)].view(coalitions.shape[0], *idx.shape)
+        return torch.where(keep, sample, self.baseline(sample))
+
+
+class TabularPlayers(_MapPlayers):
+    """Each chosen feature column of a 2-D input ``[B, d]`` is a player.
+
+    Args:
+        features: column indices that become players 0..n-1 (at most 20); None = every column.
+        baselines: "mean" (per-column mean of the data given to :meth:`fit` or of the batch),
+            "zero", a float, or a tensor ``[d]`` (all columns, even when ``features`` picks fewer).
+        names: feature names, either one per input column ``[d]`` or one per player ``[n]``.
+
+    Unchosen columns are background and keep their values.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[int] | None = None,
+        baselines: Baselines = "mean",
+        names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(baselines)
+        if features is not None:
+            features = [int(f) for f in features]
+            _check_n(len(features), "features")
+            if len(set(features)) != len(features) or min(features) < 0:
+                raise ValueError(f"features={features} must be distinct non-negative column indices.")
+        self.features = features
+        self._names = list(names) if names is not None else None
+        self._width: int | None = None
+
+    @property
+    def n(self) -> int:
+        if self.features is not None:
+            return len(self.features)
+        if self._width is None:
+            raise ValueError("TabularPlayers(features=None) learns n from the data; call prepare(inputs) first.")
+        return self._width
+
+    def prepare(self, inputs: Any) -> None:
+        if not isinstance(inputs, Tensor) or inputs.dim() != 2:
+            raise ValueError(
+                f"TabularPlayers needs 2-D inputs [B, d]; got "
+                f"{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}."
+            )
+        d = inputs.shape[1]
+        if self.features is None:
+            _check_n(d, "features=None (every column)")
+        elif max(self.features) >= d:
+            raise ValueError(f"features={self.features} names a column >= d={d}, the input width.")
+        self._width = d
+        super().prepare(inputs)
+
+    def player_map(self, sample: Tensor) -> Tensor:
+        d = sample.shape[-1]
+        pmap = torch.full((d,), -1, dtype=torch.long)
+        cols = self.features if self.features is not None else list(range(d))
+        pmap[cols] = torch.arange(len(cols))
+        return pmap
+
+    def names(self, sample: Sample) -> list[str]:
+        cols = self.features if self.features is not None else list(range(self.n))
+        if self._names is None:
+            return [f"x{c}" for c in cols]
+        if len(self._names) == self.n:
+            return list(self._names)
+        if self._width is not None and len(self._names) == self._width:
+            return [self._names[c] for c in cols]
+        raise ValueError(f"names has {len(self._names)} entries; give one per column or one per player ({self.n}).")
+
+
+class ImagePatchPlayers(_MapPlayers):
+    """An image ``[C, H, W]`` split into a grid of patches; the selected patches are players.
+
+    Patches are numbered row-major: patch ``p`` is at grid row ``p // cols``, column
+    ``p % cols``. Patch rows cover pixel rows ``[r*H//rows, (r+1)*H//rows)`` (columns alike),
+    so ``H`` need not divide evenly.
+
+    ::
+
+        grid=(2, 3)      select=[4, 0, 5] -> players 0, 1, 2 are patches 4, 0, 5
+        +---+---+---+
+        | 0 | 1 | 2 |
+        +---+---+---+
+        | 3 | 4 | 5 |
+        +---+---+---+
+
+    Args:
+        grid: (rows, cols) of the patch grid.
+        select: None = every patch (at most 20); a list = those patch ids, in that order, as
+            players 0..n-1; an int k = k patches drawn without replacement by
+            ``torch.randperm(rows*cols, generator=torch.Generator().manual_seed(seed))[:k]``,
+            sorted by patch id (the same patches in every sample).
+        baselines: "zero", "mean" (mean image of the data given to :meth:`fit` or the batch),
+            a float, or a tensor broadcastable to ``[C, H, W]``.
+        background: "keep" (pixels of unselected patches keep their values) or "baseline"
+            (they always take the baseline).
+        seed: seed of the rule used when ``select`` is an int.
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        select: int | Sequence[int] | None = None,
+        baselines: Baselines = "zero",
+        background: str = "keep",
+        seed: int = 0,
+    ) -> None:
+        if background not in ("keep", "baseline"):
+            raise ValueError(f"background={background!r}; use 'keep' or 'baseline'.")
+        super().__init__(baselines, background_keep=background == "keep")
+        rows, cols = (int(g) for g in grid)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"grid={grid} must be two positive integers (rows, cols).")
+        self.grid = (rows, cols)
+        total = rows * cols
+        if select is None:
+            ids = list(range(total))
+            _check_n(len(ids), f"grid={grid} with select=None (every patch)")
+        elif isinstance(select, int):
+            if not 1 <= select <= total:
+                raise ValueError(f"select={select} must be between 1 and rows*cols={total}.")
+            _check_n(select, f"select={select}")
+            perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+            ids = sorted(perm[:select].tolist())
+        else:
+            ids = [int(p) for p in select]
+            _check_n(len(ids), f"select={list(select)!r}")
+            if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= total:
+                raise ValueError(f"select={ids} must be distinct patch ids in [0, {total}).")
+        self.patches = ids
+        self._maps: dict[tuple[int, int], Tensor] = {}
+
+    @property
+    def n(self) -> int:
+        return len(self.patches)
+
+    def player_map(self, sample: Tensor) -> Tensor:
+        if sample.dim() < 2:
+            raise ValueError(f"ImagePatchPlayers needs images [C, H, W] or [H, W]; got a sample of shape {tuple(sample.shape)}.")
+        h, w = sample.shape[-2:]
+        if (h, w) not in self._maps:
+            rows, cols = self.grid
+            if h < rows or w < cols:
+                raise ValueError(f"grid={self.grid} is finer than the image size {h}x{w}.")
+            r = torch.arange(h) * rows // h
+            c = torch.arange(w) * cols // w
+            patch = r[:, None] * cols + c[None, :]
+            lookup = torch.full((rows * cols,), -1, dtype=torch.long)
+            lookup[self.patches] = torch.arange(self.n)
+            self._maps[(h, w)] = lookup[patch]
+        return self._maps[(h, w)]
+
+    def names(self, sample: Sample) -> list[str]:
+        return [f"p{p}" for p in self.patches]
+
+
+class FeatureMaskPlayers(_MapPlayers):
+    """Captum-style feature mask: an integer group map over one sample's elements.
+
+    Args:
+        feature_mask: int tensor broadcastable to one sample; ids ``0..n-1`` are players (each
+            must occur), ``-1`` is background (keeps its values).
+        baselines: "zero", "mean", a float, or a tensor broadcastable to one sample.
+        names: optional ``n`` player names.
+    """
+
+    def __init__(self, feature_mask: Tensor, baselines: Baselines = "zero", names: Sequence[str] | None = None) -> None:
+        super().__init__(baselines)
+        if not isinstance(feature_mask, Tensor) or feature_mask.is_floating_point():
+            raise ValueError("feature_mask must be an integer tensor of player ids (-1 = background).")
+        fm = feature_mask.long()
+        n = int(fm.max().item()) + 1 if fm.numel() else 0
+        _check_n(n, "feature_mask")
+        present = torch.unique(fm[fm >= 0])
+        if fm.min() < -1 or present.numel() != n:
+            missing = sorted(set(range(n)) - set(present.tolist()))
+            raise ValueError(
+                f"feature_mask must use ids 0..{n - 1} (each at least once) and -1 for background; "
+                f"missing ids {missing}, minimum {int(fm.min())}."
+            )
+        self.feature_mask = fm
+        self._n = n
+        self._names = list(names) if names is not None else None
+        if self._names is not None and len(self._names) != n:
+            raise ValueError(f"names has {len(self._names)} entries; feature_mask defines {n} players.")
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def player_map(self, sample: Tensor) -> Tensor:
+        try:
+            torch.broadcast_shapes(self.feature_mask.shape, sample.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"feature_mask has shape {tuple(self.feature_mask.shape)}, which does not "
+                f"broadcast to one sample of shape {tuple(sample.shape)}."
+            ) from None
+        return self.feature_mask
+
+    def names(self, sample: Sample) -> list[str]:
+        return list(self._names) if self._names is not None else [f"g{i}" for i in range(self.n)]
+
+
+class TokenPlayers(Players):
+    """Words (or tokens) of Hugging Face style inputs are players.
+
+    A sample is a mapping with ``input_ids`` [T] and optionally ``attention_mask``,
+    ``token_type_ids`` and ``word_ids`` [T] (-1 where the fast tokenizer's ``word_ids()`` is
+    None; see :func:`word_ids`). A masked player's tokens become ``mask_token_id``; every other
+    key is repeated unchanged (``attention_mask`` included), ``word_ids`` is not passed to the
+    model. Special tokens and padding are never players and never masked.
+
+    Word grouping (``words=True``): by ``word_ids`` when the sample has them; else, with a
+    tokenizer, a token continues the previous word when it starts with ``##`` (WordPiece) or,
+    for tokenizers that mark word starts with ``▁``/``Ġ``, when it lacks that mark.
+
+    Args:
+        n: number of players per sample; a sample with fewer words raises ValueError.
+        select: "first" (the first n words), "random" (n words drawn with a generator seeded by
+            ``seed`` and the sample's token ids, so a sample keeps its players across steps), or
+            a callable ``f(units: list[list[int]]) -> list[int]`` that picks n unit indices from
+            the candidate words (each a list of token positions).
+        mask_token_id: id of masked tokens; default: the tokenizer's mask token, else pad, else unk.
+        words: group sub-tokens into words (True) or make each token a player (False).
+        skip_special_tokens: keep special tokens out of the players (they are never masked).
+        tokenizer: a Hugging Face tokenizer, for the mask token, special ids and player names.
+        seed: seed for ``select="random"``.
+
+    Token players are chosen per sample, so they are not aligned across samples.
+    """
+
+    aligned = False
+
+    def __init__(
+        self,
+        n: int = 10,
+        select: str | Callable[[list[list[int]]], Sequence[int]] = "first",
+        mask_token_id: int | None = None,
+        words: bool = True,
+        skip_special_tokens: bool = True,
+        tokenizer: Any = None,
+        seed: int = 0,
+    ) -> None:
+        _check_n(int(n), f"n={n}")
+        if not callable(select) and select not in ("first", "random"):
+            raise ValueError(f"select={select!r}; use 'first', 'random' or a callable.")
+        self._n = int(n)
+        self.select = select
+        self._mask_token_id = mask_token_id
+        self.words = words
+        self.skip_special_tokens = skip_special_tokens
+        self.tokenizer = tokenizer
+        self.seed = seed
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def mask_token_id(self) -> int:
+        if self._mask_token_id is not None:
+            return int(self._mask_token_id)
+        tok = self.tokenizer
+        for attr in ("mask_token_id", "pad_token_id", "unk_token_id"):
+            value = getattr(tok, attr, None) if tok is not None else None
+            if value is not None:
+                return int(value)
+        raise ValueError(
+            "TokenPlayers needs mask_token_id, or a tokenizer with a mask, pad or unk token."
+        )
+
+    def _special(self, ids: Tensor) -> Tensor:
+        if self.tokenizer is None or not self.skip_special_tokens:
+            return torch.zeros_like(ids, dtype=torch.bool)
+        special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), device=ids.device)
+        return torch.isin(ids, special)
+
+    def _word_ids(self, sample: Mapping[str, Tensor]) -> list[int]:
+        ids = sample["input_ids"]
+        if "word_ids" in sample:
+            return [int(w) for w in sample["word_ids"].tolist()]
+        if not self.words or self.tokenizer is None:
+            return list(range(ids.shape[0]))
+        tokens = self.tokenizer.convert_ids_to_tokens(ids.tolist())
+        marked = any(t.startswith(("▁", "Ġ")) for t in tokens)
+        word, out = -1, []
+        for t in tokens:
+            starts = t.startswith(("▁", "Ġ")) if marked else not t.startswith("##")
+            if starts or word < 0:
+                word += 1
+            out.append(word)
+        return out
+
+    def units(self, sample: Mapping[str, Tensor]) -> list[list[int]]:
+        """Candidate players of a sample: lists of token positions, in text order."""
+        ids = sample["input_ids"]
+        allowed = ~self._special(ids)
+        if "attention_mask" in sample:
+            allowed &= sample["attention_mask"].bool()
+        wids = self._word_ids(sample)
+        if "word_ids" in sample and self.skip_special_tokens:
+            allowed &= torch.tensor([w >= 0 for w in wids], device=ids.device)
+        allowed_list = allowed.tolist()
+        groups: dict[int, list[int]] = {}
+        for pos, (w, ok) in enumerate(zip(wids, allowed_list)):
+            if ok:
+                groups.setdefault(w if self.words else pos, []).append(pos)
+        return list(groups.values())
+
+    def chosen(self, sample: Mapping[str, Tensor]) -> list[list[int]]:
+        """The n chosen players of a sample (token positions of each)."""
+        units = self.units(sample)
+        if len(units) < self.n:
+            raise ValueError(
+                f"a sample has only {len(units)} {'words' if self.words else 'tokens'} that can be "
+                f"players, fewer than n={self.n}; choose a smaller n or longer probe texts."
+            )
+        if self.select == "first":
+            picked = list(range(self.n))
+        elif self.select == "random":
+            digest = hashlib.sha256(bytes(str(sample["input_ids"].tolist()), "utf8")).digest()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int.from_bytes(digest[:6], "little"))
+            picked = sorted(torch.randperm(len(units), generator=g)[: self.n].tolist())
+        else:
+            picked = [int(i) for i in self.select(units)]
+            if len(picked) != self.n or len(set(picked)) != self.n or not all(0 <= i < len(units) for i in picked):
+                raise ValueError(f"select returned {picked}; it must pick n={self.n} distinct indices into the {len(units)} words.")
+        return [units[i] for i in picked]
+
+    def _check_sample(self, sample: Any) -> None:
+        if not isinstance(sample, Mapping) or "input_ids" not in sample:
+            raise ValueError("TokenPlayers needs dict inputs with 'input_ids' (Hugging Face style).")
+
+    def mask(self, sample: Mapping[str, Tensor], coalitions: Tensor) -> dict[str, Tensor]:
+        self._check_sample(sample)
+        _check_coalitions(coalitions, self.n)
+        ids = sample["input_ids"]
+        pmap = torch.full_like(ids, self.n, dtype=torch.long)
+        for player, positions in enumerate(self.chosen(sample)):
+            pmap[positions] = player
+        m = coalitions.shape[0]
+        ext = torch.cat([coalitions.to(ids.device), torch.ones(m, 1, dtype=torch.bool, device=ids.device)], 1)
+        keep = ext[:, pmap]
+        out = {k: v[None].expand(m, *v.shape) for k, v in sample.items() if k != "word_ids"}
+        out["input_ids"] = torch.where(keep, ids, torch.full_like(ids, self.mask_token_id))
+        return out
+
+    def model_inputs(self, sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self._check_sample(sample)
+        return {k: v[None] for k, v in sample.items() if k != "word_ids"}
+
+    def names(self, sample: Mapping[str, Tensor]) -> list[str]:
+        self._check_sample(sample)
+        chosen = self.chosen(sample)
+        if self.tokenizer is None:
+            return [f"t{positions[0]}" for positions in chosen]
+        ids = sample["input_ids"].tolist()
+        names = []
+        for positions in chosen:
+            pieces = self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions])
+            names.append("".join(p.removeprefix("##").lstrip("▁Ġ") if i else p.lstrip("▁Ġ") for i, p in enumerate(pieces)))
+        return names
+
+
+def word_ids(encoding: Any) -> Tensor:
+    """``word_ids`` of a fast tokenizer's batch encoding as a tensor ``[B, T]`` (-1 for None),
+    ready to add to the inputs as ``inputs["word_ids"]`` for :class:`TokenPlayers`."""
+    batch = encoding["input_ids"].shape[0] if hasattr(encoding["input_ids"], "shape") else len(encoding["input_ids"])
+    rows = [[-1 if w is None else w for w in encoding.word_ids(b)] for b in range(batch)]
+    return torch.tensor(rows, dtype=torch.long)

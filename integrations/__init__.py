@@ -1,0 +1,1 @@
+"""Framework integrations (transformers, accelerate, lightning). The core never imports these."""
