@@ -12,7 +12,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[demo]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
