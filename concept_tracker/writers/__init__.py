@@ -1,0 +1,1 @@
+"""Outputs of the tracker: tag names, the TensorBoard writer and matplotlib figures."""

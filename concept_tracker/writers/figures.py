@@ -1,0 +1,106 @@
+"""Matplotlib figures of concepts: order profile, order x step heat map, trajectories.
+
+Every function builds a ``matplotlib.figure.Figure`` directly (no pyplot, so no global figure
+registry and no GUI backend) and returns it; rendering and writing are the caller's job
+(``writers.tensorboard.figure_image``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..metrics.profile import OrderProfile
+
+
+def concept_label(s: int, names: Sequence[str]) -> str:
+    """Name of coalition ``s`` from its players' names, e.g. ``{p3,p7}`` or ``{not,bad}``.
+
+    Args:
+        s: coalition bitmask (bit ``i`` set iff player ``i`` is in ``S``).
+        names: the ``n`` player names of the sample.
+    """
+    return "{" + ",".join(name for i, name in enumerate(names) if s >> i & 1) + "}"
+
+
+def order_profile_figure(profile: OrderProfile, title: str) -> Figure:
+    """Bars of the positive and negative salient strength of each order.
+
+    Args:
+        profile: per-order statistics (``positive`` and ``negative`` [n + 1]; order 0 is not
+            drawn).
+        title: figure title.
+    """
+    orders = np.arange(1, profile.n + 1)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot()
+    ax.bar(orders, profile.positive[1:].cpu().numpy(), color="tab:red", label="positive A+(m)")
+    ax.bar(orders, profile.negative[1:].cpu().numpy(), color="tab:blue", label="negative A-(m)")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(orders)
+    ax.set_xlabel("order m = |S|")
+    ax.set_ylabel("salient strength per sample")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def order_heatmap_figure(steps: Sequence[int], shares: Tensor) -> Figure:
+    """Order x step heat map of each order's share of the salient strength.
+
+    Args:
+        steps: the T tracked steps (columns, evenly spaced whatever the step gaps).
+        shares: [T, n + 1] share per order at each step (order 0 is not drawn).
+    """
+    data = shares[:, 1:].cpu().numpy().T
+    n = data.shape[0]
+    fig = Figure(figsize=(7, 3.5), dpi=100)
+    ax = fig.add_subplot()
+    image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", vmin=0.0,
+                      extent=(-0.5, len(steps) - 0.5, 0.5, n + 0.5))
+    ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(steps[i]) for i in ticks], rotation=45, fontsize="small")
+    ax.set_yticks(np.arange(1, n + 1))
+    ax.set_xlabel("tracked step")
+    ax.set_ylabel("order m")
+    ax.set_title("share of salient strength by order")
+    fig.colorbar(image, ax=ax, label="share")
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.22, top=0.9)
+    return fig
+
+
+def trajectory_figure(
+    steps: Sequence[int],
+    simple: dict[str, Tensor],
+    complex_: dict[str, Tensor],
+    title: str,
+) -> Figure:
+    """Effects of a few concepts over the tracked steps, simple and complex side by side.
+
+    Args:
+        steps: the T tracked steps (x axis).
+        simple: ``{label: [T] effects}`` of the strongest simple concepts.
+        complex_: ``{label: [T] effects}`` of the strongest complex concepts.
+        title: figure title (which sample, which kind).
+    """
+    fig = Figure(figsize=(10, 3.5), dpi=100)
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, band, series in ((axes[0], "simple", simple), (axes[1], "complex", complex_)):
+        for label, values in series.items():
+            ax.plot(list(steps), values.cpu().numpy(), marker="o", markersize=3, label=label)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        # Schedules are usually log-spaced: a symlog axis keeps the early steps apart.
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_title(f"strongest {band} concepts")
+        ax.set_xlabel("step")
+        if series:
+            ax.legend(loc="upper left", fontsize="x-small")
+    axes[0].set_ylabel("I(S)")
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.82, wspace=0.2)
+    return fig

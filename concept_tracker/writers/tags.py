@@ -1,0 +1,170 @@
+"""Every TensorBoard tag the tracker writes, built in one place.
+
+The scalar tags of SPEC §10 are a contract (``m`` is the order, zero-padded to two digits;
+``kind`` is "and" or "or")::
+
+    concepts/{kind}/order_{m:02d}/count | positive | negative
+    concepts/summary/simple_strength | complex_strength | complex_ratio | num_concepts
+    generalization/order_{m:02d}/train_test_similarity
+    dynamics/order_{m:02d}/detour_ratio
+    dynamics/simple/detour_ratio
+    dynamics/complex/detour_ratio
+    dynamics/sign_flips
+    perf/seconds
+
+Tags beyond the spec (same families, so TensorBoard groups them with the spec's)::
+
+    concepts/summary/medium_strength          salient strength of the medium band
+    dynamics/order_{m:02d}/forgotten           concepts of order m salient once, no longer
+    dynamics/forgotten                         the same over all orders
+    dynamics/order_{m:02d}/emergence_step      mean emergence step of order-m concepts
+    dynamics/high_order_strength               H(t), medium + complex strength (SPEC §8)
+    dynamics/phase_boundary_step               step where smoothed H(t) bottoms out (once found)
+    perf/forwards_per_second                   masked rows per second of the engine
+    perf/skipped_steps                         scheduled steps skipped for max_overhead
+    histograms/{kind}/order_{m:02d}/abs_effect |I(S)| of every S of order m, all probe samples
+    figures/{kind}/order_profile               positive / negative strength per order
+    figures/order_share_heatmap                order x step share of salient strength
+    figures/trajectories                       the strongest simple and complex concepts
+    text/top_concepts                          markdown table of the strongest concepts
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ORDER_STATS = ("count", "positive", "negative")
+SUMMARY_STATS = ("simple_strength", "complex_strength", "complex_ratio", "num_concepts")
+DETOUR_BANDS = ("simple", "complex")
+
+SIGN_FLIPS = "dynamics/sign_flips"
+PERF_SECONDS = "perf/seconds"
+
+MEDIUM_STRENGTH = "concepts/summary/medium_strength"
+FORGOTTEN = "dynamics/forgotten"
+HIGH_ORDER_STRENGTH = "dynamics/high_order_strength"
+PHASE_BOUNDARY = "dynamics/phase_boundary_step"
+FORWARDS_PER_SECOND = "perf/forwards_per_second"
+SKIPPED_STEPS = "perf/skipped_steps"
+HEATMAP_FIGURE = "figures/order_share_heatmap"
+TRAJECTORY_FIGURE = "figures/trajectories"
+TOP_CONCEPTS_TEXT = "text/top_concepts"
+
+
+def _order(m: int) -> str:
+    return f"order_{m:02d}"
+
+
+def concept_order(kind: str, m: int, stat: str) -> str:
+    """``concepts/{kind}/order_{m:02d}/{stat}``; stat in count, positive, negative."""
+    if kind not in ("and", "or") or stat not in ORDER_STATS:
+        raise ValueError(f"kind={kind!r}, stat={stat!r}; use kind 'and'/'or' and stat in {ORDER_STATS}.")
+    return f"concepts/{kind}/{_order(m)}/{stat}"
+
+
+def summary(stat: str) -> str:
+    """``concepts/summary/{stat}``."""
+    if stat not in SUMMARY_STATS:
+        raise ValueError(f"stat={stat!r}; use one of {SUMMARY_STATS}.")
+    return f"concepts/summary/{stat}"
+
+
+def train_test_similarity(m: int) -> str:
+    """``generalization/order_{m:02d}/train_test_similarity``."""
+    return f"generalization/{_order(m)}/train_test_similarity"
+
+
+def detour_ratio(m: int) -> str:
+    """``dynamics/order_{m:02d}/detour_ratio``."""
+    return f"dynamics/{_order(m)}/detour_ratio"
+
+
+def band_detour_ratio(band: str) -> str:
+    """``dynamics/{band}/detour_ratio``; band "simple" or "complex"."""
+    if band not in DETOUR_BANDS:
+        raise ValueError(f"band={band!r}; use one of {DETOUR_BANDS}.")
+    return f"dynamics/{band}/detour_ratio"
+
+
+def forgotten(m: int) -> str:
+    """``dynamics/order_{m:02d}/forgotten``."""
+    return f"dynamics/{_order(m)}/forgotten"
+
+
+def emergence_step(m: int) -> str:
+    """``dynamics/order_{m:02d}/emergence_step``."""
+    return f"dynamics/{_order(m)}/emergence_step"
+
+
+def abs_effect_histogram(kind: str, m: int) -> str:
+    """``histograms/{kind}/order_{m:02d}/abs_effect``."""
+    return f"histograms/{kind}/{_order(m)}/abs_effect"
+
+
+def order_profile_figure(kind: str) -> str:
+    """``figures/{kind}/order_profile``."""
+    return f"figures/{kind}/order_profile"
+
+
+def spec_scalar_tags(n: int, kinds: list[str], generalization: bool) -> list[str]:
+    """Every scalar tag of SPEC §10 written at each tracked step.
+
+    Args:
+        n: number of players (orders 1..n).
+        kinds: effect kinds present, ["and"], ["or"] or ["and", "or"].
+        generalization: True when held-out probes with aligned players are tracked.
+    """
+    orders = range(1, n + 1)
+    tags = [concept_order(k, m, s) for k in kinds for m in orders for s in ORDER_STATS]
+    tags += [summary(s) for s in SUMMARY_STATS]
+    if generalization:
+        tags += [train_test_similarity(m) for m in orders]
+    tags += [detour_ratio(m) for m in orders]
+    tags += [band_detour_ratio(b) for b in DETOUR_BANDS]
+    tags += [SIGN_FLIPS, PERF_SECONDS]
+    return tags
+
+
+def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout (``SummaryWriter.add_custom_scalars``) grouping the charts.
+
+    Each chart overlays every order (tags are matched as regular expressions).
+
+    Returns:
+        ``{category: {chart title: ["Multiline", [tag regex, ...]]}}``.
+    """
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for kind in kinds:
+        layout[f"concepts ({kind.upper()})"] = {
+            f"salient {stat} by order": ["Multiline", [rf"concepts/{kind}/order_\d+/{stat}"]]
+            for stat in ORDER_STATS
+        }
+    layout["concepts (summary)"] = {
+        "strength by band": [
+            "Multiline",
+            [summary("simple_strength"), MEDIUM_STRENGTH, summary("complex_strength")],
+        ],
+        "complex ratio": ["Multiline", [summary("complex_ratio")]],
+        "concepts per sample": ["Multiline", [summary("num_concepts")]],
+    }
+    if generalization:
+        layout["generalization"] = {
+            "train-test similarity by order": [
+                "Multiline",
+                [r"generalization/order_\d+/train_test_similarity"],
+            ]
+        }
+    layout["dynamics"] = {
+        "detour ratio by order": ["Multiline", [r"dynamics/order_\d+/detour_ratio"]],
+        "detour ratio by band": ["Multiline", [band_detour_ratio(b) for b in DETOUR_BANDS]],
+        "sign flips and forgotten concepts": ["Multiline", [SIGN_FLIPS, FORGOTTEN]],
+        "emergence step by order": ["Multiline", [r"dynamics/order_\d+/emergence_step"]],
+        "high-order strength": ["Multiline", [HIGH_ORDER_STRENGTH]],
+        "phase boundary step": ["Multiline", [PHASE_BOUNDARY]],
+    }
+    layout["perf"] = {
+        "seconds per tracked step": ["Multiline", [PERF_SECONDS]],
+        "forwards per second": ["Multiline", [FORWARDS_PER_SECOND]],
+        "skipped steps": ["Multiline", [SKIPPED_STEPS]],
+    }
+    return layout

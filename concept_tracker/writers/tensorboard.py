@@ -1,0 +1,144 @@
+"""A thin TensorBoard writer: lazy, main-process only, and never fatal to training.
+
+Wraps ``torch.utils.tensorboard.SummaryWriter``:
+
+- the event file is opened on the first write, so building a tracker creates nothing;
+- off global rank 0 every call does nothing;
+- a value that cannot be logged is dropped with one warning per tag, never an exception;
+- an existing ``SummaryWriter`` (for example a Lightning ``TensorBoardLogger.experiment``)
+  can be passed in; it is flushed but not closed, since its owner closes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+from ..distributed import is_main_process
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _main_process_only(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: "TensorBoardWriter", *args: Any, **kwargs: Any) -> Any:
+        if is_main_process():
+            return method(self, *args, **kwargs)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def figure_image(fig: Figure) -> np.ndarray:
+    """Render a matplotlib figure with the Agg backend.
+
+    Returns:
+        [H, W, 3] uint8 RGB image.
+    """
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class TensorBoardWriter:
+    """Scalars, histograms, figures, text and a custom layout for one run.
+
+    Args:
+        log_dir: directory of the event file (created on the first write).
+        writer: an open ``SummaryWriter`` to write into instead; it is not closed by
+            :meth:`close`.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, writer: SummaryWriter | None = None) -> None:
+        self.log_dir = str(log_dir)
+        self._writer = writer
+        self._owned = writer is None
+        self._warned: set[str] = set()
+        self._layout_written = False
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The underlying ``SummaryWriter``, opened on first use."""
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
+
+    def _drop(self, tag: str, err: Exception) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            warnings.warn(f"concept_tracker could not log {tag!r} ({err!r}); the value is dropped.", stacklevel=3)
+
+    @_main_process_only
+    def scalar(self, tag: str, value: Any, step: int) -> None:
+        """Log one scalar (a number or a one-element tensor)."""
+        try:
+            self.writer.add_scalar(tag, float(value), global_step=step)
+        except Exception as err:  # a bad value must not stop training
+            self._drop(tag, err)
+
+    def scalars(self, values: dict[str, Any], step: int) -> None:
+        """Log ``{tag: value}`` scalars at one step."""
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    @_main_process_only
+    def histogram(self, tag: str, values: Tensor, step: int) -> None:
+        """Log a histogram of ``values`` (any shape, flattened)."""
+        try:
+            self.writer.add_histogram(tag, values.detach().cpu().reshape(-1), global_step=step)
+        except Exception as err:
+            self._drop(tag, err)
+
+    @_main_process_only
+    def figure(self, tag: str, fig: Figure, step: int) -> None:
+        """Log a matplotlib figure as an image (rendered off-screen with Agg)."""
+        try:
+            self.writer.add_image(tag, figure_image(fig), global_step=step, dataformats="HWC")
+        except Exception as err:
+            self._drop(tag, err)
+
+    @_main_process_only
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Log markdown text (TensorBoard renders tables)."""
+        try:
+            self.writer.add_text(tag, markdown, global_step=step)
+        except Exception as err:
+            self._drop(tag, err)
+
+    @_main_process_only
+    def layout(self, layout: dict[str, dict[str, list[Any]]]) -> None:
+        """Write the custom-scalars layout; later calls on this writer are ignored."""
+        if self._layout_written:
+            return
+        try:
+            self.writer.add_custom_scalars(layout)
+            self._layout_written = True
+        except Exception as err:
+            self._drop("custom_scalars_layout", err)
+
+    @_main_process_only
+    def flush(self) -> None:
+        """Push pending events to disk (no-op before the first write)."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    @_main_process_only
+    def close(self) -> None:
+        """Flush, and close the event file if this object opened it."""
+        if self._writer is None:
+            return
+        if self._owned:
+            self._writer.close()
+            # A later write opens a fresh event file, which needs its own layout.
+            self._writer = None
+            self._layout_written = False
+        else:
+            self._writer.flush()
