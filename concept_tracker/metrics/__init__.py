@@ -1,0 +1,47 @@
+"""Pure metrics on interaction tensors: order profiles, bands, similarity, sensitivity."""
+
+from .profile import (
+    Bands,
+    BandSummary,
+    OrderProfile,
+    band_orders,
+    band_summary,
+    order_profile,
+    salient_mask,
+    stack_effects,
+    sum_by_order,
+)
+from .sensitivity import (
+    AdversarialInconsistency,
+    NoiseSensitivity,
+    adversarial_inconsistency,
+    noise_sensitivity,
+)
+from .similarity import (
+    reference_similarity,
+    similarity,
+    similarity_by_order,
+    stability,
+    train_test_similarity,
+)
+
+__all__ = [
+    "AdversarialInconsistency",
+    "NoiseSensitivity",
+    "adversarial_inconsistency",
+    "noise_sensitivity",
+    "BandSummary",
+    "Bands",
+    "OrderProfile",
+    "band_orders",
+    "band_summary",
+    "order_profile",
+    "reference_similarity",
+    "salient_mask",
+    "similarity",
+    "similarity_by_order",
+    "stability",
+    "stack_effects",
+    "sum_by_order",
+    "train_test_similarity",
+]
