@@ -1,0 +1,367 @@
+"""ConceptTracker end to end on a small MLP with tabular players and the real engine.
+
+Checks: no observer effect (bitwise-identical training), every SPEC §10 tag at exactly the
+tracked steps, histograms / images / custom layout / text, raw safetensors per step equal to
+what was logged, exact resume of the dynamics, the overhead budget, and failure handling.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from torch import nn
+from torch.utils.data import TensorDataset
+from torch.utils.tensorboard import SummaryWriter
+
+from concept_tracker.metrics.profile import order_profile
+from concept_tracker.players import TabularPlayers, TokenPlayers
+from concept_tracker.schedules import at_steps, every
+from concept_tracker.store import list_steps, load_step
+from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker, select_probes
+from concept_tracker.writers import tags
+
+from models import seeded
+
+N_FEATURES = 6
+CLASSES = 3
+
+
+def make_data(size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(size, N_FEATURES, generator=gen)
+    y = (x[:, 0] * x[:, 1] > 0).long() + (x[:, 2] + x[:, 3] > 0.5).long()
+    return x, y
+
+
+def make_model() -> nn.Module:
+    """An MLP with dropout, so training draws from the global RNG."""
+    return seeded(
+        lambda: nn.Sequential(nn.Linear(N_FEATURES, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, CLASSES)),
+        seed=0,
+    )
+
+
+def make_run() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = make_model()
+    return model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+
+
+def train(run: tuple[nn.Module, torch.optim.Optimizer], steps: range, tracker: ConceptTracker | None = None) -> None:
+    """SGD with momentum on random minibatches drawn from the global RNG; the tracker runs
+    after each update."""
+    x, y = make_data()
+    model, opt = run
+    model.train()
+    for step in steps:
+        batch = torch.randint(0, x.shape[0], (16,))
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if tracker is not None:
+            tracker.step(model, step)
+
+
+def probe_sets() -> dict:
+    x, y = make_data()
+    probes = select_probes(x[:64], 9, labels=y[:64], seed=0)
+    held = select_probes(x[64:], 9, labels=y[64:], seed=0)
+    return dict(
+        probe_inputs=probes.inputs,
+        probe_targets=probes.labels,
+        probe_ids=probes.ids,
+        heldout_inputs=held.inputs,
+        heldout_targets=held.labels,
+        heldout_ids=[64 + i for i in held.ids],
+    )
+
+
+def read_events(log_dir) -> EventAccumulator:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def scalars(acc: EventAccumulator) -> dict[str, dict[int, float]]:
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_no_observer_effect(tmp_path):
+    torch.manual_seed(123)
+    plain, _ = run = make_run()
+    train(run, range(12))
+    plain_rng = torch.get_rng_state()
+
+    torch.manual_seed(123)
+    tracked, _ = run = make_run()
+    np_state, py_state = np.random.get_state(), random.getstate()
+    tracker = ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3, 4, 11]), figures=False,
+        strict=True, **probe_sets(),
+    )
+    train(run, range(12), tracker)
+    tracker.close()
+
+    assert tracker.state_dict()["trajectory"]["steps"] == [0, 3, 4, 11]
+    for (name, a), (_, b) in zip(plain.state_dict().items(), tracked.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(torch.get_rng_state(), plain_rng)
+    assert np.array_equal(np.random.get_state()[1], np_state[1]) and random.getstate() == py_state
+    assert tracked.training and all(m.training for m in tracked.modules())
+
+
+def test_tensorboard_and_raw_interactions(tmp_path):
+    steps = [0, 2, 5]
+    sets = probe_sets()
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=at_steps(steps), strict=True, **sets) as tracker:
+        train(make_run(), range(7), tracker)
+    acc = read_events(tmp_path)
+    logged = scalars(acc)
+
+    expected = tags.spec_scalar_tags(N_FEATURES, ["and"], generalization=True)
+    extras = [tags.MEDIUM_STRENGTH, tags.FORGOTTEN, tags.HIGH_ORDER_STRENGTH, tags.FORWARDS_PER_SECOND]
+    extras += [tags.forgotten(m) for m in range(1, N_FEATURES + 1)]
+    extras += [tags.emergence_step(m) for m in range(1, N_FEATURES + 1)]
+    for tag in expected + extras:
+        assert sorted(logged.get(tag, {})) == steps, tag
+    assert "concepts/and/order_06/count" in expected and "dynamics/complex/detour_ratio" in expected
+    # At the first step no concept has moved yet: the detour ratio is undefined (0 / 0).
+    assert math.isnan(logged["dynamics/order_01/detour_ratio"][0])
+    assert logged["dynamics/order_01/detour_ratio"][5] >= 1.0
+    assert all(0.0 <= logged[tags.train_test_similarity(m)][5] <= 1.0 for m in range(1, N_FEATURES + 1))
+
+    for m in range(1, N_FEATURES + 1):
+        assert [e.step for e in acc.Histograms(tags.abs_effect_histogram("and", m))] == steps
+    images = [tags.order_profile_figure("and"), tags.HEATMAP_FIGURE, tags.TRAJECTORY_FIGURE]
+    assert sorted(acc.Tags()["images"]) == sorted(images)
+    for tag in images:
+        assert [e.step for e in acc.Images(tag)] == steps
+        assert acc.Images(tag)[0].encoded_image_string[:4] == b"\x89PNG"
+    table = acc.Tensors(f"{tags.TOP_CONCEPTS_TEXT}/text_summary")
+    assert [e.step for e in table] == steps
+    assert "| rank | sample |" in table[0].tensor_proto.string_val[0].decode()
+
+    layout_events = acc.Tensors("custom_scalars__config__")
+    assert len(layout_events) == 1
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(layout_events[0].tensor_proto.string_val[0])
+    assert "generalization" in [c.title for c in layout.category]
+
+    assert list_steps(tmp_path) == steps and list_steps(tmp_path, "heldout") == steps
+    for step in steps:
+        res, meta = load_step(tmp_path / "interactions" / f"step_{step:08d}.safetensors")
+        assert res.outputs.shape == res.and_effects.shape == (9, 1 << N_FEATURES)
+        assert res.or_effects is None and res.targets.tolist() == sets["probe_targets"].tolist()
+        assert meta["step"] == step and meta["n"] == N_FEATURES and meta["kind"] == "and"
+        assert meta["probe_ids"] == sets["probe_ids"] and meta["value"] == "log_odds"
+        assert res.player_names[0] == [f"x{i}" for i in range(N_FEATURES)]
+        profile = order_profile(res, 0.05, kind="and")
+        for m in range(1, N_FEATURES + 1):
+            for stat in tags.ORDER_STATS:
+                want = float(getattr(profile, stat)[m])
+                assert logged[tags.concept_order("and", m, stat)][step] == pytest.approx(want, rel=1e-6, abs=1e-9)
+        held, held_meta = load_step(tmp_path / "interactions" / "heldout" / f"step_{step:08d}.safetensors")
+        assert held_meta["probe_ids"] == sets["heldout_ids"] and held_meta["split"] == "heldout"
+
+
+def test_resume_continues_dynamics_exactly(tmp_path):
+    schedule = at_steps([0, 1, 2, 4, 6, 7, 9])
+    dynamics = [tags.SIGN_FLIPS, tags.FORGOTTEN, tags.HIGH_ORDER_STRENGTH]
+    dynamics += [tags.band_detour_ratio(b) for b in tags.DETOUR_BANDS]
+    for m in range(1, N_FEATURES + 1):
+        dynamics += [tags.detour_ratio(m), tags.forgotten(m), tags.emergence_step(m)]
+
+    def tracker(log_dir) -> ConceptTracker:
+        return ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=schedule, figures=False, strict=True, **probe_sets())
+
+    torch.manual_seed(5)
+    with tracker(tmp_path / "unbroken") as unbroken:
+        train(make_run(), range(10), unbroken)
+
+    torch.manual_seed(5)
+    model, _ = run = make_run()
+    with tracker(tmp_path / "first") as first:
+        train(run, range(5), first)
+        first.save(tmp_path / "tracker.safetensors")
+    x, _ = make_data()
+    resumed = ConceptTracker(
+        TabularPlayers(), x[:3], log_dir=tmp_path / "second", schedule=schedule, figures=False, strict=True,
+        heldout_inputs=x[64:67],
+    )
+    resumed.load(tmp_path / "tracker.safetensors")
+    assert not resumed.step(model, 4)  # already tracked before the checkpoint
+    with resumed:
+        train(run, range(5, 10), resumed)
+
+    want, got = scalars(read_events(tmp_path / "unbroken")), scalars(read_events(tmp_path / "second"))
+    for tag in dynamics:
+        assert sorted(got[tag]) == [6, 7, 9], tag
+        for step in (6, 7, 9):
+            assert same(got[tag][step], want[tag][step]), (tag, step)
+    assert resumed.state_dict()["trajectory"]["steps"] == [0, 1, 2, 4, 6, 7, 9]
+
+
+def test_overhead_budget_skips_and_reports(tmp_path):
+    tracker = ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path, schedule=every(1), max_overhead=1e-6, figures=False, **probe_sets()
+    )
+    with pytest.warns(UserWarning, match="skipped step 1") as record:
+        with tracker:
+            train(make_run(), range(5), tracker)
+    assert sum("skipped step" in str(w.message) for w in record) == 1
+    logged = scalars(read_events(tmp_path))
+    assert logged[tags.SKIPPED_STEPS] == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
+    assert sorted(logged[tags.PERF_SECONDS]) == [0]
+    assert list_steps(tmp_path) == [0]
+
+
+def test_failures_warn_once_and_training_goes_on(tmp_path):
+    x, y = make_data()
+    broken = TabularPlayers(features=[0, 99])  # no column 99: every tracked step fails
+    tracker = ConceptTracker(broken, x[:4], y[:4], log_dir=tmp_path, schedule=every(2), figures=False)
+    model, _ = run = make_run()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        train(run, range(5), tracker)
+    failures = [w for w in record if "could not track step" in str(w.message)]
+    assert len(failures) == 1 and "features=[0, 99]" in str(failures[0].message)
+
+    torch.manual_seed(0)
+    plain, _ = run = make_run()
+    train(run, range(5))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
+    assert list_steps(tmp_path) == []
+
+    strict = ConceptTracker(broken, x[:4], y[:4], log_dir=tmp_path, schedule=every(2), strict=True)
+    with pytest.raises(ValueError, match="features"):
+        strict.step(model, 0)
+
+
+def test_bad_value_function_warns(tmp_path):
+    x, y = make_data()
+    tracker = ConceptTracker(
+        TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, value=lambda out, t: out.sum(), figures=False
+    )
+    with pytest.warns(UserWarning, match="could not track step 0"):
+        assert not tracker.step(make_model(), 0)
+
+
+def test_targets_default_to_first_predictions_then_stay(tmp_path):
+    x, _ = make_data()
+    model = make_model()
+    model.eval()
+    with torch.no_grad():
+        first = model(x[:8]).argmax(-1)
+    tracker = ConceptTracker(TabularPlayers(), x[:8], log_dir=tmp_path, schedule=every(1), figures=False, strict=True)
+    assert tracker.step(model, 0)
+    with torch.no_grad():
+        model[-1].bias.copy_(torch.tensor([0.0, 0.0, 100.0]))  # now every prediction is class 2
+    assert tracker.step(model, 1)
+    assert tracker.state_dict()["probe"]["targets"].tolist() == first.tolist()
+    res, _ = load_step(tmp_path / "interactions" / "step_00000001.safetensors")
+    assert res.targets.tolist() == first.tolist()
+
+
+def test_each_step_is_tracked_once(tmp_path):
+    x, y = make_data()
+    tracker = ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, schedule=every(1), figures=False)
+    model = make_model()
+    assert tracker.step(model, 0)
+    assert not tracker.step(model, 0)  # e.g. gradient accumulation calls again
+    assert not tracker.step(model, 0)
+    assert tracker.step(model, 1)
+
+
+def test_external_writer_is_left_open(tmp_path):
+    x, y = make_data()
+    writer = SummaryWriter(str(tmp_path))
+    with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path / "raw", writer=writer, figures=False) as tracker:
+        tracker.step(make_model(), 0)
+    writer.add_scalar("user/loss", 1.0, 0)  # still open after the tracker closed
+    writer.close()
+    logged = scalars(read_events(tmp_path))
+    assert "user/loss" in logged and 0 in logged[tags.PERF_SECONDS]
+    assert list_steps(tmp_path / "raw") == [0]
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    import concept_tracker.tracker as tracker_module
+    import concept_tracker.writers.tensorboard as tb_module
+
+    monkeypatch.setattr(tracker_module, "is_main_process", lambda: False)
+    monkeypatch.setattr(tb_module, "is_main_process", lambda: False)
+    x, y = make_data()
+    with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path / "run", strict=True) as tracker:
+        assert tracker.step(make_model(), 0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_schedule():
+    assert DEFAULT_SCHEDULE.to_config() == (
+        {"type": "any", "parts": [
+            {"type": "log_spaced", "start": 0, "stop": 10000, "num": 20},
+            {"type": "every", "n": 1000},
+        ]}
+    )
+    fired = [t for t in range(12001) if DEFAULT_SCHEDULE(t)]
+    assert fired[:8] == [0, 1, 2, 3, 5, 8, 13, 22] and fired[-3:] == [10000, 11000, 12000]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kind="xor"), "kind='xor'"),
+        (dict(max_overhead=1.5), "max_overhead=1.5"),
+        (dict(schedule=5), "schedule has type int"),
+        (dict(value="probability"), "probability"),
+        (dict(ratio=2.0), "ratio=2.0"),
+        (dict(probe_targets=[0, 1]), "probe_targets has 2 entries"),
+        (dict(heldout_targets=[0]), "without heldout_inputs"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(tmp_path, kwargs, match):
+    x, _ = make_data()
+    with pytest.raises(ValueError, match=match):
+        ConceptTracker(TabularPlayers(), x[:4], log_dir=tmp_path, **kwargs)
+
+
+def test_heldout_needs_aligned_players(tmp_path):
+    ids = {"input_ids": torch.ones(2, 6, dtype=torch.long)}
+    with pytest.raises(ValueError, match="aligned"):
+        ConceptTracker(TokenPlayers(n=3), ids, log_dir=tmp_path, heldout_inputs=ids)
+
+
+def test_select_probes_is_stratified_seeded_and_leaves_rng_alone():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    x = torch.arange(100.0)[:, None]
+    state = torch.get_rng_state()
+    probes = select_probes(x, 20, labels=labels, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.bincount(probes.labels).tolist() == [12, 6, 2]
+    assert probes.ids == sorted(probes.ids) and torch.equal(probes.inputs[:, 0].long(), torch.tensor(probes.ids))
+    assert select_probes(x, 20, labels=labels, seed=3).ids == probes.ids
+    assert select_probes(x, 20, labels=labels, seed=4).ids != probes.ids
+
+
+def test_select_probes_from_datasets_and_dicts():
+    x, y = make_data()
+    probes = select_probes(TensorDataset(x, y), 12, seed=0)
+    assert probes.inputs.shape == (12, N_FEATURES) and torch.equal(probes.labels, y[probes.ids])
+    assert torch.bincount(probes.labels, minlength=CLASSES).min() >= 1
+    batch = {"input_ids": torch.arange(40).reshape(10, 4), "attention_mask": torch.ones(10, 4)}
+    picked = select_probes(batch, 3, seed=1)
+    assert picked.labels is None and torch.equal(picked.inputs["input_ids"], batch["input_ids"][picked.ids])
+    with pytest.raises(ValueError, match="k=11"):
+        select_probes(batch, 11)
