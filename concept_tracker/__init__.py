@@ -1,24 +1,59 @@
-"""concept-tracker: watch the interactive concepts a PyTorch model learns while it trains."""
+"""concept-tracker: watch the interactive concepts a PyTorch model learns while it trains.
 
+The core never imports ``concept_tracker.integrations`` (transformers, accelerate, lightning).
+"""
+
+from .dynamics import Trajectory
 from .engine import compute_interactions
 from .interactions import Interactions
+from .metrics import (
+    adversarial_inconsistency,
+    band_orders,
+    band_summary,
+    noise_sensitivity,
+    order_profile,
+    reference_similarity,
+    similarity,
+    similarity_by_order,
+    stability,
+    train_test_similarity,
+)
 from .players import FeatureMaskPlayers, ImagePatchPlayers, Players, TabularPlayers, TokenPlayers, word_ids
+from .schedules import Schedule, at_steps, every, log_spaced
+from .tracker import ConceptTracker, select_probes
 from .transforms import and_inverse, and_transform, or_inverse, or_transform, orders
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConceptTracker",
     "FeatureMaskPlayers",
     "ImagePatchPlayers",
     "Interactions",
     "Players",
+    "Schedule",
     "TabularPlayers",
     "TokenPlayers",
+    "Trajectory",
+    "adversarial_inconsistency",
     "and_inverse",
     "and_transform",
+    "at_steps",
+    "band_orders",
+    "band_summary",
     "compute_interactions",
+    "every",
+    "log_spaced",
+    "noise_sensitivity",
     "or_inverse",
     "or_transform",
+    "order_profile",
     "orders",
+    "reference_similarity",
+    "select_probes",
+    "similarity",
+    "similarity_by_order",
+    "stability",
+    "train_test_similarity",
     "word_ids",
 ]
