@@ -30,7 +30,7 @@ from torch.utils.data import default_collate
 from torch.utils.tensorboard import SummaryWriter
 
 from . import store as storage
-from .distributed import is_main_process
+from .distributed import is_main_process, main_process_flag
 from .dynamics import Trajectory
 from .engine import batch_size_of, compute_interactions
 from .interactions import KINDS, Interactions
@@ -168,20 +168,21 @@ def _collate(items: list[Any]) -> Inputs:
         ) from err
 
 
-def _index_inputs(inputs: Inputs, name: str) -> int:
+def _probe_set(split: str, inputs: Inputs, targets: Any, ids: Sequence[Any] | None) -> dict[str, Any]:
+    """A checked probe set: ``{"inputs", "targets": [B] int64 or None, "ids": list or None}``."""
     try:
-        return batch_size_of(inputs)
+        size = batch_size_of(inputs)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
-
-
-def _as_targets(targets: Any, size: int, name: str) -> Tensor | None:
-    if targets is None:
-        return None
-    t = torch.as_tensor(targets).reshape(-1).long().cpu()
-    if t.numel() != size:
-        raise ValueError(f"{name} has {t.numel()} entries for {size} samples; pass one class per sample.")
-    return t
+        raise ValueError(f"{split}_inputs: {err}") from None
+    if ids is not None and len(ids) != size:
+        raise ValueError(f"{split}_ids has {len(ids)} entries for {size} samples; pass one id per sample.")
+    if targets is not None:
+        targets = torch.as_tensor(targets).reshape(-1).long().cpu()
+        if targets.numel() != size:
+            raise ValueError(
+                f"{split}_targets has {targets.numel()} entries for {size} samples; pass one class per sample."
+            )
+    return {"inputs": inputs, "targets": targets, "ids": None if ids is None else list(ids)}
 
 
 class ConceptTracker:
@@ -284,26 +285,12 @@ class ConceptTracker:
             raise ValueError(f"max_overhead={max_overhead!r} must be None or a fraction in (0, 1), e.g. 0.1.")
         if writer is not None and not isinstance(writer, SummaryWriter):
             raise ValueError(f"writer has type {type(writer).__name__}; pass a torch SummaryWriter or None.")
-        size = _index_inputs(probe_inputs, "probe_inputs")
-        if probe_ids is not None and len(probe_ids) != size:
-            raise ValueError(f"probe_ids has {len(probe_ids)} entries for {size} probe samples.")
-        self._probe = {
-            "inputs": probe_inputs,
-            "targets": _as_targets(probe_targets, size, "probe_targets"),
-            "ids": None if probe_ids is None else list(probe_ids),
-        }
+        self._probe = _probe_set("probe", probe_inputs, probe_targets, probe_ids)
         self._heldout = None
         if heldout_inputs is not None:
             if not players.aligned:
                 raise ValueError(f"heldout_inputs is given but players are not aligned: {ALIGNED_HINT}.")
-            held_size = _index_inputs(heldout_inputs, "heldout_inputs")
-            if heldout_ids is not None and len(heldout_ids) != held_size:
-                raise ValueError(f"heldout_ids has {len(heldout_ids)} entries for {held_size} held-out samples.")
-            self._heldout = {
-                "inputs": heldout_inputs,
-                "targets": _as_targets(heldout_targets, held_size, "heldout_targets"),
-                "ids": None if heldout_ids is None else list(heldout_ids),
-            }
+            self._heldout = _probe_set("heldout", heldout_inputs, heldout_targets, heldout_ids)
         elif heldout_targets is not None or heldout_ids is not None:
             raise ValueError("heldout_targets / heldout_ids are given without heldout_inputs; pass the inputs too.")
 
@@ -352,7 +339,9 @@ class ConceptTracker:
             return False
         self._cursor = global_step
         try:
-            if self._over_budget(global_step, now):
+            # Rank 0 decides for all ranks: the engine's forwards are collective.
+            if self.max_overhead is not None and main_process_flag(self._over_budget(now)):
+                self._skip(global_step)
                 return False
             self._track(model, global_step, now)
             return True
@@ -371,24 +360,24 @@ class ConceptTracker:
         finally:
             self._spent += time.perf_counter() - now
 
-    def _over_budget(self, step: int, now: float) -> bool:
-        if self.max_overhead is None or self._last_cost is None:
+    def _over_budget(self, now: float) -> bool:
+        """Whether tracking now, at the cost of the previous tracked step, would exceed the budget."""
+        if self._last_cost is None:
             return False
         elapsed = self._elapsed_before + (now - self._wall_origin)
-        expected = self._last_cost
-        if self._spent + expected <= self.max_overhead * (elapsed + expected):
-            return False
+        return self._spent + self._last_cost > self.max_overhead * (elapsed + self._last_cost)
+
+    def _skip(self, step: int) -> None:
         self._skipped += 1
         self.writer.scalar(tags.SKIPPED_STEPS, self._skipped, step)
         self.writer.flush()
-        if self._skipped == 1:
+        if self._skipped == 1 and is_main_process():
             warnings.warn(
-                f"ConceptTracker skipped step {step}: tracking it (about {expected:.2f} s) would "
-                f"exceed max_overhead={self.max_overhead} of the wall time. Further skips are "
-                f"counted in the {tags.SKIPPED_STEPS!r} scalar.",
+                f"ConceptTracker skipped step {step}: tracking it (about {self._last_cost:.2f} s) "
+                f"would exceed max_overhead={self.max_overhead} of the wall time. Further skips "
+                f"are counted in the {tags.SKIPPED_STEPS!r} scalar.",
                 stacklevel=3,
             )
-        return True
 
     def _compute(self, model: nn.Module, split: str, probes: dict[str, Any]) -> Interactions:
         res = compute_interactions(
@@ -570,7 +559,10 @@ class ConceptTracker:
             starts, the figure history and timing. Save it with :meth:`save` or inside a
             training checkpoint.
         """
-        warm = {split: None if r is None else storage.interactions_state(r.to("cpu")) for split, r in self._warm.items()}
+        warm = {
+            split: None if res is None else storage.interactions_state(res.to("cpu"))
+            for split, res in self._warm.items()
+        }
         return {
             "version": STATE_VERSION,
             "kind": self.kind,

@@ -183,7 +183,9 @@ def test_resume_continues_dynamics_exactly(tmp_path):
         dynamics += [tags.detour_ratio(m), tags.forgotten(m), tags.emergence_step(m)]
 
     def tracker(log_dir) -> ConceptTracker:
-        return ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=schedule, figures=False, strict=True, **probe_sets())
+        return ConceptTracker(
+            TabularPlayers(), log_dir=log_dir, schedule=schedule, figures=False, strict=True, **probe_sets()
+        )
 
     torch.manual_seed(5)
     with tracker(tmp_path / "unbroken") as unbroken:
@@ -287,13 +289,14 @@ def test_each_step_is_tracked_once(tmp_path):
 def test_external_writer_is_left_open(tmp_path):
     x, y = make_data()
     writer = SummaryWriter(str(tmp_path))
-    with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path / "raw", writer=writer, figures=False) as tracker:
+    raw = tmp_path / "raw"
+    with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=raw, writer=writer, figures=False) as tracker:
         tracker.step(make_model(), 0)
     writer.add_scalar("user/loss", 1.0, 0)  # still open after the tracker closed
     writer.close()
     logged = scalars(read_events(tmp_path))
     assert "user/loss" in logged and 0 in logged[tags.PERF_SECONDS]
-    assert list_steps(tmp_path / "raw") == [0]
+    assert list_steps(raw) == [0]
 
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
