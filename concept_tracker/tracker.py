@@ -505,12 +505,14 @@ class ConceptTracker:
                 series[prefix + concept_label(s, names)] = history[:, k, s]
             return series
 
-        sample = self._probe["ids"][0] if self._probe["ids"] is not None else 0
+        title = f"probe sample {self._probe['ids'][0] if self._probe['ids'] is not None else 0}"
+        if res.targets is not None:
+            title += f", target class {int(res.targets[0])}"
         return trajectory_figure(
             steps,
             strongest(bands.simple) if bands.simple else {},
             strongest(bands.complex) if bands.complex else {},
-            f"probe sample {sample}",
+            title,
         )
 
     def _top_table(self, res: Interactions, step: int) -> str:
