@@ -7,6 +7,7 @@ what was logged, exact resume of the dynamics, the overhead budget, and failure 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 import warnings
@@ -31,6 +32,12 @@ from models import seeded
 
 N_FEATURES = 6
 CLASSES = 3
+AND_OR = pytest.param(
+    "and_or",
+    marks=pytest.mark.skipif(
+        importlib.util.find_spec("concept_tracker.and_or") is None, reason="concept_tracker.and_or not there yet"
+    ),
+)
 
 
 def make_data(size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,16 +182,20 @@ def test_tensorboard_and_raw_interactions(tmp_path):
         assert held_meta["probe_ids"] == sets["heldout_ids"] and held_meta["split"] == "heldout"
 
 
-def test_resume_continues_dynamics_exactly(tmp_path):
+@pytest.mark.parametrize("kind", ["and", AND_OR])
+def test_resume_continues_dynamics_exactly(tmp_path, kind):
     schedule = at_steps([0, 1, 2, 4, 6, 7, 9])
-    dynamics = [tags.SIGN_FLIPS, tags.FORGOTTEN, tags.HIGH_ORDER_STRENGTH]
-    dynamics += [tags.band_detour_ratio(b) for b in tags.DETOUR_BANDS]
-    for m in range(1, N_FEATURES + 1):
-        dynamics += [tags.detour_ratio(m), tags.forgotten(m), tags.emergence_step(m)]
+    kinds = ["and"] if kind == "and" else ["and", "or"]
+    # Every logged value but timing; and_or concepts also depend on the restored warm start.
+    compared = [t for t in tags.spec_scalar_tags(N_FEATURES, kinds, generalization=True) if t != tags.PERF_SECONDS]
+    compared += [tags.FORGOTTEN, tags.HIGH_ORDER_STRENGTH]
+    compared += [tags.forgotten(m) for m in range(1, N_FEATURES + 1)]
+    compared += [tags.emergence_step(m) for m in range(1, N_FEATURES + 1)]
 
     def tracker(log_dir) -> ConceptTracker:
         return ConceptTracker(
-            TabularPlayers(), log_dir=log_dir, schedule=schedule, figures=False, strict=True, **probe_sets()
+            TabularPlayers(), log_dir=log_dir, schedule=schedule, kind=kind, figures=False, strict=True,
+            **probe_sets(),
         )
 
     torch.manual_seed(5)
@@ -198,8 +209,8 @@ def test_resume_continues_dynamics_exactly(tmp_path):
         first.save(tmp_path / "tracker.safetensors")
     x, _ = make_data()
     resumed = ConceptTracker(
-        TabularPlayers(), x[:3], log_dir=tmp_path / "second", schedule=schedule, figures=False, strict=True,
-        heldout_inputs=x[64:67],
+        TabularPlayers(), x[:3], log_dir=tmp_path / "second", schedule=schedule, kind=kind, figures=False,
+        strict=True, heldout_inputs=x[64:67],
     )
     resumed.load(tmp_path / "tracker.safetensors")
     assert not resumed.step(model, 4)  # already tracked before the checkpoint
@@ -207,7 +218,7 @@ def test_resume_continues_dynamics_exactly(tmp_path):
         train(run, range(5, 10), resumed)
 
     want, got = scalars(read_events(tmp_path / "unbroken")), scalars(read_events(tmp_path / "second"))
-    for tag in dynamics:
+    for tag in compared:
         assert sorted(got[tag]) == [6, 7, 9], tag
         for step in (6, 7, 9):
             assert same(got[tag][step], want[tag][step]), (tag, step)
@@ -368,3 +379,100 @@ def test_select_probes_from_datasets_and_dicts():
     assert picked.labels is None and torch.equal(picked.inputs["input_ids"], batch["input_ids"][picked.ids])
     with pytest.raises(ValueError, match="k=11"):
         select_probes(batch, 11)
+
+
+@pytest.mark.parametrize("kind", ["or", AND_OR])
+def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
+    import concept_tracker.tracker as tracker_module
+
+    warm_starts = []
+    real = tracker_module.compute_interactions
+
+    def spy(*args, **kwargs):
+        warm_starts.append(kwargs["warm_start"] is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "compute_interactions", spy)
+    with ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, figures=False, strict=True,
+        **probe_sets(),
+    ) as tracker:
+        train(make_run(), range(4), tracker)
+    kinds = ["or"] if kind == "or" else ["and", "or"]
+    logged = scalars(read_events(tmp_path))
+    for tag in tags.spec_scalar_tags(N_FEATURES, kinds, generalization=True):
+        assert sorted(logged[tag]) == [0, 3], tag
+    assert ("concepts/and/order_01/count" in logged) == (kind == "and_or")
+    res, meta = load_step(tmp_path / "interactions" / "step_00000003.safetensors")
+    assert meta["kind"] == kind and res.or_effects.shape == (9, 1 << N_FEATURES)
+    assert (res.gamma is not None) == (kind == "and_or")
+    # Probe and held-out sets: the second tracked step starts the and_or solver from the first.
+    assert warm_starts == [False, False, kind == "and_or", kind == "and_or"]
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def test_tag_strings_follow_the_spec():
+    assert tags.concept_order("or", 3, "positive") == "concepts/or/order_03/positive"
+    assert tags.summary("complex_ratio") == "concepts/summary/complex_ratio"
+    assert tags.train_test_similarity(12) == "generalization/order_12/train_test_similarity"
+    assert tags.detour_ratio(1) == "dynamics/order_01/detour_ratio"
+    assert tags.band_detour_ratio("simple") == "dynamics/simple/detour_ratio"
+    assert (tags.SIGN_FLIPS, tags.PERF_SECONDS) == ("dynamics/sign_flips", "perf/seconds")
+    spec = tags.spec_scalar_tags(10, ["and", "or"], generalization=False)
+    assert len(spec) == 2 * 10 * 3 + 4 + 10 + 2 + 2 and len(set(spec)) == len(spec)
+    assert not any(t.startswith("generalization/") for t in spec)
+    with pytest.raises(ValueError, match="stat='mean'"):
+        tags.concept_order("and", 1, "mean")
+
+
+def test_layout_groups_every_chart():
+    layout = tags.custom_layout(["and", "or"], generalization=False)
+    assert list(layout) == ["concepts (AND)", "concepts (OR)", "concepts (summary)", "dynamics", "perf"]
+    assert layout["dynamics"]["detour ratio by band"] == [
+        "Multiline", ["dynamics/simple/detour_ratio", "dynamics/complex/detour_ratio"]
+    ]
+
+
+def test_writer_drops_what_it_cannot_log(tmp_path):
+    from concept_tracker.writers.tensorboard import TensorBoardWriter
+
+    writer = TensorBoardWriter(tmp_path / "tb")
+    assert not (tmp_path / "tb").exists()  # opened lazily
+    with pytest.warns(UserWarning, match="could not log 'bad'") as record:
+        writer.scalar("bad", "not a number", 0)
+        writer.scalar("bad", torch.ones(3), 1)
+        writer.scalar("good", torch.tensor(2.5), 0)
+    assert len(record) == 1
+    writer.close()
+    assert scalars(read_events(tmp_path / "tb")) == {"good": {0: 2.5}}
+
+
+def test_figures_are_pure_matplotlib():
+    from matplotlib.figure import Figure
+
+    from concept_tracker.metrics.profile import OrderProfile
+    from concept_tracker.writers.figures import (
+        concept_label,
+        order_heatmap_figure,
+        order_profile_figure,
+        trajectory_figure,
+    )
+    from concept_tracker.writers.tensorboard import figure_image
+
+    assert concept_label(0b1010, ["a", "b", "c", "d"]) == "{b,d}"
+    assert concept_label(0, ["a"]) == "{}"
+    profile = OrderProfile(
+        count=torch.arange(4.0), positive=torch.ones(4), negative=-torch.ones(4), share=torch.full((4,), 0.25),
+        kind="and", num_samples=2,
+    )
+    figures = [
+        order_profile_figure(profile, "AND"),
+        order_heatmap_figure([0, 10, 100], torch.rand(3, 4, generator=torch.Generator().manual_seed(0))),
+        trajectory_figure([0, 10, 100], {"{p1}": torch.tensor([0.0, 1.0, 2.0])}, {}, "sample 0"),
+    ]
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        image = figure_image(fig)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
