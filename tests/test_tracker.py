@@ -265,9 +265,9 @@ def test_failures_warn_once_and_training_goes_on(tmp_path):
 def test_bad_value_function_warns(tmp_path):
     x, y = make_data()
     tracker = ConceptTracker(
-        TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, value=lambda out, t: out.sum(), figures=False
+        TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, value=lambda out, t: out[:, CLASSES], figures=False
     )
-    with pytest.warns(UserWarning, match="could not track step 0"):
+    with pytest.warns(UserWarning, match="could not track step 0: IndexError"):
         assert not tracker.step(make_model(), 0)
 
 
