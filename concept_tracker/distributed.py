@@ -40,13 +40,13 @@ def is_main_process() -> bool:
 
 
 def _collective_device(preferred: torch.device | None = None) -> torch.device:
-    """Where tensors for a collective live: CPU for gloo; for nccl (and other accelerator
-    backends) the ``preferred`` device, else the current CUDA device."""
-    if "gloo" in str(dist.get_backend()):
-        return torch.device("cpu")
-    if preferred is not None and preferred.type != "cpu":
-        return preferred
-    return torch.device("cuda", torch.cuda.current_device())
+    """Where tensors for a collective live: the ``preferred`` (model's) accelerator device unless
+    the backend is gloo alone; CPU for a CPU model; without a preference, the current CUDA
+    device for nccl alone, else CPU."""
+    backend = str(dist.get_backend())
+    if preferred is not None:
+        return torch.device("cpu") if preferred.type == "cpu" or backend == "gloo" else preferred
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
 def broadcast_from_main(tensor: Tensor | None) -> Tensor | None:
@@ -125,7 +125,10 @@ def sharded_coalition_values(
     # One small gather checks that the ranks agree on the probes and picks a common chunk size.
     local = torch.tensor([num, rows, _fingerprint(samples)], dtype=torch.float64, device=_collective_device(device))
     everyone = torch.stack(_all_gather(local))
-    if (everyone[:, 0] != num).any() or not torch.allclose(everyone[:, 2], everyone[0, 2], rtol=1e-9, atol=0.0):
+    same_probes = (everyone[:, 0] == num).all() and torch.allclose(
+        everyone[:, 2], everyone[0, 2], rtol=1e-9, atol=0.0, equal_nan=True
+    )
+    if not same_probes:
         raise ValueError(
             f"the ranks hold different probe samples (sample counts {everyone[:, 0].long().tolist()}); "
             "compute_interactions shards the samples across ranks, so every rank must pass the same "
@@ -144,6 +147,11 @@ def sharded_coalition_values(
     # Tell every rank about a failure before the gather, so that no rank waits for a dead one.
     failed = torch.stack(_all_gather(torch.tensor([int(error is not None)], device=local.device)))
     if failed.any():
+        if isinstance(error, ValueError):
+            # The engine numbers the samples within this rank's block.
+            raise ValueError(
+                f"rank {me} values samples {block} of the batch (sample i below is the i-th of these): {error}"
+            ) from error
         if error is not None:
             raise error
         bad = failed.reshape(-1).nonzero().reshape(-1).tolist()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .distributed import broadcast_from_main, sharded_coalition_values, world_size
 from .interactions import KINDS, Interactions
 from .players import Players
 from .transforms import MAX_PLAYERS, and_transform, coalition_matrix, or_transform
@@ -312,7 +313,10 @@ def compute_interactions(
 
     Runs ``B * 2**n`` masked forwards in chunks of ``batch_size`` rows under
     ``torch.inference_mode()`` with the model in eval mode, on the model's device, and restores
-    training flags, grad mode and RNG states afterwards.
+    training flags, grad mode and RNG states afterwards. Under ``torch.distributed`` with more
+    than one process, call it on every rank with the same inputs: the samples are split across
+    the ranks and every rank gets the full result (see
+    :func:`~concept_tracker.distributed.sharded_coalition_values`).
 
     Args:
         model: any ``nn.Module``; called as ``model(x)`` or ``model(**inputs)`` for dict inputs.
@@ -351,7 +355,12 @@ def compute_interactions(
     with preserved_state(model):
         if targets is None and needs_target(value):
             targets = default_targets(model, samples, players)
-        outputs = coalition_values(model, samples, players, targets, value_fn, batch_size, show_progress)
+        if world_size() > 1:
+            # Ranks agree on rank 0's targets, then each values its share of the samples.
+            targets = broadcast_from_main(targets)
+            outputs = sharded_coalition_values(model, samples, players, targets, value_fn, batch_size, show_progress)
+        else:
+            outputs = coalition_values(model, samples, players, targets, value_fn, batch_size, show_progress)
 
     names = [players.names(s) for s in samples]
     common = dict(n=n, kind=kind, targets=targets, value=value_name(value), player_names=names, aligned=players.aligned)

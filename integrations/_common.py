@@ -1,0 +1,54 @@
+"""What the framework integrations share: the default schedule, model unwrapping, the last step."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from concept_tracker.schedules import Schedule, at_steps, every, log_spaced
+from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
+
+DEFAULT_NUM_STEPS = 20
+"""Log-spaced tracked steps over a run of known length (dense early, when concepts change fastest)."""
+
+
+def check_tracker_options(options: dict, owner: str, reserved: set[str]) -> None:
+    """Raise at construction, not mid-training, for keywords ConceptTracker does not take or
+    that the integration fills in itself (``reserved``)."""
+    accepted = set(inspect.signature(ConceptTracker).parameters) - reserved - {"players", "writer"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{owner} got unknown tracker option(s) {unknown}; tracker options are {sorted(accepted)}."
+        )
+
+
+def run_schedule(schedule: Schedule | None, last_step: int | None, period: int | None = None) -> Schedule:
+    """The schedule of a run whose last optimizer step is ``last_step`` (None: unknown).
+
+    ``schedule`` as given, or by default ``log_spaced(0, last_step, 20)`` plus ``every(period)``
+    when a period such as the evaluation interval is given (the tracker's own default when the
+    length is unknown); always with step 0 and the last step.
+    """
+    if last_step is None:
+        return (schedule or DEFAULT_SCHEDULE) | at_steps([0])
+    if schedule is None:
+        schedule = log_spaced(0, last_step, DEFAULT_NUM_STEPS)
+        if period:
+            schedule = schedule | every(period)
+    return schedule | at_steps([0, last_step])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under a ``torch.compile`` wrapper: it shares the parameters and its forward
+    runs eagerly, so tracking's odd batch shapes trigger no recompilation."""
+    return getattr(model, "_orig_mod", model)
+
+
+def track_last_step(tracker: ConceptTracker, model: nn.Module, step: int) -> bool:
+    """Track ``step`` even when the schedule skips it: a run that stopped early still gets its
+    final state recorded. The step joins the tracker's schedule, so a saved state says so."""
+    if not tracker.schedule(step):
+        tracker.schedule = tracker.schedule | at_steps([step])
+    return tracker.step(model, step)

@@ -1,0 +1,44 @@
+"""Accelerate integration: track the right module, once per optimizer step.
+
+Usage, in a loop over ``accelerator.prepare``-d objects (every rank calls it; the probes are
+sharded across the ranks and only rank 0 writes)::
+
+    from concept_tracker.integrations.accelerate import track_step
+
+    for x, y in loader:
+        with accelerator.accumulate(model):
+            ...  # forward, accelerator.backward, optimizer step
+        if accelerator.sync_gradients:
+            step += 1
+        track_step(tracker, accelerator, model, step)
+"""
+
+from __future__ import annotations
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch import nn
+
+from concept_tracker.tracker import ConceptTracker
+
+
+def tracked_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The module the probes run through: without the DDP and ``torch.compile`` wrappers, so
+    tracking adds no gradient-sync hooks or recompilations; an FSDP model stays wrapped, since
+    its forward gathers the parameter shards (the tracker runs equal chunks on every rank)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return model
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def track_step(tracker: ConceptTracker, accelerator: Accelerator, model: nn.Module, step: int) -> bool:
+    """``tracker.step`` on :func:`tracked_module`, skipped on gradient-accumulation micro-steps.
+
+    ``track_step(tracker, accelerator, model, step)``; call it on every rank.
+
+    Returns:
+        True when interactions were computed at ``step``.
+    """
+    if not accelerator.sync_gradients:
+        return False
+    return tracker.step(tracked_module(accelerator, model), step)

@@ -1,0 +1,141 @@
+"""Lightning integration: track interactive concepts while ``trainer.fit()`` runs.
+
+Usage::
+
+    from concept_tracker import TabularPlayers
+    from concept_tracker.integrations.lightning import ConceptTrackerLightningCallback
+
+    trainer = L.Trainer(callbacks=[ConceptTrackerLightningCallback(TabularPlayers(), probe_x, probe_y)])
+    trainer.fit(module, loader)
+
+The initial model is tracked at ``on_train_start`` (step 0), then ``tracker.step(pl_module,
+trainer.global_step)`` runs after every training batch (the schedule decides; with gradient
+accumulation the step only moves once per optimizer step), and the last step is tracked at
+``on_train_end``. With a ``TensorBoardLogger`` the scalars, histograms and figures go into its
+event file (``trainer.logger.experiment``) and the raw interactions under
+``<logger.log_dir>/concepts``; otherwise into ``<trainer.log_dir>/concepts``. Only global rank
+zero writes. The tracker state rides in Lightning checkpoints, so a resumed fit continues the
+dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from concept_tracker.players import Players
+from concept_tracker.schedules import Schedule
+from concept_tracker.tracker import ConceptTracker
+
+from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
+
+
+class ConceptTrackerLightningCallback(Callback):
+    """Track the interactive concepts of a ``LightningModule`` on a fixed probe set.
+
+    ``L.Trainer(callbacks=[ConceptTrackerLightningCallback(players, probe_inputs, probe_targets)])``
+
+    Args:
+        players: how each sample splits into players (``TabularPlayers``, ...).
+        probe_inputs: Tensor [B, ...] or dict of tensors [B, ...]; the module is called as
+            ``pl_module(x)`` or ``pl_module(**inputs)``.
+        probe_targets: [B] classes; None = the model's predictions at step 0.
+        heldout_inputs, heldout_targets: held-out probes for ``generalization/*`` scalars.
+        schedule: when to track; None = ``log_spaced(0, last_step, 20)`` over the run's
+            ``estimated_stepping_batches`` (the tracker's default for runs of unknown length).
+            Step 0 and the last step are always tracked.
+        log_dir: directory of the raw interactions (and of the event file when the trainer has
+            no ``TensorBoardLogger``); None = ``<trainer.log_dir>/concepts``.
+        **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
+            ``batch_size``, ``max_overhead``, ``strict``, ...).
+    """
+
+    def __init__(
+        self,
+        players: Players,
+        probe_inputs: Any,
+        probe_targets: Any = None,
+        *,
+        heldout_inputs: Any = None,
+        heldout_targets: Any = None,
+        schedule: Schedule | None = None,
+        log_dir: str | os.PathLike | None = None,
+        **tracker_options: Any,
+    ) -> None:
+        if not isinstance(players, Players):
+            raise ValueError(
+                f"players has type {type(players).__name__}; pass a concept_tracker player kind "
+                "(TabularPlayers, ImagePatchPlayers, TokenPlayers, FeatureMaskPlayers)."
+            )
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ValueError(
+                f"schedule has type {type(schedule).__name__}; pass every(n), log_spaced(...), "
+                "at_steps([...]) or None."
+            )
+        check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", {"log_dir", "schedule"})
+        self.players = players
+        self.probes = dict(
+            probe_inputs=probe_inputs,
+            probe_targets=probe_targets,
+            heldout_inputs=heldout_inputs,
+            heldout_targets=heldout_targets,
+        )
+        self.schedule = schedule
+        self.log_dir = None if log_dir is None else str(log_dir)
+        self.tracker_options = tracker_options
+        self.tracker: ConceptTracker | None = None
+        self._restored: dict[str, Any] | None = None  # checkpoint state that arrived before the tracker
+        self._last_tracked: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        # trainer.log_dir is a collective (a broadcast from rank 0): every rank reads it.
+        log_dir = self.log_dir or os.path.join(trainer.log_dir, "concepts")
+        last = trainer.estimated_stepping_batches
+        self.tracker = ConceptTracker(
+            self.players,
+            **self.probes,
+            log_dir=log_dir,
+            schedule=run_schedule(self.schedule, None if math.isinf(last) else int(last)),
+            # Off rank zero the logger's experiment is a dummy; the tracker writes nothing there.
+            writer=logger.experiment if logger is not None and trainer.is_global_zero else None,
+            **self.tracker_options,
+        )
+        if self._restored:
+            self.tracker.load_state_dict(self._restored)
+            self._last_tracked = trainer.global_step
+        elif trainer.global_step > 0:
+            warnings.warn(
+                f"ConceptTrackerLightningCallback resumes at step {trainer.global_step} from a "
+                "checkpoint without its state (saved without this callback?); concept dynamics "
+                "restart here.",
+                stacklevel=2,
+            )
+        self._restored = None
+        if trainer.global_step == 0:
+            self._track(pl_module, 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._track(pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._last_tracked != trainer.global_step:
+            if track_last_step(self.tracker, unwrap(pl_module), trainer.global_step):
+                self._last_tracked = trainer.global_step
+        self.tracker.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict() if self.tracker is not None else dict(self._restored or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks before on_train_start builds the tracker.
+        self._restored = dict(state_dict)
+
+    def _track(self, pl_module, step: int) -> None:
+        if self.tracker.step(unwrap(pl_module), step):
+            self._last_tracked = step

@@ -1,0 +1,368 @@
+"""Hugging Face ``Trainer`` integration: track interactive concepts while ``trainer.train()`` runs.
+
+Usage::
+
+    from concept_tracker import TokenPlayers
+    from concept_tracker.integrations.transformers import ConceptTrackerCallback
+
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=test,
+                      callbacks=[ConceptTrackerCallback(TokenPlayers(n=8))])
+    trainer.train()    # TensorBoard: <output_dir>/runs/concepts
+
+What happens at each Trainer event:
+
+- ``on_train_begin``: probes are drawn from the training set (stratified by label, seeded) and
+  collated with the Trainer's data collator, a :class:`~concept_tracker.tracker.ConceptTracker`
+  is built, and the initial model is tracked at step 0. A resumed run loads the tracker state
+  saved in the checkpoint instead, so the dynamics continue.
+- ``on_step_end``: ``tracker.step(model, global_step)``; the schedule decides (once per
+  optimizer step, so gradient accumulation is respected).
+- ``on_save``: the tracker state goes to ``<checkpoint>/concept_tracker/state.safetensors``.
+- ``on_log``: the headline scalars of newly tracked steps join the Trainer's logs.
+- ``on_train_end``: the last step is tracked (also after an early stop) and the writer closed.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+from concept_tracker.distributed import is_main_process, main_process_flag
+from concept_tracker.players import Players, TokenPlayers
+from concept_tracker.schedules import Schedule
+from concept_tracker.store import load_state, save_state
+from concept_tracker.tracker import ConceptTracker, select_probes
+from concept_tracker.writers import tags
+
+from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
+
+logger = logging.get_logger(__name__)
+
+STATE_DIR = "concept_tracker"
+"""Folder of the callback's state inside each Trainer checkpoint folder."""
+STATE_FILE = "state.safetensors"
+
+HEADLINE_TAGS = (
+    tags.summary("complex_ratio"),
+    tags.summary("simple_strength"),
+    tags.summary("complex_strength"),
+    tags.band_detour_ratio("complex"),
+)
+"""Scalars copied into the Trainer's logs, so that every reporter (W&B, MLflow, ...) sees them."""
+
+_DRAWN = {f"{split}_{part}" for split in ("probe", "heldout") for part in ("inputs", "targets", "ids")}
+"""Tracker keywords the callback fills in from the datasets."""
+
+LABEL_POOL = 2048
+"""At most this many dataset items are read to stratify the probe draw by label."""
+
+
+class _HeadlineWriter(SummaryWriter):
+    """The callback's event-file writer. It also keeps the last value of the headline scalars
+    and of the phase-boundary step, so the callback can read them without tracker internals."""
+
+    watched = frozenset(HEADLINE_TAGS) | {tags.PHASE_BOUNDARY}
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir=log_dir)
+        self.latest: dict[str, float] = {}
+
+    def add_scalar(self, tag: str, scalar_value: Any, *args: Any, **kwargs: Any) -> None:
+        if tag in self.watched:
+            self.latest[tag] = float(scalar_value)
+        super().add_scalar(tag, scalar_value, *args, **kwargs)
+
+
+class ConceptTrackerCallback(TrainerCallback):
+    """Track the interactive concepts of a ``Trainer``'s model on a fixed probe set.
+
+    ``Trainer(..., callbacks=[ConceptTrackerCallback(players)])``
+
+    Args:
+        players: how each sample splits into players; a :class:`TokenPlayers` without a
+            tokenizer gets the Trainer's ``processing_class``.
+        probe_dataset: map-style dataset to draw the probes from, in the training set's item
+            format; None = the Trainer's training set.
+        heldout_dataset: map-style dataset of held-out probes (``generalization/*`` scalars;
+            needs aligned players), e.g. the ``eval_dataset`` you give the Trainer. None = no
+            held-out probes: a callback does not see the eval dataset before the first
+            evaluation, so it is never picked implicitly.
+        num_probe: probes drawn from each dataset (at most its size).
+        schedule: when to track; None = ``log_spaced(0, max_steps, 20)`` plus every
+            ``eval_steps`` when ``eval_strategy="steps"``. Step 0 and the last step are always
+            tracked.
+        log_dir: TensorBoard and raw-interaction directory; None =
+            ``$TENSORBOARD_LOGGING_DIR/concepts`` when that variable is set, else
+            ``<output_dir>/runs/concepts``.
+        seed: seed of the probe draw.
+        stop_on_overfit: stop training once the phase boundary of SPEC §8 (high-order concept
+            strength falls, then keeps rising) has been reported at ``patience + 1``
+            consecutive tracked steps. Off by default.
+        patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
+        **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
+            ``batch_size``, ``max_overhead``, ``strict``, ...).
+
+    Probe batches hold every tensor the collator returns except the labels, which become
+    the targets (the model's prediction where a label is not one class per sample).
+
+    Resuming: the state saved at a checkpoint is looked up in ``args.resume_from_checkpoint``
+    when set, else in ``<output_dir>/checkpoint-<global_step>`` (what
+    ``trainer.train(resume_from_checkpoint=True)`` resumes from). Set
+    ``args.resume_from_checkpoint`` when resuming from a folder elsewhere.
+
+    Order of callbacks: reporters from ``report_to`` run before callbacks you add, so they log
+    before this callback adds its scalars. To let them see the scalars, put it first:
+    ``trainer.callback_handler.callbacks.insert(1, callback)`` (after the flow callback).
+    """
+
+    def __init__(
+        self,
+        players: Players,
+        *,
+        probe_dataset: Any = None,
+        heldout_dataset: Any = None,
+        num_probe: int = 16,
+        schedule: Schedule | None = None,
+        log_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        stop_on_overfit: bool = False,
+        patience: int = 2,
+        **tracker_options: Any,
+    ) -> None:
+        if not isinstance(players, Players):
+            raise ValueError(
+                f"players has type {type(players).__name__}; pass a concept_tracker player kind "
+                "(TokenPlayers for text models, TabularPlayers, ImagePatchPlayers, ...)."
+            )
+        if isinstance(num_probe, bool) or not isinstance(num_probe, int) or num_probe < 1:
+            raise ValueError(f"num_probe={num_probe!r} must be a positive int (probes per dataset).")
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ValueError(
+                f"schedule has type {type(schedule).__name__}; pass every(n), log_spaced(...), "
+                "at_steps([...]) or None."
+            )
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience={patience!r} must be an int >= 0 (tracked steps).")
+        check_tracker_options(tracker_options, "ConceptTrackerCallback", _DRAWN | {"log_dir", "schedule"})
+        self.players = players
+        self.probe_dataset = probe_dataset
+        self.heldout_dataset = heldout_dataset
+        self.num_probe = num_probe
+        self.schedule = schedule
+        self.log_dir = None if log_dir is None else str(log_dir)
+        self.seed = seed
+        self.stop_on_overfit = stop_on_overfit
+        self.patience = patience
+        self.tracker_options = tracker_options
+        self.tracker: ConceptTracker | None = None
+        self._writer: _HeadlineWriter | None = None
+        self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
+        self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
+        self._last_tracked: int | None = None
+
+    # ------------------------------------------------------------------------------ events
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, processing_class=None, **kwargs):
+        self.tracker = self._guard("set up", self._build, args, state, train_dataloader, processing_class)
+        if self.tracker is None:
+            return
+        if state.global_step > 0:
+            self._guard("resume", self._resume, args, state)
+        else:
+            self._track(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.tracker is None:
+            return
+        due = self.tracker.schedule(state.global_step)  # the same answer on every rank
+        self._track(model, state.global_step)
+        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step)):
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self._pending or logs is None:
+            return
+        logs.update(self._pending)
+        if state.log_history:  # Trainer.log appended this entry just before on_log
+            state.log_history[-1].update(self._pending)
+        self._pending = {}
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.tracker is None or not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self._guard("save its state", save_state, os.path.join(folder, STATE_DIR, STATE_FILE), self._state())
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.tracker is None:
+            return
+        if self._last_tracked != state.global_step:
+            self._track(model, state.global_step, last=True)
+        self.tracker.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _guard(self, what: str, fn, *args):
+        """Run ``fn``; a failure warns and training goes on, unless the tracker is strict."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            if self.tracker_options.get("strict", False):
+                raise
+            warnings.warn(
+                f"ConceptTrackerCallback could not {what}: {type(err).__name__}: {err} Training "
+                "continues; pass strict=True to raise instead.",
+                stacklevel=3,
+            )
+            return None
+
+    @staticmethod
+    def _model(model: nn.Module) -> nn.Module:
+        if model is None:
+            raise ValueError("the Trainer passed no model to the callback event; is this a transformers Trainer?")
+        return unwrap(model)
+
+    def _build(self, args, state, train_dataloader, processing_class) -> ConceptTracker:
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if isinstance(self.players, TokenPlayers) and self.players.tokenizer is None:
+            self.players.tokenizer = tokenizer
+        if train_dataloader is None:
+            raise ValueError("the Trainer passed no train_dataloader; is this a transformers Trainer?")
+        collate = train_dataloader.collate_fn
+        source = train_dataloader.dataset if self.probe_dataset is None else self.probe_dataset
+        probes = _probe_set(self.players, source, self.num_probe, collate, self.seed, "probe")
+        if self.heldout_dataset is not None:
+            probes.update(_probe_set(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout"))
+        log_dir = self.log_dir or _default_log_dir(args)
+        period = state.eval_steps if args.eval_strategy == "steps" else None
+        self._pending, self._boundary_run, self._last_tracked = {}, 0, None
+        self._writer = _HeadlineWriter(log_dir) if is_main_process() else None
+        try:
+            return ConceptTracker(
+                self.players,
+                **probes,
+                log_dir=log_dir,
+                schedule=run_schedule(self.schedule, state.max_steps, period),
+                writer=self._writer,
+                **self.tracker_options,
+            )
+        except Exception:
+            if self._writer is not None:
+                self._writer.close()
+            raise
+
+    def _track(self, model: nn.Module, step: int, last: bool = False) -> None:
+        if self._writer is not None:
+            self._writer.latest.clear()
+        track = track_last_step if last else ConceptTracker.step
+        if self._guard(f"track step {step}", lambda: track(self.tracker, self._model(model), step)):
+            self._last_tracked = step
+            if self._writer is not None:
+                self._pending.update({t: v for t, v in self._writer.latest.items() if t in HEADLINE_TAGS})
+
+    def _overfitting(self, step: int) -> bool:
+        """Main process: has the phase boundary been reported long enough to stop?"""
+        latest = {} if self._writer is None else self._writer.latest
+        if not latest:  # off the main process, or nothing was tracked at this step
+            return False
+        boundary = latest.get(tags.PHASE_BOUNDARY)
+        self._boundary_run = 0 if boundary is None else self._boundary_run + 1
+        if boundary is None or self._boundary_run <= self.patience:
+            return False
+        logger.warning(
+            f"ConceptTrackerCallback stops training at step {step} (stop_on_overfit=True): high-order "
+            f"concept strength bottomed out at step {int(boundary)} and has kept rising for "
+            f"{self._boundary_run} tracked steps, the sign of the over-fitting phase (patience={self.patience})."
+        )
+        return True
+
+    def _state(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict(), "callback": {"boundary_run": self._boundary_run}}
+
+    def _resume(self, args, state) -> None:
+        folders = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
+        if isinstance(args.resume_from_checkpoint, str):
+            folders.insert(0, args.resume_from_checkpoint)
+        paths = [os.path.join(folder, STATE_DIR, STATE_FILE) for folder in folders]
+        found = next((p for p in paths if os.path.isfile(p)), None)
+        self._last_tracked = state.global_step
+        if found is None:
+            warnings.warn(
+                f"ConceptTrackerCallback resumes at step {state.global_step} but found no tracker "
+                f"state in {paths}; concept dynamics restart here. Set args.resume_from_checkpoint "
+                "to the checkpoint folder you resume from.",
+                stacklevel=3,
+            )
+            return
+        saved = load_state(found)
+        self.tracker.load_state_dict(saved["tracker"])
+        self._boundary_run = saved["callback"]["boundary_run"]
+
+
+def _default_log_dir(args) -> str:
+    root = os.getenv("TENSORBOARD_LOGGING_DIR")
+    if root:
+        return os.path.join(os.path.expanduser(root), "concepts")
+    return os.path.join(args.output_dir, "runs", "concepts")
+
+
+def _class_label(item: Any) -> int | None:
+    label = item.get("labels", item.get("label")) if isinstance(item, Mapping) else None
+    if isinstance(label, Tensor):
+        label = label.item() if label.numel() == 1 and not label.is_floating_point() else None
+    return int(label) if isinstance(label, numbers.Integral) and not isinstance(label, bool) else None
+
+
+def _for_players(players: Players, inputs: dict[str, Tensor], name: str) -> Any:
+    """Token players read dict batches; the tensor players mask one tensor, which the model
+    then takes as its first argument (``pixel_values``, a feature tensor, ...)."""
+    if isinstance(players, TokenPlayers):
+        return inputs
+    if len(inputs) != 1:
+        raise ValueError(
+            f"{type(players).__name__} masks one input tensor, but batches of {name} hold "
+            f"{sorted(inputs)}; use TokenPlayers for text, or a dataset with one input column."
+        )
+    return next(iter(inputs.values()))
+
+
+def _probe_set(players: Players, dataset: Any, k: int, collate, seed: int, split: str) -> dict[str, Any]:
+    """``k`` items of ``dataset`` drawn stratified by label and collated, as the tracker's
+    ``{split}_inputs``, ``{split}_targets`` (None unless one class per sample) and ``{split}_ids``."""
+    name = f"{split}_dataset"
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise ValueError(
+            f"{name} has type {type(dataset).__name__}, which has no len() and [i] (an iterable "
+            f"dataset?); pass a map-style dataset as {name}=..."
+        )
+    size = len(dataset)
+    if size == 0:
+        raise ValueError(f"{name} is empty; pass a dataset with at least one item.")
+    pool = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:LABEL_POOL].sort().values
+    items = [dataset[int(i)] for i in pool]
+    labels = [_class_label(item) for item in items]
+    picked = select_probes(pool, min(k, len(items)), None if None in labels else labels, seed=seed)
+    position = {int(i): p for p, i in enumerate(pool)}
+    ids = picked.inputs.tolist()
+    batch = collate([items[position[i]] for i in ids])
+    if not isinstance(batch, Mapping):
+        raise ValueError(
+            f"the data collator made a {type(batch).__name__} from {name}; the callback needs "
+            "dict batches (Hugging Face style)."
+        )
+    targets = batch.get("labels", batch.get("label"))
+    if not (isinstance(targets, Tensor) and targets.dim() == 1 and not targets.is_floating_point()):
+        targets = None
+    inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key not in ("labels", "label")}
+    return {f"{split}_inputs": _for_players(players, inputs, name), f"{split}_targets": targets, f"{split}_ids": ids}

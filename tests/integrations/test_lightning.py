@@ -1,0 +1,133 @@
+"""ConceptTrackerLightningCallback in real Lightning fits on CPU with a tiny module."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+L = pytest.importorskip("lightning.pytorch")
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from concept_tracker import TabularPlayers  # noqa: E402
+from concept_tracker.integrations.lightning import ConceptTrackerLightningCallback  # noqa: E402
+from concept_tracker.schedules import at_steps  # noqa: E402
+from concept_tracker.store import list_steps, load_step  # noqa: E402
+from concept_tracker.writers import tags  # noqa: E402
+
+N = 6
+
+
+class Tiny(L.LightningModule):
+    """A two-layer classifier of 6 features into 2 classes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(N, 8), nn.Tanh(), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5, momentum=0.9)
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, N, generator=g)
+    y = ((x[:, 0] > 0) & (x[:, 1] > 0)).long()
+    return x, y
+
+
+def fit(root, ckpt_path=None, logger="tb", max_steps=8):
+    x, y = data()
+    players = TabularPlayers(baselines="zero")
+    callback = ConceptTrackerLightningCallback(players, x[:4], y[:4], schedule=at_steps([2]))
+    if logger == "tb":
+        loggers = TensorBoardLogger(root, name="tb", version=0)
+    else:
+        loggers = CSVLogger(root, name="csv", version=0)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=loggers,
+        callbacks=[callback, ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1)],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    module = Tiny()
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return trainer, module, callback
+
+
+def scalars(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lightning")
+    trainer, module, callback = fit(root)
+    return root, trainer, module, callback
+
+
+def test_writes_into_the_tensorboard_loggers_event_file(unbroken):
+    root, trainer, _, _ = unbroken
+    log_dir = root / "tb" / "version_0"
+    assert trainer.logger.log_dir == str(log_dir)
+    found = scalars(log_dir)
+    assert "loss" in found  # the module's own metrics share the event file
+    for tag in tags.spec_scalar_tags(N, ["and"], generalization=False):
+        assert sorted(found[tag]) == [0, 2, 8], tag
+    concepts = log_dir / "concepts"
+    assert list_steps(concepts) == [0, 2, 8]
+    assert not any(p.name.startswith("events.out") for p in concepts.iterdir())
+
+
+def test_state_rides_in_checkpoints_and_resume_continues_the_dynamics(unbroken, tmp_path):
+    root, _, _, _ = unbroken
+    # Step 4 ends the first epoch (4 batches), so the resumed fit sees the same batches.
+    checkpoint = torch.load(root / "ckpt" / "epoch=0-step=4.ckpt", weights_only=True)
+    assert checkpoint["callbacks"]["ConceptTrackerLightningCallback"]["cursor"] == 2
+
+    fit(tmp_path, ckpt_path=root / "ckpt" / "epoch=0-step=4.ckpt")
+    resumed = scalars(tmp_path / "tb" / "version_0")
+    reference = scalars(root / "tb" / "version_0")
+    assert sorted(resumed[tags.summary("complex_ratio")]) == [8]
+    for tag in (tags.band_detour_ratio("simple"), tags.detour_ratio(2), tags.SIGN_FLIPS):
+        assert resumed[tag][8] == pytest.approx(reference[tag][8], rel=1e-5, abs=1e-7), tag
+    a, _ = load_step(root / "tb" / "version_0" / "concepts" / "interactions" / "step_00000008.safetensors")
+    b, _ = load_step(tmp_path / "tb" / "version_0" / "concepts" / "interactions" / "step_00000008.safetensors")
+    torch.testing.assert_close(a.and_effects, b.and_effects)
+
+
+def test_without_a_tensorboard_logger_it_writes_its_own_event_file(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # tracking itself must not fail
+        trainer, module, _ = fit(tmp_path, logger="csv", max_steps=3)
+    concepts = tmp_path / "csv" / "version_0" / "concepts"
+    assert sorted(scalars(concepts)[tags.summary("num_concepts")]) == [0, 2, 3]
+    assert module.training
+
+
+def test_bad_arguments_name_the_parameter():
+    x, y = data()
+    with pytest.raises(ValueError, match="players"):
+        ConceptTrackerLightningCallback(None, x)
+    with pytest.raises(ValueError, match="unknown tracker option"):
+        ConceptTrackerLightningCallback(TabularPlayers(), x, log_every=3)

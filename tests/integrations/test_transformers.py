@@ -1,0 +1,344 @@
+"""ConceptTrackerCallback in real Hugging Face Trainer runs (CPU, tiny BERT, no downloads).
+
+The task: a sentence is positive iff it contains ("good" or "great") and not "not", a logical
+rule over words, so AND/OR concepts between word players are what the model has to learn.
+"""
+
+import ast
+import pathlib
+import random
+import shutil
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from concept_tracker import TabularPlayers, TokenPlayers  # noqa: E402
+from concept_tracker.integrations._common import unwrap  # noqa: E402
+from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback  # noqa: E402
+from concept_tracker.schedules import at_steps, every  # noqa: E402
+from concept_tracker.store import load_step  # noqa: E402
+from concept_tracker.writers import tags  # noqa: E402
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CUES = ["good", "great", "not"]
+FILLERS = ["the", "movie", "film", "was", "is", "really", "very", "plot", "acting", "story", "quite", "and"]
+N_WORDS = 6
+N_PLAYERS = 6
+
+
+def make_tokenizer() -> BertTokenizer:
+    vocab = {word: i for i, word in enumerate(SPECIALS + CUES + FILLERS)}
+    return BertTokenizer(vocab=vocab)  # a fast (tokenizers-backed) WordPiece tokenizer
+
+
+def sentence(rng: random.Random) -> tuple[str, int]:
+    words = rng.choices(FILLERS, k=N_WORDS)
+    for cue in CUES:
+        if rng.random() < 0.45:
+            words[rng.randrange(N_WORDS)] = cue
+    label = int(("good" in words or "great" in words) and "not" not in words)
+    return " ".join(words), label
+
+
+def make_dataset(tokenizer, size: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    items = []
+    for _ in range(size):
+        text, label = sentence(rng)
+        items.append({**tokenizer(text), "label": label})
+    return items
+
+
+def make_model(tokenizer) -> nn.Module:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+def training_args(output_dir, **overrides) -> TrainingArguments:
+    options = dict(
+        output_dir=str(output_dir),
+        max_steps=8,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_steps=4,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    options.update(overrides)
+    return TrainingArguments(**options)
+
+
+class LogRecorder(TrainerCallback):
+    """A stand-in reporter that runs after the concept callback."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def scalar_steps(log_dir) -> dict[str, list[int]]:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def scalar_values(log_dir, tag) -> dict[int, float]:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def run(output_dir, resume=None, **callback_options):
+    tokenizer = make_tokenizer()
+    model = make_model(tokenizer)
+    callback = ConceptTrackerCallback(
+        TokenPlayers(n=N_PLAYERS), num_probe=6, schedule=at_steps([3]), **callback_options
+    )
+    recorder = LogRecorder()
+    trainer = Trainer(
+        model=model,
+        args=training_args(output_dir),
+        train_dataset=make_dataset(tokenizer, 96, seed=1),
+        processing_class=tokenizer,
+        callbacks=[callback, recorder],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, callback, recorder
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    out = tmp_path_factory.mktemp("unbroken")
+    trainer, callback, recorder = run(out)
+    return out, trainer, callback, recorder
+
+
+def test_callback_writes_spec_tags_at_first_scheduled_and_last_step(unbroken):
+    out, trainer, _, _ = unbroken
+    steps = scalar_steps(out / "runs" / "concepts")
+    expected = tags.spec_scalar_tags(N_PLAYERS, ["and"], generalization=False)
+    assert expected and set(expected) <= set(steps)
+    for tag in expected:
+        assert steps[tag] == [0, 3, 8], tag
+    assert trainer.state.global_step == 8
+
+
+def test_model_ends_in_train_mode_without_grads_from_tracking(unbroken):
+    _, trainer, _, _ = unbroken
+    assert trainer.model.training
+    assert all(m.training for m in trainer.model.modules())
+
+
+def test_headline_scalars_join_the_trainer_logs(unbroken):
+    _, trainer, _, recorder = unbroken
+    key = tags.summary("complex_ratio")
+    seen = [log for log in recorder.logs if key in log]
+    # Tracked at 0 and 3 before the step-1 and step-4 logs; step 8 before the final log.
+    assert len(seen) == 3
+    assert all(tags.band_detour_ratio("complex") in log for log in seen)
+    assert sum(key in entry for entry in trainer.state.log_history) == 3
+
+
+def test_checkpoints_hold_the_tracker_state(unbroken):
+    out, _, _, _ = unbroken
+    for step in (4, 8):
+        assert (out / f"checkpoint-{step}" / STATE_DIR / STATE_FILE).is_file()
+
+
+def test_resume_from_checkpoint_continues_the_dynamics(unbroken, tmp_path):
+    out, _, _, _ = unbroken
+    shutil.copytree(out / "checkpoint-4", tmp_path / "checkpoint-4")
+    trainer, _, _ = run(tmp_path, resume=True)  # finds <output_dir>/checkpoint-4
+    assert trainer.state.global_step == 8
+
+    resumed = scalar_steps(tmp_path / "runs" / "concepts")
+    assert resumed[tags.summary("complex_ratio")] == [8]  # nothing before the checkpoint again
+    # Detour ratios and sign flips at step 8 need the path through steps 0 and 3.
+    for tag in (tags.band_detour_ratio("simple"), tags.detour_ratio(1), tags.SIGN_FLIPS):
+        a = scalar_values(out / "runs" / "concepts", tag)[8]
+        b = scalar_values(tmp_path / "runs" / "concepts", tag)[8]
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), tag
+    a, _ = load_step(out / "runs" / "concepts" / "interactions" / "step_00000008.safetensors")
+    b, _ = load_step(tmp_path / "runs" / "concepts" / "interactions" / "step_00000008.safetensors")
+    torch.testing.assert_close(a.outputs, b.outputs, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_without_saved_state_warns_and_goes_on(unbroken, tmp_path):
+    out, _, _, _ = unbroken
+    shutil.copytree(out / "checkpoint-4", tmp_path / "checkpoint-4")
+    shutil.rmtree(tmp_path / "checkpoint-4" / STATE_DIR)
+    with pytest.warns(UserWarning, match="dynamics restart"):
+        trainer, _, _ = run(tmp_path, resume=True)
+    assert trainer.state.global_step == 8
+
+
+def test_defaults_probes_tokenizer_schedule_and_log_dir(tmp_path, monkeypatch):
+    """The defaults, from the objects a Trainer hands its callbacks (no training)."""
+    tokenizer = make_tokenizer()
+    data = make_dataset(tokenizer, 64, seed=2)
+    loader = torch.utils.data.DataLoader(data, collate_fn=transformers.DataCollatorWithPadding(tokenizer))
+    args = training_args(tmp_path, eval_strategy="steps", eval_steps=300)
+    state = TrainerState(max_steps=1000, eval_steps=300)
+    players = TokenPlayers(n=N_PLAYERS)
+
+    callback = ConceptTrackerCallback(players, num_probe=8)
+    callback.on_train_begin(
+        args, state, TrainerControl(), model=make_model(tokenizer), train_dataloader=loader, processing_class=tokenizer
+    )
+    tracker = callback.tracker
+    assert players.tokenizer is tokenizer
+    assert tracker.log_dir == str(tmp_path / "runs" / "concepts")
+    fired = [t for t in range(1001) if tracker.schedule(t)]
+    assert {0, 1, 300, 600, 900, 1000} <= set(fired) and len(fired) < 40
+    state_dict = tracker.state_dict()
+    targets = state_dict["probe"]["targets"]
+    assert targets.tolist().count(1) == round(8 * sum(d["label"] for d in data) / len(data))  # stratified
+    assert set(state_dict["probe"]["inputs"]) == {"input_ids", "token_type_ids", "attention_mask"}
+    callback.on_train_end(args, state, TrainerControl(), model=make_model(tokenizer))
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=every(50))
+    callback.on_train_begin(
+        args, state, TrainerControl(), model=make_model(tokenizer), train_dataloader=loader, processing_class=tokenizer
+    )
+    assert callback.tracker.log_dir == str(tmp_path / "tb" / "concepts")
+    assert [t for t in range(1001) if callback.tracker.schedule(t)] == list(range(0, 1001, 50))
+    callback.on_train_end(args, state, TrainerControl(), model=make_model(tokenizer))
+
+
+def test_bad_arguments_name_the_parameter():
+    with pytest.raises(ValueError, match="players"):
+        ConceptTrackerCallback("words")
+    with pytest.raises(ValueError, match="num_probe"):
+        ConceptTrackerCallback(TokenPlayers(), num_probe=0)
+    with pytest.raises(ValueError, match="patience"):
+        ConceptTrackerCallback(TokenPlayers(), patience=-1)
+    with pytest.raises(ValueError, match="unknown tracker option"):
+        ConceptTrackerCallback(TokenPlayers(), probe_size=3)
+
+
+def test_compiled_models_are_tracked_through_their_original_module():
+    model = nn.Linear(2, 2)
+    assert unwrap(torch.compile(model)) is model
+    assert unwrap(model) is model
+
+
+class Planted(nn.Module):
+    """z = x0 + a * x0 x1 x2 x3 as the log-odds of class 1: on all-ones probes with zero
+    baselines the AND effects are I({0}) = 1 and I({0,1,2,3}) = a, so ``a`` is the
+    high-order strength H(t) and the test sets it step by step."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, x, labels=None):
+        z = x[:, 0] + self.a * x.prod(1)
+        out = {"logits": torch.stack([-z / 2, z / 2], 1)}
+        if labels is not None:
+            out["loss"] = self.a * 0.0  # the Trainer needs a loss; the test moves `a` itself
+        return out
+
+
+class Plan(TrainerCallback):
+    """Sets ``a`` after each optimizer step: H falls, bottoms out at step 3, then rises."""
+
+    plan = [8.0, 4.0, 2.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            model.a.fill_(self.plan[state.global_step])
+
+
+def test_stop_on_overfit_stops_after_the_phase_boundary(tmp_path, caplog):
+    transformers.utils.logging.enable_propagation()  # so that caplog sees the reason to stop
+    data = [{"x": torch.ones(4), "labels": 1} for _ in range(8)]
+    callback = ConceptTrackerCallback(
+        TabularPlayers(baselines="zero"), num_probe=2, schedule=every(1), stop_on_overfit=True, patience=1
+    )
+    trainer = Trainer(
+        model=Planted(),
+        args=training_args(tmp_path, max_steps=12, gradient_accumulation_steps=1, save_strategy="no"),
+        train_dataset=data,
+        callbacks=[Plan(), callback],
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # tracking itself must not fail
+            trainer.train()
+    finally:
+        transformers.utils.logging.disable_propagation()
+    boundary = scalar_values(tmp_path / "runs" / "concepts", tags.PHASE_BOUNDARY)
+    assert set(boundary.values()) == {3.0}
+    first = min(boundary)
+    assert trainer.state.global_step == first + 1 < 12  # patience=1: one more tracked step
+    assert "stops training at step" in caplog.text and "bottomed out at step 3" in caplog.text
+
+
+def test_core_never_imports_integrations_or_frameworks():
+    """Every import statement of the core package, module-level or inside a function."""
+    frameworks = ("transformers", "lightning", "pytorch_lightning", "accelerate")
+    core = pathlib.Path(__file__).parents[2] / "concept_tracker"
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert "integrations" not in name and name.split(".")[0] not in frameworks, (path.name, name)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step == self.step
+
+
+def test_a_run_stopped_early_still_tracks_its_last_step(tmp_path):
+    data = [{"x": torch.ones(4), "labels": 1} for _ in range(8)]
+    callback = ConceptTrackerCallback(TabularPlayers(baselines="zero"), num_probe=2, schedule=at_steps([3]))
+    trainer = Trainer(
+        model=Planted(),
+        args=training_args(tmp_path, max_steps=12, gradient_accumulation_steps=1, save_strategy="no"),
+        train_dataset=data,
+        callbacks=[StopAt(5), callback],
+    )
+    trainer.train()
+    assert trainer.state.global_step == 5
+    assert scalar_steps(tmp_path / "runs" / "concepts")[tags.summary("num_concepts")] == [0, 3, 5]
