@@ -1,0 +1,606 @@
+"""Summaries, figures and an HTML report of finished runs, read back from disk.
+
+A run is a tracker's ``log_dir``. The interaction metrics are recomputed from the raw
+interactions stored there (``interactions/step_*.safetensors`` and ``interactions/heldout/``),
+with the same pure functions the tracker logs with, so a report needs no TensorBoard events.
+The TensorBoard scalars of the same directory add what interactions cannot give: losses and
+accuracy (for the loss-gap step of SPEC §8) and the tracker's own timing.
+
+    >>> runs = [summarize_run("runs/demo/clean"), summarize_run("runs/demo/noisy")]
+    >>> print(summary_table(runs))
+    >>> write_html(runs, "report.html")
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import store
+from .dynamics import Trajectory, loss_gap_step, phase_boundary
+from .metrics.profile import Bands, OrderProfile, band_orders, band_summary, order_profile, stack_effects
+from .metrics.similarity import train_test_similarity
+
+EARLY_FRACTION = 0.05
+""""Early in training" means the first tracked step at or after this fraction of the last one."""
+
+LOSS_TAGS = (
+    ("loss/eval", "loss/train"),  # the demo and plain loops that follow it
+    ("eval/loss", "train/loss"),  # Hugging Face Trainer's TensorBoard callback
+    ("val_loss", "train_loss"),  # common Lightning names
+)
+"""(eval, train) loss tag pairs searched, in this order, for the loss-gap step."""
+
+ACCURACY_TAGS = ("accuracy/test", "eval/accuracy", "val_acc")
+"""Test accuracy tags searched, in this order."""
+
+
+@dataclass
+class RunSummary:
+    """Everything the report shows about one run, per tracked step and at the last one.
+
+    Per-step lists have one entry per tracked step in ``steps``.
+
+    Attributes:
+        name: label of the run (its directory name unless given).
+        log_dir: the run directory.
+        n: number of players.
+        kind: "and", "or" or "and_or".
+        ratio: salience threshold ratio the metrics were recomputed with.
+        bands: orders of the simple, medium and complex bands.
+        steps: tracked steps with stored interactions.
+        simple_strength, medium_strength, complex_strength: salient strength of each band.
+        complex_ratio: complex strength over total salient strength.
+        num_concepts: mean salient concepts per probe sample.
+        final_profile: order profile at the last step (kinds pooled).
+        train_test: [n + 1] train-test similarity per order at the last step, or None without
+            held-out interactions.
+        detour_by_order: [n + 1] detour ratio per order over all tracked steps (NaN where a
+            concept set did not move).
+        detour_simple, detour_complex: detour ratio of the simple and complex bands.
+        sign_flips: sign flips of salient concepts over the run.
+        high_order_strength: H(t), medium + complex salient strength.
+        phase_boundary: step where smoothed H(t) is lowest before a sustained rise, or None.
+        share_boundary: the same rule applied to the high-order *share* of the salient
+            strength, H(t) / total strength. Early in training the output scale grows by
+            orders of magnitude and lifts every band at once, which can hide the valley of H(t)
+            itself; the share removes that scale.
+        loss_gap_step: step where the eval-train loss gap starts to grow, or None (no losses
+            logged, or no sustained growth).
+        scalars: every TensorBoard scalar of the run, ``{tag: [(step, value), ...]}``.
+    """
+
+    name: str
+    log_dir: str
+    n: int
+    kind: str
+    ratio: float
+    bands: Bands
+    steps: list[int]
+    simple_strength: list[float]
+    medium_strength: list[float]
+    complex_strength: list[float]
+    complex_ratio: list[float]
+    num_concepts: list[float]
+    final_profile: OrderProfile
+    train_test: Tensor | None
+    detour_by_order: Tensor
+    detour_simple: float
+    detour_complex: float
+    sign_flips: int
+    high_order_strength: list[float]
+    phase_boundary: int | None
+    share_boundary: int | None
+    loss_gap_step: int | None
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def high_share(self) -> list[float]:
+        """(medium + complex) / total salient strength at each tracked step."""
+        return _high_share(self.simple_strength, self.medium_strength, self.complex_strength)
+
+    @property
+    def early_step(self) -> int:
+        """The first tracked step at or after ``EARLY_FRACTION`` of the last tracked step."""
+        bound = EARLY_FRACTION * self.steps[-1]
+        return next(s for s in self.steps if s >= bound)
+
+    @property
+    def early_simple_strength(self) -> float:
+        """Simple-band strength at :attr:`early_step`."""
+        return self.simple_strength[self.steps.index(self.early_step)]
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The last logged test accuracy, or None when the run logged none."""
+        for tag in ACCURACY_TAGS:
+            if self.scalars.get(tag):
+                return self.scalars[tag][-1][1]
+        return None
+
+    def band_similarity(self, band: str) -> float:
+        """Mean train-test similarity over the orders of a band at the last step (NaN without
+        held-out interactions)."""
+        orders = list(getattr(self.bands, band))
+        if self.train_test is None or not orders:
+            return math.nan
+        return float(self.train_test[orders].mean())
+
+
+def _high_share(simple: list[float], medium: list[float], complex_: list[float]) -> list[float]:
+    totals = [s + m + c for s, m, c in zip(simple, medium, complex_)]
+    return [(m + c) / t if t > 0 else 0.0 for m, c, t in zip(medium, complex_, totals)]
+
+
+def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the TensorBoard event files directly under ``log_dir``.
+
+    Returns:
+        ``{tag: [(step, value), ...]}`` sorted by step; for a step written more than once the
+        last value wins. Empty when there are no event files.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import (
+        HISTOGRAMS,
+        IMAGES,
+        SCALARS,
+        TENSORS,
+        EventAccumulator,
+    )
+
+    if not any(p.name.startswith("events.out.tfevents") for p in Path(log_dir).iterdir()):
+        return {}
+    # Keep every scalar; skip loading images and histograms, which a summary never reads.
+    accumulator = EventAccumulator(str(log_dir), size_guidance={SCALARS: 0, IMAGES: 1, HISTOGRAMS: 1, TENSORS: 1})
+    accumulator.Reload()
+    out = {}
+    for tag in accumulator.Tags()["scalars"]:
+        by_step = {e.step: e.value for e in accumulator.Scalars(tag)}
+        out[tag] = sorted(by_step.items())
+    return out
+
+
+def summarize_run(
+    log_dir: str | os.PathLike,
+    name: str | None = None,
+    ratio: float = 0.05,
+    simple_max: int | None = None,
+    complex_min: int | None = None,
+) -> RunSummary:
+    """Recompute the concept metrics of a run from its stored interactions.
+
+    Args:
+        log_dir: a tracker's ``log_dir`` (holding ``interactions/step_*.safetensors``).
+        name: label of the run; default the directory name.
+        ratio: salience threshold ratio; use the one the run was tracked with (default 0.05).
+        simple_max, complex_min: band cut-offs (default ``n // 3`` and ``n // 2 + 1``).
+    Returns:
+        :class:`RunSummary`.
+    Raises:
+        FileNotFoundError: if ``log_dir`` does not exist.
+        ValueError: if it holds no interactions, or a stored file is truncated, corrupt, or
+            inconsistent with the others (the message names the file).
+    """
+    log_dir = Path(log_dir)
+    if not log_dir.is_dir():
+        raise FileNotFoundError(f"{log_dir} is not a directory; pass a tracker's log_dir.")
+    steps = store.list_steps(log_dir)
+    if not steps:
+        raise ValueError(
+            f"{log_dir} holds no stored interactions ({store.step_path(log_dir, 0).parent}/step_*.safetensors); "
+            "pass the log_dir of a run tracked with store=True."
+        )
+    heldout_steps = set(store.list_steps(log_dir, "heldout"))
+    trajectory = Trajectory(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
+    series: dict[str, list[float]] = {k: [] for k in ("simple", "medium", "complex", "ratio", "count")}
+    first = res = profile = train_test = None
+    for step in steps:
+        path = store.step_path(log_dir, step)
+        res, _ = store.load_step(path)
+        if first is None:
+            first = res
+        elif (res.n, res.kind, res.num_samples) != (first.n, first.kind, first.num_samples):
+            raise ValueError(
+                f"{path} holds n={res.n}, kind={res.kind!r}, {res.num_samples} samples but the "
+                f"first step has n={first.n}, kind={first.kind!r}, {first.num_samples}; one run "
+                "directory must hold one tracked run."
+            )
+        trajectory.append(step, stack_effects(res))
+        profile = order_profile(res, ratio)
+        summary = band_summary(profile, simple_max, complex_min)
+        series["simple"].append(summary.simple_strength)
+        series["medium"].append(summary.medium_strength)
+        series["complex"].append(summary.complex_strength)
+        series["ratio"].append(summary.complex_ratio)
+        series["count"].append(summary.num_concepts)
+    if steps[-1] in heldout_steps and res.aligned:
+        held, _ = store.load_step(store.step_path(log_dir, steps[-1], "heldout"))
+        train_test = train_test_similarity(res, res.targets, held, held.targets)
+
+    bands = band_orders(first.n, simple_max, complex_min)
+    scalars = read_scalars(log_dir)
+    gap = None
+    for eval_tag, train_tag in LOSS_TAGS:
+        if scalars.get(eval_tag) and scalars.get(train_tag):
+            gap = loss_gap_step(scalars[eval_tag], scalars[train_tag])
+            break
+    _, strength = trajectory.high_order_strength()
+    return RunSummary(
+        name=name or log_dir.name,
+        log_dir=str(log_dir),
+        n=first.n,
+        kind=first.kind,
+        ratio=ratio,
+        bands=bands,
+        steps=steps,
+        simple_strength=series["simple"],
+        medium_strength=series["medium"],
+        complex_strength=series["complex"],
+        complex_ratio=series["ratio"],
+        num_concepts=series["count"],
+        final_profile=profile,
+        train_test=train_test,
+        detour_by_order=trajectory.detour_ratio(),
+        detour_simple=trajectory.detour_ratio(bands.simple) if bands.simple else math.nan,
+        detour_complex=trajectory.detour_ratio(bands.complex) if bands.complex else math.nan,
+        sign_flips=int(trajectory.sign_flips().sum()),
+        high_order_strength=strength.tolist(),
+        phase_boundary=trajectory.phase_boundary(),
+        share_boundary=phase_boundary(steps, _high_share(series["simple"], series["medium"], series["complex"])),
+        loss_gap_step=gap,
+        scalars=scalars,
+    )
+
+
+# ---------------------------------------------------------------------------------- tables
+
+
+def _fmt(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
+    """The summary as ``(row label, [cell per run])`` rows: per band, then dynamics and
+    generalization, each value at the last tracked step unless the label says otherwise."""
+
+    def row(label: str, values: list) -> tuple[str, list[str]]:
+        return label, [_fmt(v) for v in values]
+
+    def band_label(band: str) -> str:
+        orders = getattr(runs[0].bands, band)
+        return f"{band} (orders {orders[0]}-{orders[-1]})" if orders else f"{band} (none)"
+
+    rows = [
+        ("last tracked step", [str(r.steps[-1]) for r in runs]),
+        row("test accuracy", [r.test_accuracy for r in runs]),
+    ]
+    for band in ("simple", "medium", "complex"):
+        rows.append(row(f"{band_label(band)} strength", [getattr(r, f"{band}_strength")[-1] for r in runs]))
+    rows += [
+        row("complex ratio", [r.complex_ratio[-1] for r in runs]),
+        row("concepts per sample", [r.num_concepts[-1] for r in runs]),
+        (
+            "simple strength early (step)",
+            [f"{_fmt(r.early_simple_strength)} ({r.early_step})" for r in runs],
+        ),
+    ]
+    for band in ("simple", "medium", "complex"):
+        rows.append(row(f"train-test similarity, {band}", [r.band_similarity(band) for r in runs]))
+    rows += [
+        row("detour ratio, simple", [r.detour_simple for r in runs]),
+        row("detour ratio, complex", [r.detour_complex for r in runs]),
+        row("sign flips", [r.sign_flips for r in runs]),
+        row("phase boundary step (H valley)", [r.phase_boundary for r in runs]),
+        row("phase boundary step (H share valley)", [r.share_boundary for r in runs]),
+        row("loss gap starts growing (step)", [r.loss_gap_step for r in runs]),
+    ]
+    return rows
+
+
+def summary_table(runs: Sequence[RunSummary]) -> str:
+    """A plain-text table, one column per run (see :func:`summary_rows`)."""
+    if not runs:
+        raise ValueError("runs is empty; pass at least one RunSummary.")
+    rows = [("", [r.name for r in runs]), *summary_rows(runs)]
+    label_width = max(len(label) for label, _ in rows)
+    widths = [max(len(cells[i]) for _, cells in rows) for i in range(len(runs))]
+    lines = []
+    for label, cells in rows:
+        lines.append("  ".join([label.ljust(label_width), *(c.rjust(w) for c, w in zip(cells, widths))]))
+    return "\n".join(lines)
+
+
+def similarity_table(runs: Sequence[RunSummary]) -> str:
+    """Train-test similarity per order at the last step, one row per run ("-" without held-out
+    interactions)."""
+    n = max(r.n for r in runs)
+    header = ["order"] + [str(m) for m in range(1, n + 1)]
+    lines = [header]
+    for r in runs:
+        values = r.train_test.tolist()[1:] if r.train_test is not None else []
+        lines.append([r.name] + [f"{v:.2f}" for v in values] + ["-"] * (n - len(values)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+
+
+# --------------------------------------------------------------------------------- figures
+
+
+def _step_axis(ax) -> None:
+    """Call after plotting: tracked steps are usually log-spaced, and symlog keeps step 0 and
+    the early steps apart; steps are never negative."""
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("step")
+
+
+def band_strength_figure(runs: Sequence[RunSummary]) -> Figure:
+    """Salient strength of the simple, medium and complex bands over the tracked steps."""
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    axes = fig.subplots(1, 3)
+    for ax, band in zip(axes, ("simple", "medium", "complex")):
+        for r in runs:
+            ax.plot(r.steps, getattr(r, f"{band}_strength"), marker="o", markersize=3, label=r.name)
+        orders = getattr(runs[0].bands, band)
+        span = f"orders {orders[0]}-{orders[-1]}" if orders else "no orders"
+        ax.set_title(f"{band} concepts ({span})")
+        _step_axis(ax)
+    axes[0].set_ylabel("salient strength per sample")
+    axes[0].legend(fontsize="small")
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.88, wspace=0.25)
+    return fig
+
+
+def complex_ratio_figure(runs: Sequence[RunSummary]) -> Figure:
+    """Complex ratio (complex strength / total salient strength) over the tracked steps."""
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    for r in runs:
+        ax.plot(r.steps, r.complex_ratio, marker="o", markersize=3, label=r.name)
+    _step_axis(ax)
+    ax.set_ylabel("complex ratio")
+    ax.set_title("share of salient strength in complex concepts")
+    ax.legend(fontsize="small")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def order_profile_figure(runs: Sequence[RunSummary]) -> Figure:
+    """Salient strength per order at the last tracked step, runs side by side."""
+    fig = Figure(figsize=(7, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    width = 0.8 / len(runs)
+    for i, r in enumerate(runs):
+        orders = torch.arange(1, r.n + 1)
+        ax.bar((orders + (i - (len(runs) - 1) / 2) * width).numpy(), r.final_profile.strength[1:].numpy(),
+               width=width, label=f"{r.name} (step {r.steps[-1]})")
+    ax.set_xticks(range(1, runs[0].n + 1))
+    ax.set_xlabel("order m = |S|")
+    ax.set_ylabel("salient strength per sample")
+    ax.set_title("concepts by order at the last tracked step")
+    ax.legend(fontsize="small")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def train_test_figure(runs: Sequence[RunSummary]) -> Figure | None:
+    """Train-test similarity per order at the last step (None when no run has held-out data)."""
+    with_heldout = [r for r in runs if r.train_test is not None]
+    if not with_heldout:
+        return None
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    for r in with_heldout:
+        ax.plot(range(1, r.n + 1), r.train_test[1:].numpy(), marker="o", label=r.name)
+    ax.set_xticks(range(1, with_heldout[0].n + 1))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("order m = |S|")
+    ax.set_ylabel("Jaccard similarity")
+    ax.set_title("train-test similarity of concepts by order")
+    ax.legend(fontsize="small")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def detour_figure(runs: Sequence[RunSummary]) -> Figure:
+    """Detour ratio (path length / displacement) per order over the whole run."""
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    for r in runs:
+        ax.plot(range(1, r.n + 1), r.detour_by_order[1:].numpy(), marker="o", label=r.name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(1, runs[0].n + 1))
+    ax.set_xlabel("order m = |S|")
+    ax.set_ylabel("detour ratio P / D")
+    ax.set_title("how far concepts detour while they are learned")
+    ax.legend(fontsize="small")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def phase_figure(runs: Sequence[RunSummary]) -> Figure:
+    """Two-phase dynamics, one panel per run: high-order strength H(t) (log scale) and its share
+    of the salient strength (right axis), with the phase boundaries of both (dashed) and the
+    step where the loss gap starts growing (dotted)."""
+    fig = Figure(figsize=(5.5 * len(runs), 3.8), dpi=100)
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, r in zip(axes, runs):
+        ax.plot(r.steps, r.high_order_strength, marker="o", markersize=3, color="tab:purple", label="H(t)")
+        if min(r.high_order_strength) > 0:
+            ax.set_yscale("log")
+        share = ax.twinx()
+        share.plot(r.steps, r.high_share, marker="s", markersize=3, color="tab:green", label="H share")
+        share.set_ylim(0, 1)
+        marks = [
+            (r.phase_boundary, "tab:purple", "--", "H valley"),
+            (r.share_boundary, "tab:green", "--", "share valley"),
+            (r.loss_gap_step, "tab:red", ":", "loss gap grows"),
+        ]
+        for step, color, style, label in marks:
+            if step is not None:
+                ax.axvline(step, color=color, linestyle=style, label=f"{label} {step}")
+        _step_axis(ax)
+        ax.set_title(f"{r.name}: medium + complex concepts")
+        lines = ax.get_legend_handles_labels()
+        more = share.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="x-small", loc="upper left")
+    axes[0].set_ylabel("H(t), salient strength")
+    share.set_ylabel("share of salient strength")
+    fig.subplots_adjust(left=0.07, right=0.94, bottom=0.15, top=0.9, wspace=0.3)
+    return fig
+
+
+def loss_figure(runs: Sequence[RunSummary]) -> Figure | None:
+    """Train and eval losses as logged (None when no run logged a known loss pair)."""
+    pairs = []
+    for r in runs:
+        for eval_tag, train_tag in LOSS_TAGS:
+            if r.scalars.get(eval_tag) and r.scalars.get(train_tag):
+                pairs.append((r, eval_tag, train_tag))
+                break
+    if not pairs:
+        return None
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    for i, (r, eval_tag, train_tag) in enumerate(pairs):
+        color = f"C{i}"
+        for tag, style in ((train_tag, "-"), (eval_tag, "--")):
+            steps, values = zip(*r.scalars[tag])
+            ax.plot(steps, values, style, color=color, label=f"{r.name} {tag}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title("train (solid) and eval (dashed) loss")
+    ax.legend(fontsize="x-small")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def report_figures(runs: Sequence[RunSummary]) -> dict[str, Figure]:
+    """The report's figures by file stem, in display order (figures without data left out)."""
+    figures = {
+        "band_strength": band_strength_figure(runs),
+        "complex_ratio": complex_ratio_figure(runs),
+        "order_profile": order_profile_figure(runs),
+        "train_test_similarity": train_test_figure(runs),
+        "detour_ratio": detour_figure(runs),
+        "phase_boundary": phase_figure(runs),
+        "loss": loss_figure(runs),
+    }
+    return {name: fig for name, fig in figures.items() if fig is not None}
+
+
+def figure_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure, rendered off-screen."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def report_pngs(runs: Sequence[RunSummary]) -> dict[str, bytes]:
+    """:func:`report_figures` rendered to PNG bytes, by file stem."""
+    return {name: figure_png(fig) for name, fig in report_figures(runs).items()}
+
+
+def save_figures(pngs: dict[str, bytes], directory: str | os.PathLike) -> list[Path]:
+    """Write :func:`report_pngs` as ``<directory>/<name>.png``; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in pngs.items():
+        path = directory / f"{name}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ HTML
+
+
+def render_html(
+    runs: Sequence[RunSummary], title: str = "concept-tracker report", pngs: dict[str, bytes] | None = None
+) -> str:
+    """A self-contained HTML page: the summary tables and every figure as an embedded PNG.
+
+    Args:
+        runs: the runs, one table column each.
+        title: page title.
+        pngs: :func:`report_pngs` of ``runs`` when already rendered (None renders them).
+    """
+    if not runs:
+        raise ValueError("runs is empty; pass at least one RunSummary.")
+    esc = html.escape
+    head = "".join(f"<th>{esc(r.name)}</th>" for r in runs)
+    body = "".join(
+        f"<tr><th>{esc(label)}</th>{''.join(f'<td>{esc(c)}</td>' for c in cells)}</tr>"
+        for label, cells in summary_rows(runs)
+    )
+    n = max(r.n for r in runs)
+    sim_head = "".join(f"<th>{m}</th>" for m in range(1, n + 1))
+    sim_body = "".join(
+        f"<tr><th>{esc(r.name)}</th>"
+        + "".join(f"<td>{v:.2f}</td>" for v in (r.train_test.tolist()[1:] if r.train_test is not None else []))
+        + "</tr>"
+        for r in runs
+    )
+    sources = "".join(
+        f"<li>{esc(r.name)}: <code>{esc(r.log_dir)}</code>, n={r.n}, kind={esc(r.kind)}, "
+        f"{len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}</li>"
+        for r in runs
+    )
+    images = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>"
+        for name, png in (report_pngs(runs) if pngs is None else pngs).items()
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1300px; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+tr th:first-child {{ text-align: left; }}
+figure {{ display: inline-block; margin: 0.5em; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<ul>{sources}</ul>
+<h2>Summary (last tracked step unless stated)</h2>
+<table><tr><th></th>{head}</tr>{body}</table>
+<h2>Train-test similarity by order (last tracked step)</h2>
+<table><tr><th>order</th>{sim_head}</tr>{sim_body}</table>
+<h2>Figures</h2>
+{images}
+<p>Metric definitions: docs/metrics.md of concept-tracker. Bands: simple orders
+{esc(str(list(runs[0].bands.simple)))}, medium {esc(str(list(runs[0].bands.medium)))},
+complex {esc(str(list(runs[0].bands.complex)))}.</p>
+</body></html>
+"""
+
+
+def write_html(
+    runs: Sequence[RunSummary],
+    path: str | os.PathLike,
+    title: str = "concept-tracker report",
+    pngs: dict[str, bytes] | None = None,
+) -> Path:
+    """Write :func:`render_html` to ``path`` (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(runs, title, pngs), encoding="utf-8")
+    return path

@@ -1,0 +1,290 @@
+"""The ``concept-tracker`` command: analyze, report and demo, their errors and exit codes.
+
+Checkpoints are state dicts of a tiny MLP written by the tests themselves; the model factory is
+a module written next to them. Commands run in-process through ``cli.main`` (one subprocess
+check covers the console entry point's exit status).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from concept_tracker import cli, report
+from concept_tracker.store import list_steps
+from concept_tracker.writers import tags
+
+from models import seeded
+
+FEATURES, CLASSES = 4, 3
+FACTORY = textwrap.dedent(
+    """
+    from torch import nn
+
+    def build():
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    """
+)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A temporary working directory holding the model factory module ``tiny_factory``."""
+    (tmp_path / "tiny_factory.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "tiny_factory", raising=False)
+    return tmp_path
+
+
+def build() -> nn.Module:
+    return nn.Sequential(nn.Linear(FEATURES, 8), nn.ReLU(), nn.Linear(8, CLASSES))
+
+
+def write_checkpoints(folder, steps=(0, 5, 10), suffix=".pt"):
+    """State dicts of the factory's model at ``steps``, the weights drifting with the step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = seeded(build, seed=0)
+    paths = []
+    for step in steps:
+        state = {k: v + 0.05 * step * torch.ones_like(v) for k, v in base.state_dict().items()}
+        path = folder / f"step_{step:08d}{suffix}"
+        if suffix == ".safetensors":
+            save_file(state, str(path))
+        else:
+            torch.save(state, path)
+        paths.append(path)
+    return paths
+
+
+def write_data(path, heldout=True):
+    gen = torch.Generator().manual_seed(0)
+    data = {"inputs": torch.randn(6, FEATURES, generator=gen), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}
+    if heldout:
+        data["heldout_inputs"] = torch.randn(6, FEATURES, generator=gen)
+        data["heldout_labels"] = torch.tensor([2, 1, 0, 2, 1, 0])
+    torch.save(data, path)
+    return path
+
+
+def analyze(workdir, *extra, ckpts="ckpts", log_dir="run"):
+    return cli.main(
+        ["analyze", str(workdir / ckpts), "--data", str(workdir / "data.pt"), "--players", "tabular",
+         "--model-factory", "tiny_factory:build", "--log-dir", str(workdir / log_dir), *extra]
+    )
+
+
+def test_analyze_writes_the_same_output_as_live_tracking(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    run = workdir / "run"
+    assert list_steps(run) == [0, 5, 10]
+    assert list_steps(run, "heldout") == [0, 5, 10]
+    scalars = report.read_scalars(run)
+    for tag in tags.spec_scalar_tags(FEATURES, ["and"], generalization=True):
+        assert [step for step, _ in scalars[tag]] == [0, 5, 10], tag
+    out = capsys.readouterr().out
+    assert "complex ratio" in out and "tensorboard --logdir" in out
+
+
+def test_analyze_reads_safetensors_files_hf_folders_and_npz_data(workdir):
+    write_checkpoints(workdir / "ckpts", steps=(0, 7), suffix=".safetensors")
+    # A save_pretrained-style folder: weights in model.safetensors, step in the folder name.
+    folder = workdir / "ckpts" / "checkpoint-20"
+    folder.mkdir()
+    save_file(seeded(build, seed=1).state_dict(), str(folder / "model.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    np.savez(workdir / "data.npz", inputs=torch.randn(5, FEATURES, generator=gen).numpy())
+    code = cli.main(
+        ["analyze", str(workdir / "ckpts"), "--data", str(workdir / "data.npz"), "--players", "tabular:0-2",
+         "--model-factory", "tiny_factory:build", "--log-dir", str(workdir / "run"), "--baseline", "zero"]
+    )
+    assert code == 0
+    assert list_steps(workdir / "run") == [0, 7, 20]
+
+
+def test_analyze_refuses_to_overwrite_without_force(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    capsys.readouterr()
+    write_checkpoints(workdir / "other", steps=(3, 4))
+    assert analyze(workdir, ckpts="other") == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and str(workdir / "run") in err
+    assert list_steps(workdir / "run") == [0, 5, 10]
+    assert analyze(workdir, "--force", ckpts="other") == 0
+    assert list_steps(workdir / "run") == [3, 4]
+    assert [s for s, _ in report.read_scalars(workdir / "run")[tags.PERF_SECONDS]] == [3, 4]
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_truncated_checkpoint_is_named_with_exit_code_2(workdir, capsys, suffix):
+    paths = write_checkpoints(workdir / "ckpts", suffix=suffix)
+    write_data(workdir / "data.pt")
+    paths[1].write_bytes(paths[1].read_bytes()[:40])
+    assert analyze(workdir) == 2
+    err = capsys.readouterr().err
+    assert str(paths[1]) in err and "truncated" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # Checked before any checkpoint is analyzed: nothing was written.
+    assert not (workdir / "run").exists()
+
+
+def test_checkpoint_of_another_model_is_an_input_error(workdir, capsys):
+    folder = workdir / "ckpts"
+    folder.mkdir()
+    torch.save(nn.Linear(3, 3).state_dict(), folder / "step_1.pt")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 2
+    assert "does not fit the --model-factory model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["analyze", "ckpts", "--data", "missing.pt", "--players", "tabular", "--model-factory", "tiny_factory:build"], "missing.pt does not exist"),
+        (["analyze", "ckpts", "--data", "data.pt", "--players", "hexagons:3", "--model-factory", "tiny_factory:build"], "unknown kind 'hexagons'"),
+        (["analyze", "ckpts", "--data", "data.pt", "--players", "tabular", "--model-factory", "nope:build"], "cannot import 'nope'"),
+        (["analyze", "ckpts", "--data", "data.pt", "--players", "tabular"], "no config.json"),
+        (["analyze", "data.pt", "--data", "data.pt", "--players", "tabular"], "no step in the name"),
+        (["analyze", "ckpts", "--players", "tabular"], "arguments are required: --data"),
+        (["report", "nowhere"], "nowhere is not a directory"),
+    ],
+)
+def test_input_errors_give_one_line_and_exit_code_2(workdir, capsys, args, message):
+    write_checkpoints(workdir / "ckpts", steps=(1,))
+    write_data(workdir / "data.pt")
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_summarizes_runs_and_protects_the_html(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir, log_dir="a") == 0
+    assert analyze(workdir, log_dir="b", ckpts="ckpts") == 0
+    capsys.readouterr()
+    html = workdir / "out.html"
+    assert cli.main(["report", str(workdir / "a"), str(workdir / "b"), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["a", "b"]
+    for band in ("simple", "medium", "complex"):
+        assert f"train-test similarity, {band}" in out
+    page = html.read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "<table>" in page
+    html.write_text("keep me")
+    assert cli.main(["report", str(workdir / "a"), "--html", str(html)]) == 2
+    assert "--force" in capsys.readouterr().err and html.read_text() == "keep me"
+    assert cli.main(["report", str(workdir / "a"), "--html", str(html), "--force"]) == 0
+    assert html.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_report_names_the_broken_path(workdir, capsys):
+    empty = workdir / "empty_run"
+    empty.mkdir()
+    assert cli.main(["report", str(empty)]) == 2
+    assert f"{empty} holds no stored interactions" in capsys.readouterr().err
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    capsys.readouterr()
+    broken = workdir / "run" / "interactions" / "step_00000005.safetensors"
+    broken.write_bytes(broken.read_bytes()[:100])
+    assert cli.main(["report", str(workdir / "run")]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "truncated" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "name, step",
+    [("checkpoint-500", 500), ("step_00000500.pt", 500), ("epoch=3-step=500.ckpt", 500), ("model_7.safetensors", 7)],
+)
+def test_checkpoint_step_is_the_number_ending_the_name(tmp_path, name, step):
+    assert cli.checkpoint_step(tmp_path / name) == step
+
+
+def test_player_specs():
+    players = cli.parse_players("tabular:0-2,5")
+    assert players.features == [0, 1, 2, 5]
+    patches = cli.parse_players("patches:4x4:1,2,5", baseline="0.5")
+    assert patches.grid == (4, 4) and patches.patches == [1, 2, 5] and patches.baselines == 0.5
+    assert cli.parse_players("tokens:6", mask_token_id=3).mask_token_id == 3
+    for bad, message in [("patches:2by5", "ROWSxCOLS"), ("tabular:a-b", "integers"), ("tokens:x", "number of words")]:
+        with pytest.raises(cli.InputError, match=message):
+            cli.parse_players(bad)
+    with pytest.raises(cli.InputError, match="--mask-token-id applies to tokens"):
+        cli.parse_players("tabular", mask_token_id=1)
+
+
+def test_probe_data_formats(tmp_path):
+    ids = torch.arange(12).reshape(3, 4)
+    save_file({"inputs.input_ids": ids, "inputs.attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 0])},
+              str(tmp_path / "text.safetensors"))
+    data = cli.load_probe_data(tmp_path / "text.safetensors")
+    assert set(data["inputs"]) == {"input_ids", "attention_mask"} and data["heldout_inputs"] is None
+    torch.save(torch.zeros(2, 3), tmp_path / "bare.pt")
+    assert torch.equal(cli.load_probe_data(tmp_path / "bare.pt")["inputs"], torch.zeros(2, 3))
+    torch.save({"x": torch.zeros(2)}, tmp_path / "wrong.pt")
+    with pytest.raises(cli.InputError, match="has no 'inputs'"):
+        cli.load_probe_data(tmp_path / "wrong.pt")
+
+
+def test_analyze_hugging_face_folder_with_token_players(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2,
+    )
+    for step in (0, 4):
+        torch.manual_seed(step)
+        transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "out" / f"checkpoint-{step}")
+    ids = torch.tensor([[2, 5, 6, 7, 8, 3], [2, 9, 10, 11, 12, 3]])
+    save_file({"inputs.input_ids": ids, "inputs.attention_mask": torch.ones_like(ids)}, str(tmp_path / "text.safetensors"))
+    code = cli.main(
+        ["analyze", str(tmp_path / "out"), "--data", str(tmp_path / "text.safetensors"), "--players", "tokens:4",
+         "--mask-token-id", "1", "--log-dir", str(tmp_path / "run")]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert list_steps(tmp_path / "run") == [0, 4]
+
+
+def test_demo_runs_end_to_end_small(tmp_path):
+    from concept_tracker.demo import DemoConfig, run_demo
+
+    lines = []
+    config = DemoConfig(steps=12, probes=10, tracked_steps=4, evaluations=6, kind="and", figures=False,
+                        progress=False, output_dir=str(tmp_path / "demo"))
+    clean, noisy = run_demo(config, echo=lines.append)
+    text = "\n".join(lines)
+    assert "test accuracy" in text and "tensorboard --logdir" in text and "arXiv 2302.13091" in text
+    assert clean.steps == noisy.steps and clean.steps[0] == 0 and clean.steps[-1] == 12
+    for name in ("band_strength", "complex_ratio", "train_test_similarity", "detour_ratio", "phase_boundary", "loss"):
+        assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "report.html").is_file()
+    # A rerun replaces the earlier demo runs instead of mixing two runs in one directory.
+    run_demo(config, echo=lines.append)
+    assert len(list((tmp_path / "demo" / "clean").glob("events.out.tfevents*"))) == 1
+
+
+def test_console_script_exit_code_and_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "concept_tracker.cli", "report", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"concept-tracker report: error: {tmp_path / 'missing'} is not a directory; pass a tracker's log_dir."
