@@ -172,19 +172,16 @@ def _plan(num_samples: int, n: int, rows: int) -> list[list[tuple[int, int, int]
     return chunks
 
 
-def _check_finite(vals: Tensor, pieces: list[tuple[int, int, int]]) -> None:
-    if torch.isfinite(vals).all():
+def _check_finite(values: Tensor) -> None:
+    """Raise naming the first sample and coalition whose value (in ``values`` [B, 2**n]) is NaN/inf."""
+    if torch.isfinite(values).all():
         return
-    bad = int((~torch.isfinite(vals)).nonzero()[0, 0])
-    offset = 0
-    for b, start, stop in pieces:
-        if bad < offset + stop - start:
-            raise ValueError(
-                f"the model's value is {vals[bad].item()} for sample {b}, coalition "
-                f"{start + bad - offset} (bitmask of kept players); check the players' baselines "
-                "(a masked input the model cannot handle) and the model for NaN/inf outputs."
-            )
-        offset += stop - start
+    b, s = (int(i) for i in (~torch.isfinite(values)).nonzero()[0])
+    raise ValueError(
+        f"the model's value is {values[b, s].item()} for sample {b}, coalition {s} (bitmask of "
+        "kept players); check the players' baselines (a masked input the model cannot handle) "
+        "and the model for NaN/inf outputs."
+    )
 
 
 def coalition_values(
@@ -213,6 +210,9 @@ def coalition_values(
     coalitions = coalition_matrix(n, device)
     rows = batch_size or _auto_rows(model, samples[0], device, total)
     out = torch.empty(len(samples), per, dtype=torch.float64, device=device)
+    # Chunks run through the rows in order, so each one fills a contiguous range of ``flat``.
+    flat = out.view(-1)
+    maskers = [players.masker(sample) for sample in samples]
     warned = False
     done = 0
     from tqdm.auto import tqdm
@@ -223,20 +223,16 @@ def coalition_values(
             remaining = _plan_from(len(samples), n, rows, done)
             try:
                 for pieces in remaining:
-                    parts = [players.mask(samples[b], coalitions[s:e]) for b, s, e in pieces]
+                    parts = [maskers[b](coalitions[s:e]) for b, s, e in pieces]
                     tgt = None
                     if targets is not None:
-                        tgt = torch.cat([targets[b].expand(e - s) for b, s, e in pieces])
+                        tgt = _concat([targets[b].expand(e - s) for b, s, e in pieces])
                     with torch.inference_mode():
                         vals = value_fn(_call(model, _concat(parts)), tgt)
-                    vals = vals.reshape(-1).to(torch.float64)
-                    _check_finite(vals, pieces)
-                    offset = 0
-                    for b, s, e in pieces:
-                        out[b, s:e] = vals[offset : offset + e - s]
-                        offset += e - s
-                    done += offset
-                    bar.update(offset)
+                    size = sum(e - s for _, s, e in pieces)
+                    flat[done : done + size] = vals.reshape(-1)
+                    done += size
+                    bar.update(size)
             except torch.cuda.OutOfMemoryError:
                 if rows == 1:
                     raise
@@ -245,6 +241,7 @@ def coalition_values(
                 if not warned:
                     warnings.warn(f"CUDA out of memory in compute_interactions; retrying with batch_size={rows}.", stacklevel=3)
                     warned = True
+    _check_finite(out)
     return out
 
 
@@ -264,15 +261,24 @@ def _plan_from(num_samples: int, n: int, rows: int, done: int) -> list[list[tupl
     return head + [[(b + first + 1, s, e) for b, s, e in c] for c in tail]
 
 
-def default_targets(model: nn.Module, samples: list[Any], players: Players) -> Tensor:
+def default_targets(model: nn.Module, samples: list[Any], players: Players, batch_size: int | None = None) -> Tensor:
     """The model's predicted class on each unmasked sample. Call inside :func:`preserved_state`.
+
+    The samples go through the model together, ``batch_size`` (None: sized as for
+    :func:`coalition_values`) at a time: one forward per sample costs more than the whole
+    batch for small models.
 
     Returns:
         [B] int64.
     """
+    device = model_device(model)
+    rows = batch_size or _auto_rows(model, samples[0], device, len(samples))
+    preds = []
     with torch.inference_mode():
-        preds = [predicted_targets(_call(model, players.model_inputs(s)))[0] for s in samples]
-    return torch.stack(preds).clone()
+        for start in range(0, len(samples), rows):
+            batch = _concat([players.model_inputs(s) for s in samples[start : start + rows]])
+            preds.append(predicted_targets(_call(model, batch)))
+    return torch.cat(preds).clone()
 
 
 def _check_memory(num_samples: int, n: int, device: torch.device) -> None:
@@ -354,7 +360,7 @@ def compute_interactions(
 
     with preserved_state(model):
         if targets is None and needs_target(value):
-            targets = default_targets(model, samples, players)
+            targets = default_targets(model, samples, players, batch_size)
         if world_size() > 1:
             # Ranks agree on rank 0's targets, then each values its share of the samples.
             targets = broadcast_from_main(targets)

@@ -100,6 +100,7 @@ def and_inverse(effects: Tensor, dtype: torch.dtype | None = torch.float64) -> T
     Returns:
         [..., 2**n] v(T) in the same order.
     """
+    num_players(effects, "effects")
     return _butterfly_(_prepare(effects, dtype), 1.0)
 
 
@@ -130,6 +131,7 @@ def or_inverse(effects: Tensor, dtype: torch.dtype | None = torch.float64) -> Te
     Returns:
         [..., 2**n] v(T) in the same order.
     """
+    num_players(effects, "effects")
     m = _prepare(effects, dtype).neg_()
     # The Moebius coefficient of u(T) = v(N \ T) at the empty set is v(N) = sum of all I_or.
     m[..., 0] = effects.to(m.dtype).sum(-1)
