@@ -20,17 +20,20 @@ from .metrics import (
 )
 from .players import FeatureMaskPlayers, ImagePatchPlayers, Players, TabularPlayers, TokenPlayers, word_ids
 from .schedules import Schedule, at_steps, every, log_spaced
-from .tracker import ConceptTracker, select_probes
+from .store import list_steps, load_step
+from .tracker import DEFAULT_SCHEDULE, ConceptTracker, ProbeSet, select_probes
 from .transforms import and_inverse, and_transform, or_inverse, or_transform, orders
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConceptTracker",
+    "DEFAULT_SCHEDULE",
     "FeatureMaskPlayers",
     "ImagePatchPlayers",
     "Interactions",
     "Players",
+    "ProbeSet",
     "Schedule",
     "TabularPlayers",
     "TokenPlayers",
@@ -43,6 +46,8 @@ __all__ = [
     "band_summary",
     "compute_interactions",
     "every",
+    "list_steps",
+    "load_step",
     "log_spaced",
     "noise_sensitivity",
     "or_inverse",
