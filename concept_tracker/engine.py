@@ -213,6 +213,7 @@ def coalition_values(
     # Chunks run through the rows in order, so each one fills a contiguous range of ``flat``.
     flat = out.view(-1)
     maskers = [players.masker(sample) for sample in samples]
+    sample_targets = None if targets is None else targets.unbind(0)
     warned = False
     done = 0
     from tqdm.auto import tqdm
@@ -225,11 +226,17 @@ def coalition_values(
                 for pieces in remaining:
                     parts = [maskers[b](coalitions[s:e]) for b, s, e in pieces]
                     tgt = None
-                    if targets is not None:
-                        tgt = _concat([targets[b].expand(e - s) for b, s, e in pieces])
+                    if sample_targets is not None:
+                        tgt = _concat([sample_targets[b].expand(e - s) for b, s, e in pieces])
                     with torch.inference_mode():
                         vals = value_fn(_call(model, _concat(parts)), tgt)
                     size = sum(e - s for _, s, e in pieces)
+                    if not isinstance(vals, Tensor) or vals.numel() != size:
+                        got = tuple(vals.shape) if isinstance(vals, Tensor) else type(vals).__name__
+                        raise ValueError(
+                            f"value returned {got} for {size} masked rows; a value function must "
+                            "return one scalar per row, Tensor[M]."
+                        )
                     flat[done : done + size] = vals.reshape(-1)
                     done += size
                     bar.update(size)

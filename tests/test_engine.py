@@ -328,3 +328,9 @@ def test_and_or_matches_values_up_to_bounded_noise(mlp_case):
     torch.testing.assert_close(rebuilt, res.outputs + res.q, rtol=0, atol=1e-6)
     bound = 0.02 * (res.outputs[:, -1] - res.outputs[:, 0]).abs()
     assert (res.q.abs() <= bound[:, None] + 1e-9).all()
+
+
+def test_value_with_one_number_for_all_rows_is_rejected():
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="one scalar per row"):
+        ct.compute_interactions(model, torch.randn(2, 4), ct.TabularPlayers(baselines="zero"), value=lambda out, t: out.sum())
