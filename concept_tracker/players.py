@@ -112,6 +112,7 @@ class _MapPlayers(Players):
         self.baselines = baselines
         self._mean: Tensor | None = None
         self._background_keep = background_keep
+        self._layouts: dict[tuple[tuple[int, ...], torch.device], tuple[Tensor, bool, tuple[int, ...]]] = {}
 
     def fit(self, data: Tensor) -> "_MapPlayers":
         """Fit the "mean" baseline: the mean sample over ``data`` [N, ...]."""
@@ -154,6 +155,24 @@ class _MapPlayers(Players):
             ) from None
         return b
 
+    def _layout(self, sample: Tensor) -> tuple[Tensor, bool, tuple[int, ...]]:
+        """For samples of this shape: the weight column of every element (its player id; ``n``
+        for background), whether there is background, and the shape of one row's weights.
+
+        Cached per shape and device: the engine asks once per sample, and the player map of
+        every kind depends on the sample's shape only.
+        """
+        key = (tuple(sample.shape), sample.device)
+        if key not in self._layouts:
+            pmap = self.player_map(sample).to(sample.device)
+            background = pmap < 0
+            # The map may have fewer dims than the sample (an [H, W] patch map on [C, H, W]
+            # images): singleton dims after the row dim make it broadcast over the sample, not
+            # over rows.
+            tail = (*(1,) * (sample.dim() - pmap.dim()), *pmap.shape)
+            self._layouts[key] = (pmap.masked_fill(background, self.n).reshape(-1), bool(background.any()), tail)
+        return self._layouts[key]
+
     def mask(self, sample: Tensor, coalitions: Tensor) -> Tensor:
         return self.masker(sample)(coalitions)
 
@@ -164,13 +183,8 @@ class _MapPlayers(Players):
                 f"{type(sample).__name__}. Use TokenPlayers for dict (Hugging Face) inputs."
             )
         n = self.n
-        pmap = self.player_map(sample).to(sample.device)
+        idx, background, tail = self._layout(sample)
         base = self.baseline(sample)
-        background = bool((pmap < 0).any())
-        idx = torch.where(pmap < 0, n, pmap).reshape(-1)
-        # The map may have fewer dims than the sample (an [H, W] patch map on [C, H, W] images):
-        # pad with singleton dims after the row dim so it broadcasts over the sample, not over rows.
-        tail = (*(1,) * (sample.dim() - pmap.dim()), *pmap.shape)
         # lerp(b, x, w) is exactly b at w = 0 and exactly x at w = 1 while x - b is finite, and
         # runs on vectorised float kernels: on CPU it and a float index_select are over ten
         # times faster than bool indexing plus torch.where on a broadcast mask.
