@@ -283,7 +283,9 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
 
     def band_label(band: str) -> str:
         orders = getattr(runs[0].bands, band)
-        return f"{band} (orders {orders[0]}-{orders[-1]})" if orders else f"{band} (none)"
+        if not orders:
+            return f"{band} (no orders)"
+        return f"{band} (order {orders[0]})" if len(orders) == 1 else f"{band} (orders {orders[0]}-{orders[-1]})"
 
     rows = [
         ("last tracked step", [str(r.steps[-1]) for r in runs]),

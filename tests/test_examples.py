@@ -1,0 +1,34 @@
+"""Smoke test of every script in examples/: a few steps each, offline, in a fresh directory.
+
+Each example takes ``--steps`` and writes its runs under a relative ``runs/`` folder, so it
+runs as a subprocess (as a user would) in a temporary working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+
+
+def test_examples_are_found():
+    assert {p.name for p in EXAMPLES} >= {"hf_text_classification.py", "lightning_module.py"}
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs_a_few_steps(script, tmp_path):
+    # Offline and quiet: nothing may be fetched, and progress bars would only fill the log.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+    result = subprocess.run(
+        [sys.executable, str(script), "--steps", "5"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    stored = list(tmp_path.glob("runs/**/interactions/step_*.safetensors"))
+    assert stored, f"{script.name} stored no interactions under {tmp_path / 'runs'}"
