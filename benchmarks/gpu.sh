@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU benchmarks in one command, under 5 minutes on one recent NVIDIA GPU:
+#   engine (compute_interactions vs the bare forwards), the AND-OR solver, tracking overhead.
+#
+#   bash benchmarks/gpu.sh                  # uses .venv/bin/python when present, else python3
+#   PYTHON=python DEVICE=cuda:1 bash benchmarks/gpu.sh
+#
+# Each benchmark has its own time limit, so one slow part cannot eat the whole budget. The
+# overhead table goes to BENCHMARKS_overhead_gpu.md (the CPU table is BENCHMARKS_overhead.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+DEVICE="${DEVICE:-cuda}"
+
+"$PYTHON" - "$DEVICE" <<'PY'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f"benchmarks/gpu.sh needs a CUDA GPU, but torch {torch.__version__} sees none "
+             "(install a CUDA build: make demo TORCH=...)")
+device = torch.device(sys.argv[1])
+print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+PY
+
+run() {
+    local limit=$1; shift
+    echo; echo "== $* (limit ${limit}s)"
+    timeout "$limit" "$PYTHON" "$@"
+}
+
+start=$SECONDS
+run 60 benchmarks/engine.py --device "$DEVICE" --repeats 5
+run 90 benchmarks/and_or.py --device "$DEVICE"
+run 150 benchmarks/overhead.py --device "$DEVICE" --repeats 2 --output BENCHMARKS_overhead_gpu.md
+echo; echo "All GPU benchmarks done in $((SECONDS - start)) s."

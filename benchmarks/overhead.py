@@ -1,0 +1,163 @@
+"""Wall-time overhead of tracking: the demo's training with and without a ConceptTracker.
+
+    python benchmarks/overhead.py [--steps 10000] [--repeats 2] [--device cuda] [--output BENCHMARKS_overhead.md]
+
+The training is the demo's (``concept_tracker.demo``): the MLP 64-256-256-10 on 1,000 digits,
+Adam, minibatches of 64, clean labels; the tracker is the demo's too (AND-OR interactions of 10
+image patches on 32 training and 32 held-out probes, figures on), with two schedules:
+
+- default: ``schedule=None``, the tracker's default ``log_spaced(0, 10000, 20) | every(1000)``;
+- budget: the same schedule with ``max_overhead=0.05``, which skips tracked steps to keep
+  tracking under 5% of the wall time.
+
+Three variants (no tracker, default, budget) train from the same seed and batches, in turn,
+``--repeats`` times, rotating the order so that a slow spell of a shared machine does not always
+hit the same variant. Reported: seconds per variant (median over repeats), ratio to the
+untracked run (median of per-repeat ratios), tracked and skipped steps. Targets: default <= 1.10x,
+budget <= 1.05x. The results go to ``--output`` as Markdown, with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from concept_tracker import ConceptTracker, select_probes
+from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, load_digits_split
+from concept_tracker.tracker import DEFAULT_SCHEDULE
+from concept_tracker.writers import tags
+
+VARIANTS = ("none", "default", "budget")
+BUDGET = 0.05
+
+
+def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> dict:
+    """One training run of ``args.steps`` optimizer steps; returns wall seconds and tracker counts."""
+    demo = DemoConfig()
+    torch.manual_seed(args.seed)
+    model = build_model(demo.width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=demo.lr)
+    batches = torch.Generator().manual_seed(args.seed + 1)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    tracker = None
+    if variant != "none":
+        probes = select_probes(data.train_x, args.probes, labels=data.train_y, seed=args.seed)
+        heldout = select_probes(data.test_x, args.probes, labels=data.test_y, seed=args.seed)
+        tracker = ConceptTracker(
+            demo_players(data.train_x), probes.inputs, probes.labels,
+            heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
+            log_dir=log_dir, schedule=None, kind=args.kind, figures=not args.no_figures,
+            max_overhead=BUDGET if variant == "budget" else None, strict=True,
+        )
+    tracked = 0
+    _sync(device)
+    start = time.perf_counter()
+    for step in range(args.steps + 1):
+        if tracker is not None:
+            tracked += tracker.step(model, step)
+        if step == args.steps:
+            break
+        index = torch.randint(0, len(y), (demo.batch_size,), generator=batches).to(device)
+        loss = nn.functional.cross_entropy(model(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if tracker is not None:
+        tracker.close()
+    scheduled = sum(DEFAULT_SCHEDULE(s) for s in range(args.steps + 1)) if tracker is not None else 0
+    return {"seconds": seconds, "tracked": tracked, "skipped": scheduled - tracked}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine(device: torch.device) -> str:
+    """CPU model and cores (and the GPU when used), torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10000, help="training steps per run (default 10000, the default schedule's span)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three variants (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--kind", default="and_or", choices=("and", "or", "and_or"), help="interaction kind (default and_or, as the demo)")
+    parser.add_argument("--probes", type=int, default=32, help="training and held-out probes each (default 32, as the demo)")
+    parser.add_argument("--no-figures", action="store_true", help="track without the matplotlib figures")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="write the results as Markdown to this file")
+    args = parser.parse_args()
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be at least 1.")
+    device = torch.device(args.device)
+    data = load_digits_split(DemoConfig().train_size, args.seed)
+
+    load_before = os.getloadavg()[0]
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # The budget variant warns once when it first skips a step; the table reports skips.
+        warnings.simplefilter("ignore", UserWarning)
+        for r in range(args.repeats):
+            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+            for variant in order:
+                result = train(variant, args, data, device, Path(tmp) / f"{variant}_{r}")
+                results[variant].append(result)
+                print(f"repeat {r + 1}/{args.repeats} {variant:>7}: {result['seconds']:.1f} s, "
+                      f"{result['tracked']} tracked, {result['skipped']} skipped", flush=True)
+
+    rows = []
+    for variant in VARIANTS:
+        runs = results[variant]
+        ratios = [run["seconds"] / base["seconds"] for run, base in zip(runs, results["none"])]
+        rows.append((variant, statistics.median(r["seconds"] for r in runs), statistics.median(ratios),
+                     runs[-1]["tracked"], runs[-1]["skipped"]))
+    targets = {"none": "", "default": "<= 1.10", "budget": "<= 1.05"}
+    lines = [
+        "| variant | seconds (median) | ratio to untracked (median) | target | tracked steps | skipped steps |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {seconds:.1f} | {ratio:.3f} | {targets[name]} | {tracked} | {skipped} |"
+        for name, seconds, ratio, tracked, skipped in rows
+    ]
+    header = (
+        f"Machine: {machine(device)}, device {device}.\n"
+        f"Training: the demo's MLP on digits, {args.steps} steps, batch 64. Tracker: kind={args.kind}, "
+        f"{args.probes}+{args.probes} probes, n=10, figures {'off' if args.no_figures else 'on'}, "
+        f"default schedule {DEFAULT_SCHEDULE!r}; budget = max_overhead={BUDGET}. "
+        f"{args.repeats} interleaved repeats. Load average (1 min) {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after: other work on a shared machine slows every variant unevenly.\n"
+    )
+    table = header + "\n" + "\n".join(lines)
+    print("\n" + table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+        print(f"\nWrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
