@@ -3,6 +3,7 @@
 The core never imports ``concept_tracker.integrations`` (transformers, accelerate, lightning).
 """
 
+from .and_or import AndOrConfig, AndOrResult, decompose
 from .dynamics import Trajectory
 from .engine import compute_interactions
 from .interactions import Interactions
@@ -27,6 +28,8 @@ from .transforms import and_inverse, and_transform, or_inverse, or_transform, or
 __version__ = "0.1.0"
 
 __all__ = [
+    "AndOrConfig",
+    "AndOrResult",
     "ConceptTracker",
     "DEFAULT_SCHEDULE",
     "FeatureMaskPlayers",
@@ -45,6 +48,7 @@ __all__ = [
     "band_orders",
     "band_summary",
     "compute_interactions",
+    "decompose",
     "every",
     "list_steps",
     "load_step",
