@@ -367,7 +367,11 @@ def compute_interactions(
 
     with preserved_state(model):
         if targets is None and needs_target(value):
-            targets = default_targets(model, samples, players, batch_size)
+            # Under torch.distributed every rank must run the same number of forwards (FSDP and
+            # ZeRO-3 forwards are collective), so the automatic, memory-dependent chunk size gives
+            # way to one chunk of all samples there.
+            rows = batch_size or (len(samples) if world_size() > 1 else None)
+            targets = default_targets(model, samples, players, rows)
         if world_size() > 1:
             # Ranks agree on rank 0's targets, then each values its share of the samples.
             targets = broadcast_from_main(targets)
