@@ -3,8 +3,9 @@
     python benchmarks/overhead.py [--steps 10000] [--repeats 2] [--device cuda] [--output BENCHMARKS_overhead.md]
 
 The training is the demo's (``concept_tracker.demo``): the MLP 64-256-256-10 on 1,000 digits,
-Adam, minibatches of 64, clean labels; the tracker is the demo's too (AND-OR interactions of 10
-image patches on 32 training and 32 held-out probes, figures on), with two schedules:
+Adam, minibatches of 64, clean labels, one torch thread; the tracker is the demo's too (AND-OR
+interactions of 10 image patches on 32 training and 32 held-out probes, the solver capped at
+300 iterations, figures on), with two schedules:
 
 - default: ``schedule=None``, the tracker's default ``log_spaced(0, 10000, 20) | every(1000)``;
 - budget: the same schedule with ``max_overhead=0.05``, which skips tracked steps to keep
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from concept_tracker import ConceptTracker, select_probes
-from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, load_digits_split
+from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, load_digits_split, solver_config
 from concept_tracker.tracker import DEFAULT_SCHEDULE
 from concept_tracker.writers import tags
 
@@ -42,7 +43,7 @@ BUDGET = 0.05
 
 def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> dict:
     """One training run of ``args.steps`` optimizer steps; returns wall seconds and tracker counts."""
-    demo = DemoConfig()
+    demo = DemoConfig(kind=args.kind)
     torch.manual_seed(args.seed)
     model = build_model(demo.width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=demo.lr)
@@ -55,7 +56,7 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
         tracker = ConceptTracker(
             demo_players(data.train_x), probes.inputs, probes.labels,
             heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
-            log_dir=log_dir, schedule=None, kind=args.kind, figures=not args.no_figures,
+            log_dir=log_dir, schedule=None, kind=args.kind, and_or=solver_config(demo), figures=not args.no_figures,
             max_overhead=BUDGET if variant == "budget" else None, strict=True,
         )
     tracked = 0
@@ -77,6 +78,52 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
         tracker.close()
     scheduled = sum(DEFAULT_SCHEDULE(s) for s in range(args.steps + 1)) if tracker is not None else 0
     return {"seconds": seconds, "tracked": tracked, "skipped": scheduled - tracked}
+
+
+def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> list[tuple[str, float]]:
+    """Seconds per tracked step of the demo's model after 300 training steps, for cheaper and
+    dearer tracker settings, and of one training step: where the overhead comes from."""
+    demo = DemoConfig(kind=args.kind)
+    torch.manual_seed(args.seed)
+    model = build_model(demo.width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=demo.lr)
+    batches = torch.Generator().manual_seed(args.seed + 1)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+
+    def train_steps(count: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(count):
+            index = torch.randint(0, len(y), (demo.batch_size,), generator=batches).to(device)
+            loss = nn.functional.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        return (time.perf_counter() - start) / count
+
+    train_steps(300)
+    probes = select_probes(data.train_x, args.probes, labels=data.train_y, seed=args.seed)
+    heldout = select_probes(data.test_x, args.probes, labels=data.test_y, seed=args.seed)
+    rows = [("one training step", train_steps(200))]
+    settings = [("kind=and, figures off", "and", False), ("kind=and, figures on", "and", True),
+                (f"kind={args.kind}, figures on (benchmarked)", args.kind, True)]
+    for label, kind, figures in settings:
+        tracker = ConceptTracker(
+            demo_players(data.train_x), probes.inputs, probes.labels,
+            heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
+            log_dir=log_dir / label.replace(" ", "_"), schedule=None, kind=kind,
+            and_or=solver_config(DemoConfig(kind=kind)), figures=figures, strict=True,
+        )
+        tracker.step(model, 0)  # the first step pays one-off costs (writer, fonts, cold solver)
+        _sync(device)
+        start = time.perf_counter()
+        for step in (1, 2, 3):
+            tracker.step(model, step)
+        _sync(device)
+        rows.append((f"one tracked step, {label}", (time.perf_counter() - start) / 3))
+        tracker.close()
+    return rows
 
 
 def _sync(device: torch.device) -> None:
@@ -108,17 +155,20 @@ def main() -> None:
     parser.add_argument("--kind", default="and_or", choices=("and", "or", "and_or"), help="interaction kind (default and_or, as the demo)")
     parser.add_argument("--probes", type=int, default=32, help="training and held-out probes each (default 32, as the demo)")
     parser.add_argument("--no-figures", action="store_true", help="track without the matplotlib figures")
+    parser.add_argument("--threads", type=int, default=DemoConfig().threads, help="torch intra-op threads (default: the demo's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="write the results as Markdown to this file")
     args = parser.parse_args()
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be at least 1.")
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     data = load_digits_split(DemoConfig().train_size, args.seed)
 
     load_before = os.getloadavg()[0]
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        costs = step_costs(args, data, device, Path(tmp) / "costs")
         # The budget variant warns once when it first skips a step; the table reports skips.
         warnings.simplefilter("ignore", UserWarning)
         for r in range(args.repeats):
@@ -133,16 +183,16 @@ def main() -> None:
     for variant in VARIANTS:
         runs = results[variant]
         ratios = [run["seconds"] / base["seconds"] for run, base in zip(runs, results["none"])]
-        rows.append((variant, statistics.median(r["seconds"] for r in runs), statistics.median(ratios),
+        rows.append((variant, statistics.median(r["seconds"] for r in runs), statistics.median(ratios), ratios,
                      runs[-1]["tracked"], runs[-1]["skipped"]))
     targets = {"none": "", "default": "<= 1.10", "budget": "<= 1.05"}
     lines = [
-        "| variant | seconds (median) | ratio to untracked (median) | target | tracked steps | skipped steps |",
-        "|---|---:|---:|---|---:|---:|",
+        "| variant | seconds (median) | ratio to untracked (median) | per repeat | target | tracked steps | skipped steps |",
+        "|---|---:|---:|---|---|---:|---:|",
     ]
     lines += [
-        f"| {name} | {seconds:.1f} | {ratio:.3f} | {targets[name]} | {tracked} | {skipped} |"
-        for name, seconds, ratio, tracked, skipped in rows
+        f"| {name} | {seconds:.1f} | {ratio:.3f} | {', '.join(f'{r:.3f}' for r in ratios)} | {targets[name]} | {tracked} | {skipped} |"
+        for name, seconds, ratio, ratios, tracked, skipped in rows
     ]
     header = (
         f"Machine: {machine(device)}, device {device}.\n"
@@ -152,6 +202,15 @@ def main() -> None:
         f"{args.repeats} interleaved repeats. Load average (1 min) {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after: other work on a shared machine slows every variant unevenly.\n"
     )
+    train_step = costs[0][1]
+    lines += [
+        "",
+        "Where the time goes (after 300 training steps; mean of 3 tracked steps after the first):",
+        "",
+        "| what | seconds | training steps |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {label} | {seconds:.4f} | {seconds / train_step:,.0f} |" for label, seconds in costs]
     table = header + "\n" + "\n".join(lines)
     print("\n" + table)
     if args.output:

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -165,6 +165,15 @@ def demo_players(train_x: Tensor) -> ImagePatchPlayers:
     return ImagePatchPlayers(grid=PATCH_GRID, select=ink_patches(train_x), baselines="mean").fit(train_x)
 
 
+def solver_config(config: DemoConfig) -> Any:
+    """The demo's ``AndOrConfig`` (None unless ``config.kind`` is "and_or")."""
+    if config.kind != "and_or":
+        return None
+    from .and_or import AndOrConfig
+
+    return AndOrConfig(max_iter=config.and_or_iterations, tol=0.05)
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
     was_training = model.training
@@ -197,11 +206,6 @@ def train_run(
     # Both runs draw the same minibatch indices; only the labels differ.
     batches = torch.Generator().manual_seed(config.seed + 1)
     players = demo_players(data.train_x)
-    solver = None
-    if config.kind == "and_or":
-        from .and_or import AndOrConfig
-
-        solver = AndOrConfig(max_iter=config.and_or_iterations, tol=0.05)
     writer = SummaryWriter(str(log_dir))
     tracker = ConceptTracker(
         players,
@@ -212,7 +216,7 @@ def train_run(
         log_dir=log_dir,
         schedule=log_spaced(0, config.steps, config.tracked_steps),
         kind=config.kind,
-        and_or=solver,
+        and_or=solver_config(config),
         writer=writer,
         probe_ids=probes.ids,
         heldout_ids=heldout.ids,
