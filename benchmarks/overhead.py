@@ -35,7 +35,6 @@ from torch import nn
 from concept_tracker import ConceptTracker, select_probes
 from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, load_digits_split, solver_config
 from concept_tracker.tracker import DEFAULT_SCHEDULE
-from concept_tracker.writers import tags
 
 VARIANTS = ("none", "default", "budget")
 BUDGET = 0.05
