@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--kind", choices=("and", "or", "and_or"), default="and", help="interaction kind (default and)")
     analyze.add_argument("--value", default="log_odds", choices=("log_odds", "logit", "log_prob", "output"), help="value function (default log_odds)")
     analyze.add_argument("--ratio", type=float, default=0.05, help="salience threshold ratio (default 0.05)")
-    analyze.add_argument("--baseline", help="baseline of masked players: zero, mean or a number (default: the player kind's)")
+    analyze.add_argument("--baseline", help="baseline of masked players: zero, mean (of the probe inputs) or a number (default: the player kind's)")
     analyze.add_argument("--probes", type=int, help="use K probes drawn stratified by label (default: every sample in --data)")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the --probes draw (default 0)")
     analyze.add_argument("--mask-token-id", type=int, help="token id of masked words (tokens players; default the tokenizer's)")
