@@ -31,7 +31,7 @@ run() {
 }
 
 start=$SECONDS
-run 60 benchmarks/engine.py --device "$DEVICE" --repeats 5
+run 45 benchmarks/engine.py --device "$DEVICE" --repeats 5
 run 90 benchmarks/and_or.py --device "$DEVICE"
-run 150 benchmarks/overhead.py --device "$DEVICE" --repeats 2 --output BENCHMARKS_overhead_gpu.md
+run 150 benchmarks/overhead.py --device "$DEVICE" --repeats 1 --output BENCHMARKS_overhead_gpu.md
 echo; echo "All GPU benchmarks done in $((SECONDS - start)) s."
