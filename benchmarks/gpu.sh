@@ -6,7 +6,7 @@
 #   PYTHON=python DEVICE=cuda:1 bash benchmarks/gpu.sh
 #
 # Each benchmark has its own time limit, so one slow part cannot eat the whole budget. The
-# overhead table goes to BENCHMARKS_overhead_gpu.md (the CPU table is BENCHMARKS_overhead.md).
+# overhead table goes to BENCHMARKS_overhead_gpu.md, to be merged into BENCHMARKS.md with the GPU named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,6 @@
 """Wall-time overhead of tracking: the demo's training with and without a ConceptTracker.
 
-    python benchmarks/overhead.py [--steps 10000] [--repeats 2] [--device cuda] [--output BENCHMARKS_overhead.md]
+    python benchmarks/overhead.py [--steps 10000] [--repeats 2] [--device cuda] [--output overhead.md]
 
 The training is the demo's (``concept_tracker.demo``): the MLP 64-256-256-10 on 1,000 digits,
 Adam, minibatches of 64, clean labels, one torch thread; the tracker is the demo's too (AND-OR
