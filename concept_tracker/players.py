@@ -492,12 +492,13 @@ class TokenPlayers(Players):
             return [int(w) for w in sample["word_ids"].tolist()]
         if not self.words or self.tokenizer is None:
             return list(range(ids.shape[0]))
-        tokens = self.tokenizer.convert_ids_to_tokens(ids.tolist())
+        # A tokenizer answers None for an id outside its vocabulary: such a token is a word of its own.
+        tokens = [t or "" for t in self.tokenizer.convert_ids_to_tokens(ids.tolist())]
         marked = any(t.startswith(("▁", "Ġ")) for t in tokens)
         word, out = -1, []
         for t in tokens:
             starts = t.startswith(("▁", "Ġ")) if marked else not t.startswith("##")
-            if starts or word < 0:
+            if starts or not t or word < 0:
                 word += 1
             out.append(word)
         return out
@@ -577,7 +578,7 @@ class TokenPlayers(Players):
         ids = sample["input_ids"].tolist()
         names = []
         for positions in chosen:
-            pieces = self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions])
+            pieces = [t or f"[{ids[p]}]" for t, p in zip(self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions]), positions)]
             names.append("".join(p.removeprefix("##").lstrip("▁Ġ") if i else p.lstrip("▁Ġ") for i, p in enumerate(pieces)))
         return names
 

@@ -358,3 +358,17 @@ def test_token_errors(tokenizer, encoding):
         ct.TokenPlayers(n=2).mask(torch.zeros(5), coalition_matrix(2))
     with pytest.raises(ValueError, match="coalitions"):
         ct.TokenPlayers(n=2, tokenizer=tokenizer).mask(samples(encoding, True)[0], coalition_matrix(3))
+
+
+def test_token_ids_unknown_to_the_tokenizer_are_words_of_their_own():
+    class Vocab:
+        all_special_ids = [0]
+        mask_token_id = 1
+
+        def convert_ids_to_tokens(self, ids):
+            return [{2: "good", 3: "##ness"}.get(i) for i in ids]
+
+    players = ct.TokenPlayers(n=3, tokenizer=Vocab())
+    sample = {"input_ids": torch.tensor([0, 2, 3, 99, 98]), "attention_mask": torch.ones(5, dtype=torch.long)}
+    assert players.chosen(sample) == [[1, 2], [3], [4]]
+    assert players.names(sample) == ["goodness", "[99]", "[98]"]
