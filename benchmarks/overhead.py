@@ -40,14 +40,20 @@ VARIANTS = ("none", "default", "budget")
 BUDGET = 0.05
 
 
-def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> dict:
-    """One training run of ``args.steps`` optimizer steps; returns wall seconds and tracker counts."""
+def setup(args: argparse.Namespace, data: Digits, device: torch.device) -> tuple:
+    """The demo's config, a freshly seeded model and optimizer, the minibatch generator and the
+    training data on ``device``: every run starts from the same state."""
     demo = DemoConfig(kind=args.kind)
     torch.manual_seed(args.seed)
     model = build_model(demo.width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=demo.lr)
     batches = torch.Generator().manual_seed(args.seed + 1)
-    x, y = data.train_x.to(device), data.train_y.to(device)
+    return demo, model, optimizer, batches, data.train_x.to(device), data.train_y.to(device)
+
+
+def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> dict:
+    """One training run of ``args.steps`` optimizer steps; returns wall seconds and tracker counts."""
+    demo, model, optimizer, batches, x, y = setup(args, data, device)
     tracker = None
     if variant != "none":
         probes = select_probes(data.train_x, args.probes, labels=data.train_y, seed=args.seed)
@@ -82,12 +88,7 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
 def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> list[tuple[str, float]]:
     """Seconds per tracked step of the demo's model after 300 training steps, for cheaper and
     dearer tracker settings, and of one training step: where the overhead comes from."""
-    demo = DemoConfig(kind=args.kind)
-    torch.manual_seed(args.seed)
-    model = build_model(demo.width).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=demo.lr)
-    batches = torch.Generator().manual_seed(args.seed + 1)
-    x, y = data.train_x.to(device), data.train_y.to(device)
+    demo, model, optimizer, batches, x, y = setup(args, data, device)
 
     def train_steps(count: int) -> float:
         _sync(device)
