@@ -22,6 +22,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -30,6 +31,7 @@ from torch.utils.data import default_collate
 from torch.utils.tensorboard import SummaryWriter
 
 from . import store as storage
+from .and_or import AndOrConfig, decompose
 from .distributed import is_main_process, main_process_flag
 from .dynamics import Trajectory
 from .engine import batch_size_of, compute_interactions
@@ -190,15 +192,17 @@ class ConceptTracker:
 
     At every step the schedule fires (and not twice for one step), :meth:`step` runs
     ``compute_interactions`` on the probe set and, when given, on the held-out probes (kind
-    "and_or" warm-starts from the previous step's solution), then writes to ``log_dir``:
+    "and_or": one solver call for both sets, warm-started from the previous tracked step's
+    solution), then writes to ``log_dir``:
 
     - the scalars of SPEC §10 at exactly that step, plus the extra tags listed in
       :mod:`concept_tracker.writers.tags`; detour ratios are NaN until a concept has moved
       (``D = 0``, e.g. at the first tracked step);
-    - histograms of ``|I(S)|`` per kind and order, figures (order profile per kind, order x
-      step heat map of strength shares, trajectories of the strongest simple and complex
-      concepts of probe sample 0), a markdown table of the strongest concepts, and the
-      custom-scalars layout (once per event file);
+    - histograms of ``|I(S)|`` per kind and order, a markdown table of the strongest concepts,
+      and the custom-scalars layout (once per event file);
+    - figures (order profile per kind, order x step heat map of strength shares, trajectories
+      of the strongest simple and complex concepts of probe sample 0) at the 1st, 2nd, 4th,
+      8th, ... tracked step and at :meth:`close`;
     - the raw interactions, ``<log_dir>/interactions/step_{step:08d}.safetensors`` (held-out:
       ``interactions/heldout/...``), when ``store=True``.
 
@@ -234,8 +238,9 @@ class ConceptTracker:
         writer: an open ``SummaryWriter`` to log into (e.g. Lightning's); None opens one in
             ``log_dir`` on the first write.
         simple_max, complex_min: band cut-offs (default ``n // 3`` and ``n // 2 + 1``).
-        figures: draw the matplotlib figures. Rendering them is usually the largest part of a
-            tracked step's cost for small models (a few tenths of a second each on a CPU).
+        figures: draw the matplotlib figures, at the 1st, 2nd, 4th, 8th, ... tracked step and,
+            for the last tracked step, at :meth:`close`. Rendering one takes a few tenths of a
+            second of CPU, more than the rest of a tracked step for small models.
         probe_ids: B JSON-able ids of the probe samples (e.g. dataset indices), stored with
             the raw interactions.
         heldout_ids: ids of the held-out probes, likewise.
@@ -255,7 +260,7 @@ class ConceptTracker:
         value: Any = "log_odds",
         ratio: float = 0.05,
         batch_size: int | None = None,
-        and_or: Any = None,
+        and_or: AndOrConfig | None = None,
         max_overhead: float | None = None,
         strict: bool = False,
         store: bool = True,
@@ -283,6 +288,8 @@ class ConceptTracker:
             isinstance(max_overhead, (int, float)) and 0 < max_overhead < 1
         ):
             raise ValueError(f"max_overhead={max_overhead!r} must be None or a fraction in (0, 1), e.g. 0.1.")
+        if and_or is not None and not isinstance(and_or, AndOrConfig):
+            raise ValueError(f"and_or has type {type(and_or).__name__}; pass an AndOrConfig or None for the defaults.")
         if writer is not None and not isinstance(writer, SummaryWriter):
             raise ValueError(f"writer has type {type(writer).__name__}; pass a torch SummaryWriter or None.")
         self._probe = _probe_set("probe", probe_inputs, probe_targets, probe_ids)
@@ -314,6 +321,7 @@ class ConceptTracker:
         self._warm: dict[str, Interactions | None] = {"probe": None, "heldout": None}
         self._shares: list[Tensor] = []  # [n + 1] per tracked step, for the heat map
         self._sample_effects: list[Tensor] = []  # [K, 2**n] of probe sample 0 per tracked step
+        self._undrawn: tuple[int, Interactions, dict[str, OrderProfile]] | None = None  # figures due at close
         self._cursor: int | None = None  # last step tracked, skipped or failed
         self._spent = 0.0  # seconds inside tracked steps
         self._elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
@@ -379,33 +387,56 @@ class ConceptTracker:
                 stacklevel=3,
             )
 
-    def _compute(self, model: nn.Module, split: str, probes: dict[str, Any]) -> Interactions:
+    def _compute(self, model: nn.Module, probes: dict[str, Any]) -> Interactions:
+        """The engine on one probe set; for kind "and_or" only the values (see :meth:`_decompose`)."""
         res = compute_interactions(
             model,
             probes["inputs"],
             self.players,
             target=probes["targets"],
             value=self.value,
-            kind=self.kind,
+            kind="and" if self.kind == "and_or" else self.kind,
             batch_size=self.batch_size,
-            and_or=self.and_or,
-            warm_start=self._warm[split],
         )
         if probes["targets"] is None and res.targets is not None:
             # Predictions at the first tracked step become the fixed targets of the run.
             probes["targets"] = res.targets.detach().cpu()
-        if self.kind == "and_or":
-            self._warm[split] = res
         return res
 
+    def _decompose(self, results: dict[str, Interactions]) -> dict[str, Interactions]:
+        """The AND-OR split of the probe and held-out values in one solver call.
+
+        Samples are independent in the solver, so one call gives the same split as one per
+        probe set, while its per-iteration cost (on a GPU mostly kernel launches) is paid once.
+        Each set warm-starts from its split at the previous tracked step.
+        """
+        values = torch.cat([res.outputs for res in results.values()])
+        warm = [self._warm[split] for split in results]
+        start = None
+        if all(w is not None for w in warm):
+            start = (torch.cat([w.gamma for w in warm]).to(values.device), torch.cat([w.q for w in warm]).to(values.device))
+        sol = decompose(values, self.and_or, warm_start=start)
+        out, offset = {}, 0
+        for split, res in results.items():
+            part = slice(offset, offset + res.num_samples)
+            offset += res.num_samples
+            out[split] = replace(
+                res, kind="and_or", and_effects=sol.and_effects[part], or_effects=sol.or_effects[part],
+                gamma=sol.gamma[part], q=sol.q[part],
+            )
+            self._warm[split] = out[split]
+        return out
+
     def _track(self, model: nn.Module, step: int, start: float) -> None:
-        res = self._compute(model, "probe", self._probe)
-        held = self._compute(model, "heldout", self._heldout) if self._heldout is not None else None
+        splits = {"probe": self._probe, "heldout": self._heldout}
+        results = {split: self._compute(model, probes) for split, probes in splits.items() if probes is not None}
         engine_seconds = time.perf_counter() - start
         if not is_main_process():
             return
-        res = res.to("cpu")
-        held = held.to("cpu") if held is not None else None
+        if self.kind == "and_or":
+            results = self._decompose(results)
+        res = results["probe"].to("cpu")
+        held = results["heldout"].to("cpu") if "heldout" in results else None
         effects = stack_effects(res)  # [B, K, 2**n]
         self._trajectory.append(step, effects)
         profile = order_profile(res, self.ratio)
@@ -417,9 +448,11 @@ class ConceptTracker:
         scalars = self._scalars(res, held, profile, by_kind)
         self._write(step, res, by_kind)
         if self.store:
-            storage.save_step(self.log_dir, step, res, self._probe["ids"])
+            storage.save_step(self.log_dir, step, res, self._probe["ids"], ratio=self.ratio,
+                              simple_max=self.simple_max, complex_min=self.complex_min)
             if held is not None:
-                storage.save_step(self.log_dir, step, held, self._heldout["ids"], split="heldout")
+                storage.save_step(self.log_dir, step, held, self._heldout["ids"], split="heldout", ratio=self.ratio,
+                                  simple_max=self.simple_max, complex_min=self.complex_min)
         self.writer.scalars(scalars, step)
         self.writer.scalar(tags.FORWARDS_PER_SECOND, rows / max(engine_seconds, 1e-9), step)
         self._last_cost = time.perf_counter() - start
@@ -480,6 +513,19 @@ class ConceptTracker:
         writer.text(tags.TOP_CONCEPTS_TEXT, self._top_table(res, step), step)
         if not self.figures:
             return
+        tracked = len(self._trajectory.steps)
+        # A figure costs a few tenths of a second of CPU, more than the rest of a tracked step
+        # for small models. At the 1st, 2nd, 4th, 8th, ... tracked step (and at close) they
+        # take O(log T) renders over T tracked steps; the scalars keep every step.
+        if tracked & (tracked - 1) == 0:
+            self._draw_figures(step, res, by_kind)
+            self._undrawn = None
+        else:
+            self._undrawn = (step, res, by_kind)
+
+    def _draw_figures(self, step: int, res: Interactions, by_kind: dict[str, OrderProfile]) -> None:
+        """The figures of the last tracked step, ``step``."""
+        writer = self.writer
         for kind, profile in by_kind.items():
             title = f"{kind.upper()} concepts by order, step {step}"
             writer.figure(tags.order_profile_figure(kind), order_profile_figure(profile, title), step)
@@ -543,8 +589,18 @@ class ConceptTracker:
     # ------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer (an external writer is only flushed)."""
-        self.writer.close()
+        """Draw the figures of the last tracked step if they are not drawn yet, then flush and
+        close the TensorBoard writer (an external writer is only flushed)."""
+        try:
+            if self._undrawn is not None:
+                self._draw_figures(*self._undrawn)
+                self._undrawn = None
+        except Exception as err:
+            if self.strict:
+                raise
+            warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
+        finally:
+            self.writer.close()
 
     def __enter__(self) -> "ConceptTracker":
         return self
@@ -625,6 +681,7 @@ class ConceptTracker:
         }
         self._shares = [] if state["shares"] is None else list(state["shares"].unbind(0))
         self._sample_effects = [] if state["sample_effects"] is None else list(state["sample_effects"].unbind(0))
+        self._undrawn = None
         timing = state["timing"]
         self._spent = timing["spent"]
         self._elapsed_before = timing["elapsed"]

@@ -385,14 +385,14 @@ def test_select_probes_from_datasets_and_dicts():
 def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
     import concept_tracker.tracker as tracker_module
 
-    warm_starts = []
-    real = tracker_module.compute_interactions
+    solver_calls = []
+    real = tracker_module.decompose
 
-    def spy(*args, **kwargs):
-        warm_starts.append(kwargs["warm_start"] is not None)
-        return real(*args, **kwargs)
+    def spy(values, config=None, warm_start=None):
+        solver_calls.append((values.shape[0], warm_start is not None))
+        return real(values, config, warm_start=warm_start)
 
-    monkeypatch.setattr(tracker_module, "compute_interactions", spy)
+    monkeypatch.setattr(tracker_module, "decompose", spy)
     with ConceptTracker(
         TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, figures=False, strict=True,
         **probe_sets(),
@@ -406,8 +406,47 @@ def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
     res, meta = load_step(tmp_path / "interactions" / "step_00000003.safetensors")
     assert meta["kind"] == kind and res.or_effects.shape == (9, 1 << N_FEATURES)
     assert (res.gamma is not None) == (kind == "and_or")
-    # Probe and held-out sets: the second tracked step starts the and_or solver from the first.
-    assert warm_starts == [False, False, kind == "and_or", kind == "and_or"]
+    # One solver call per tracked step for the 9 probe and 9 held-out samples together; the
+    # second starts from the first's solution.
+    assert solver_calls == ([(18, False), (18, True)] if kind == "and_or" else [])
+
+
+def test_joint_and_or_split_equals_one_solve_per_probe_set(tmp_path):
+    from concept_tracker import compute_interactions
+    from concept_tracker.and_or import AndOrConfig, matching_error
+
+    model = make_model()
+    sets = probe_sets()
+    config = AndOrConfig(max_iter=200)
+    with ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0]), kind="and_or", and_or=config, figures=False,
+        strict=True, **sets,
+    ) as tracker:
+        assert tracker.step(model, 0)
+    for split, prefix in (("probe", ""), ("heldout", "heldout/")):
+        joint, meta = load_step(tmp_path / "interactions" / f"{prefix}step_00000000.safetensors")
+        # The tracker's players: their "mean" baseline was fixed on the probe set.
+        alone = compute_interactions(
+            model, sets[f"{split}_inputs"], tracker.players, target=sets[f"{split}_targets"], kind="and_or",
+            and_or=config,
+        )
+        assert meta["kind"] == "and_or" and torch.equal(joint.outputs, alone.outputs)
+        for name in ("and_effects", "or_effects", "gamma", "q"):
+            torch.testing.assert_close(getattr(joint, name), getattr(alone, name), rtol=0, atol=1e-9)
+        assert matching_error(joint.outputs, joint.and_effects, joint.or_effects, joint.q).max() < 1e-12
+
+
+def test_figures_at_powers_of_two_and_at_close(tmp_path):
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), strict=True, **probe_sets()) as tracker:
+        train(make_run(), range(6), tracker)
+        tracker.writer.flush()
+        drawn = read_events(tmp_path).Images(tags.HEATMAP_FIGURE)
+        # Tracked steps 0..5 are the 1st..6th: the 1st, 2nd and 4th are drawn at once.
+        assert [e.step for e in drawn] == [0, 1, 3]
+    acc = read_events(tmp_path)
+    for tag in (tags.order_profile_figure("and"), tags.HEATMAP_FIGURE, tags.TRAJECTORY_FIGURE):
+        # close() draws the last tracked step, which no power of two reached.
+        assert [e.step for e in acc.Images(tag)] == [0, 1, 3, 5], tag
 
 
 # ----------------------------------------------------------------------------- writers
