@@ -288,9 +288,14 @@ _THETA = 1.0
 """Weight of the consensus constraint ``x = z_s`` relative to ``K x = z_c`` (fixed: the
 eigen-solve depends on it and ``rho`` already sets the overall penalty)."""
 
-_LOW_PLAYERS = 3
-"""Players handled by one small matrix product instead of shear passes: passes over the lowest
-bits touch short strided runs and cost several times more than the others."""
+_LOW_PLAYERS_CPU = 3
+"""Players handled by one small matrix product instead of shear passes on a CPU: passes over the
+lowest bits touch short strided runs and cost several times more than the others."""
+
+_LOW_PLAYERS_GPU = 12
+"""The same on a GPU, where every pass is a kernel launch of several microseconds, far more than
+its arithmetic at these sizes: one dense product over up to 12 players (a 4096 x 4096 float64
+matrix, 128 MiB per map) replaces a launch per player."""
 
 _Steps = tuple[tuple[int, float], ...]
 """Shears applied per player: ``(1, alpha)`` does ``x[s with i] += alpha * x[s without i]``,
@@ -341,12 +346,12 @@ class _Operators:
     ``O v_or = -(Moebius of o~)`` except at the empty set, where it is ``o~(N)``.
 
     Each Kronecker-power map (named by its shear ``_Steps``) runs out of place: one matrix
-    product over the lowest ``_LOW_PLAYERS`` players, then shear passes over the others.
+    product over the lowest ``low`` players, then shear passes over the others.
     """
 
-    def __init__(self, n: int, device: torch.device) -> None:
+    def __init__(self, n: int, device: torch.device, low: int) -> None:
         self.n = n
-        self.low = min(n, _LOW_PLAYERS)
+        self.low = min(n, low)
         m = 1 << n
         gram = torch.tensor([[2.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)  # A^T A for one player
         eigenvalues, basis = torch.linalg.eigh(gram)
@@ -430,7 +435,7 @@ class _Buffer:
 
 @lru_cache(maxsize=32)
 def _operators(n: int, device: torch.device) -> _Operators:
-    return _Operators(n, device)
+    return _Operators(n, device, _LOW_PLAYERS_CPU if device.type == "cpu" else _LOW_PLAYERS_GPU)
 
 
 # ------------------------------------------------------------------------------------ ADMM

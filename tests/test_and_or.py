@@ -193,3 +193,39 @@ def test_helpers_check_shapes():
         and_or_objective(values, values[:1])
     with pytest.raises(ValueError, match="q has shape"):
         matching_error(values, values, values, values[:, :4])
+
+
+def test_dense_low_players_give_the_same_solution(monkeypatch):
+    """A GPU runs the lowest 12 players as one dense product instead of shear passes; both
+    layouts must give the same operators and hence the same ADMM run (checked here on CPU)."""
+    import concept_tracker.and_or as and_or
+
+    n = 7
+    cpu = torch.device("cpu")
+    sheared, dense = and_or._Operators(n, cpu, low=3), and_or._Operators(n, cpu, low=n)
+    x = torch.randn(2, 4, 1 << n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for ops in (sheared, dense):
+        buf, work = and_or._Buffer(x, ops.low), and_or._Buffer(x, ops.low)
+        forward = ops.forward(x, buf).clone()
+        adjoint = ops.adjoint_(x.clone(), buf).clone()
+        buf.data.copy_(x)
+        outs.append((forward, adjoint, ops.solve_(buf, work).clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    # The solve inverts K^T K + theta I: applying that matrix to the solution gives x back.
+    solved = outs[0][2]
+    kx = sheared.forward(solved, and_or._Buffer(x, 3)).clone()
+    back = sheared.adjoint_(kx, and_or._Buffer(x, 3)) + and_or._THETA * solved
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-9)
+
+    values = masked_mlp_values(n, 3, seed=6)
+    reference = decompose(values, AndOrConfig(max_iter=200))
+    monkeypatch.setattr(and_or, "_LOW_PLAYERS_CPU", n)
+    and_or._operators.cache_clear()
+    try:
+        other = decompose(values, AndOrConfig(max_iter=200))
+    finally:
+        and_or._operators.cache_clear()
+    torch.testing.assert_close(other.and_effects, reference.and_effects, rtol=0, atol=1e-8)
+    torch.testing.assert_close(other.or_effects, reference.or_effects, rtol=0, atol=1e-8)
