@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("log_dirs", nargs="+", metavar="LOG_DIR", help="tracker log directories")
     rep.add_argument("--html", help="write a self-contained HTML report here")
     rep.add_argument("--force", action="store_true", help="overwrite an existing --html file")
-    rep.add_argument("--ratio", type=float, default=0.05, help="salience threshold ratio the runs were tracked with (default 0.05)")
+    rep.add_argument("--ratio", type=float, help="salience threshold ratio (default: the one each run was tracked with, as stored with its interactions; 0.05 for runs stored without it)")
     rep.set_defaults(func=_run_report)
     return parser
 

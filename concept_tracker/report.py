@@ -21,8 +21,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -30,6 +32,9 @@ from . import store
 from .dynamics import Trajectory, loss_gap_step, phase_boundary
 from .metrics.profile import Bands, OrderProfile, band_orders, band_summary, order_profile, stack_effects
 from .metrics.similarity import train_test_similarity
+
+DEFAULT_RATIO = 0.05
+"""Salience threshold ratio of runs whose stored interactions do not record theirs."""
 
 EARLY_FRACTION = 0.05
 """"Early in training" means the first tracked step at or after this fraction of the last one."""
@@ -58,6 +63,9 @@ class RunSummary:
         kind: "and", "or" or "and_or".
         ratio: salience threshold ratio the metrics were recomputed with.
         bands: orders of the simple, medium and complex bands.
+        defaulted: the settings among "ratio", "simple_max", "complex_min" that were neither
+            given nor recorded in the run's stored interactions (files written before the
+            settings were stored), so the defaults were used; see :attr:`settings_note`.
         steps: tracked steps with stored interactions.
         simple_strength, medium_strength, complex_strength: salient strength of each band.
         complex_ratio: complex strength over total salient strength.
@@ -103,6 +111,23 @@ class RunSummary:
     share_boundary: int | None
     loss_gap_step: int | None
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    defaulted: tuple[str, ...] = ()
+
+    @property
+    def settings_note(self) -> str | None:
+        """One sentence naming the default settings used because the run did not record its
+        own, or None when every setting was recorded or given."""
+        if not self.defaulted:
+            return None
+        defaults = {
+            "ratio": f"ratio={self.ratio:g}",
+            "simple_max": f"simple_max=n//3={self.n // 3}",
+            "complex_min": f"complex_min=n//2+1={self.n // 2 + 1}",
+        }
+        return (
+            f"{self.name}: its stored interactions do not record {', '.join(self.defaulted)}; "
+            f"the report used the default {', '.join(defaults[k] for k in self.defaulted)}."
+        )
 
     @property
     def high_share(self) -> list[float]:
@@ -169,26 +194,65 @@ def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]
     return out
 
 
+def stored_settings(log_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings a run was tracked with, as its stored interactions record them.
+
+    Every interactions file of the run (probe and held-out) is read, header only. Files that
+    do not record settings (written before they were stored) make no claim.
+
+    Returns:
+        ``{"ratio", "simple_max", "complex_min"}`` (see :func:`store.tracked_settings`), or None
+        when no file records them.
+    Raises:
+        ValueError: if two files record different settings (the message names both).
+    """
+    found = first = None
+    for split in store.SPLITS:
+        for step in store.list_steps(log_dir, split):
+            path = store.step_path(log_dir, step, split)
+            settings = store.tracked_settings(store.load_step_metadata(path))
+            if settings is None:
+                continue
+            if found is None:
+                found, first = settings, path
+            elif settings != found:
+                raise ValueError(
+                    f"{path} was tracked with {_settings_text(settings)} but {first} with "
+                    f"{_settings_text(found)}; one run directory must hold one tracked run."
+                )
+    return found
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in settings.items())
+
+
 def summarize_run(
     log_dir: str | os.PathLike,
     name: str | None = None,
-    ratio: float = 0.05,
+    ratio: float | None = None,
     simple_max: int | None = None,
     complex_min: int | None = None,
 ) -> RunSummary:
     """Recompute the concept metrics of a run from its stored interactions.
 
+    Each setting defaults to the one the run was tracked with, as its stored interactions
+    record it (:func:`stored_settings`); a value given here overrides it. Runs stored before
+    the settings were recorded fall back to ``DEFAULT_RATIO`` and the default bands, and the
+    summary says so (:attr:`RunSummary.settings_note`).
+
     Args:
         log_dir: a tracker's ``log_dir`` (holding ``interactions/step_*.safetensors``).
         name: label of the run; default the directory name.
-        ratio: salience threshold ratio; use the one the run was tracked with (default 0.05).
-        simple_max, complex_min: band cut-offs (default ``n // 3`` and ``n // 2 + 1``).
+        ratio: salience threshold ratio; default the stored one, else 0.05.
+        simple_max, complex_min: band cut-offs; default the stored ones, else ``n // 3`` and
+            ``n // 2 + 1``.
     Returns:
         :class:`RunSummary`.
     Raises:
         FileNotFoundError: if ``log_dir`` does not exist.
         ValueError: if it holds no interactions, or a stored file is truncated, corrupt, or
-            inconsistent with the others (the message names the file).
+            inconsistent with the others, settings included (the message names the file).
     """
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
@@ -200,6 +264,15 @@ def summarize_run(
             "pass the log_dir of a run tracked with store=True."
         )
     heldout_steps = set(store.list_steps(log_dir, "heldout"))
+    given = {"ratio": ratio, "simple_max": simple_max, "complex_min": complex_min}
+    stored = stored_settings(log_dir)
+    if stored is None:
+        # None cut-offs already mean the default bands; only the note needs to know.
+        defaulted = tuple(k for k, v in given.items() if v is None)
+    else:
+        defaulted = ()
+        ratio, simple_max, complex_min = (stored[k] if v is None else v for k, v in given.items())
+    ratio = DEFAULT_RATIO if ratio is None else ratio
     trajectory = Trajectory(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
     series: dict[str, list[float]] = {k: [] for k in ("simple", "medium", "complex", "ratio", "count")}
     first = res = profile = train_test = None
@@ -258,6 +331,7 @@ def summarize_run(
         share_boundary=phase_boundary(steps, _high_share(series["simple"], series["medium"], series["complex"])),
         loss_gap_step=gap,
         scalars=scalars,
+        defaulted=defaulted,
     )
 
 
@@ -315,7 +389,8 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
 
 
 def summary_table(runs: Sequence[RunSummary]) -> str:
-    """A plain-text table, one column per run (see :func:`summary_rows`)."""
+    """A plain-text table, one column per run (see :func:`summary_rows`), followed by the
+    :attr:`RunSummary.settings_note` of each run that used default settings."""
     if not runs:
         raise ValueError("runs is empty; pass at least one RunSummary.")
     rows = [("", [r.name for r in runs]), *summary_rows(runs)]
@@ -324,7 +399,8 @@ def summary_table(runs: Sequence[RunSummary]) -> str:
     lines = []
     for label, cells in rows:
         lines.append("  ".join([label.ljust(label_width), *(c.rjust(w) for c, w in zip(cells, widths))]))
-    return "\n".join(lines)
+    notes = [r.settings_note for r in runs if r.settings_note]
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def similarity_table(runs: Sequence[RunSummary]) -> str:
@@ -343,7 +419,35 @@ def similarity_table(runs: Sequence[RunSummary]) -> str:
 # --------------------------------------------------------------------------------- figures
 
 
-def _step_axis(ax) -> None:
+_MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.15, "top": 0.9}
+
+
+def _figure(width: float, panels: int = 1, height: float = 3.6, **margins: float) -> tuple[Figure, list[Axes]]:
+    """An off-screen figure of ``panels`` axes side by side; ``margins`` override the report's
+    default ``subplots_adjust`` margins."""
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    fig.subplots_adjust(**{**_MARGINS, **margins})
+    return fig, axes
+
+
+def _label(
+    ax: Axes, title: str, xlabel: str | None = None, ylabel: str | None = None, legend: str | None = "small"
+) -> None:
+    """Call after plotting: title, axis labels and a legend of the given font size (None: no
+    legend). Without ``xlabel`` the x axis holds tracked steps (see :func:`_step_axis`)."""
+    if xlabel is None:
+        _step_axis(ax)
+    else:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(fontsize=legend)
+
+
+def _step_axis(ax: Axes) -> None:
     """Call after plotting: tracked steps are usually log-spaced, and symlog keeps step 0 and
     the early steps apart; steps are never negative."""
     ax.set_xscale("symlog", linthresh=1.0)
@@ -353,50 +457,37 @@ def _step_axis(ax) -> None:
 
 def band_strength_figure(runs: Sequence[RunSummary]) -> Figure:
     """Salient strength of the simple, medium and complex bands over the tracked steps."""
-    fig = Figure(figsize=(12, 3.6), dpi=100)
-    axes = fig.subplots(1, 3)
+    fig, axes = _figure(12, panels=3, left=0.06, right=0.99, top=0.88, wspace=0.25)
     for ax, band in zip(axes, ("simple", "medium", "complex")):
         for r in runs:
             ax.plot(r.steps, getattr(r, f"{band}_strength"), marker="o", markersize=3, label=r.name)
         orders = getattr(runs[0].bands, band)
         span = f"orders {orders[0]}-{orders[-1]}" if orders else "no orders"
-        ax.set_title(f"{band} concepts ({span})")
-        _step_axis(ax)
-    axes[0].set_ylabel("salient strength per sample")
-    axes[0].legend(fontsize="small")
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.88, wspace=0.25)
+        first = ax is axes[0]
+        _label(ax, f"{band} concepts ({span})", ylabel="salient strength per sample" if first else None,
+               legend="small" if first else None)
     return fig
 
 
 def complex_ratio_figure(runs: Sequence[RunSummary]) -> Figure:
     """Complex ratio (complex strength / total salient strength) over the tracked steps."""
-    fig = Figure(figsize=(6, 3.6), dpi=100)
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(6)
     for r in runs:
         ax.plot(r.steps, r.complex_ratio, marker="o", markersize=3, label=r.name)
-    _step_axis(ax)
-    ax.set_ylabel("complex ratio")
-    ax.set_title("share of salient strength in complex concepts")
-    ax.legend(fontsize="small")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    _label(ax, "share of salient strength in complex concepts", ylabel="complex ratio")
     return fig
 
 
 def order_profile_figure(runs: Sequence[RunSummary]) -> Figure:
     """Salient strength per order at the last tracked step, runs side by side."""
-    fig = Figure(figsize=(7, 3.6), dpi=100)
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(7)
     width = 0.8 / len(runs)
     for i, r in enumerate(runs):
         orders = torch.arange(1, r.n + 1)
         ax.bar((orders + (i - (len(runs) - 1) / 2) * width).numpy(), r.final_profile.strength[1:].numpy(),
                width=width, label=f"{r.name} (step {r.steps[-1]})")
     ax.set_xticks(range(1, runs[0].n + 1))
-    ax.set_xlabel("order m = |S|")
-    ax.set_ylabel("salient strength per sample")
-    ax.set_title("concepts by order at the last tracked step")
-    ax.legend(fontsize="small")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    _label(ax, "concepts by order at the last tracked step", "order m = |S|", "salient strength per sample")
     return fig
 
 
@@ -405,33 +496,23 @@ def train_test_figure(runs: Sequence[RunSummary]) -> Figure | None:
     with_heldout = [r for r in runs if r.train_test is not None]
     if not with_heldout:
         return None
-    fig = Figure(figsize=(6, 3.6), dpi=100)
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(6)
     for r in with_heldout:
         ax.plot(range(1, r.n + 1), r.train_test[1:].numpy(), marker="o", label=r.name)
     ax.set_xticks(range(1, with_heldout[0].n + 1))
     ax.set_ylim(0, 1)
-    ax.set_xlabel("order m = |S|")
-    ax.set_ylabel("Jaccard similarity")
-    ax.set_title("train-test similarity of concepts by order")
-    ax.legend(fontsize="small")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    _label(ax, "train-test similarity of concepts by order", "order m = |S|", "Jaccard similarity")
     return fig
 
 
 def detour_figure(runs: Sequence[RunSummary]) -> Figure:
     """Detour ratio (path length / displacement) per order over the whole run."""
-    fig = Figure(figsize=(6, 3.6), dpi=100)
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(6)
     for r in runs:
         ax.plot(range(1, r.n + 1), r.detour_by_order[1:].numpy(), marker="o", label=r.name)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(1, runs[0].n + 1))
-    ax.set_xlabel("order m = |S|")
-    ax.set_ylabel("detour ratio P / D")
-    ax.set_title("how far concepts detour while they are learned")
-    ax.legend(fontsize="small")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    _label(ax, "how far concepts detour while they are learned", "order m = |S|", "detour ratio P / D")
     return fig
 
 
@@ -439,8 +520,7 @@ def phase_figure(runs: Sequence[RunSummary]) -> Figure:
     """Two-phase dynamics, one panel per run: high-order strength H(t) (log scale) and its share
     of the salient strength (right axis), with the phase boundaries of both (dashed) and the
     step where the loss gap starts growing (dotted)."""
-    fig = Figure(figsize=(5.5 * len(runs), 3.8), dpi=100)
-    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    fig, axes = _figure(5.5 * len(runs), panels=len(runs), height=3.8, left=0.07, right=0.94, wspace=0.3)
     for ax, r in zip(axes, runs):
         ax.plot(r.steps, r.high_order_strength, marker="o", markersize=3, color="tab:purple", label="H(t)")
         if min(r.high_order_strength) > 0:
@@ -456,14 +536,13 @@ def phase_figure(runs: Sequence[RunSummary]) -> Figure:
         for step, color, style, label in marks:
             if step is not None:
                 ax.axvline(step, color=color, linestyle=style, label=f"{label} {step}")
-        _step_axis(ax)
-        ax.set_title(f"{r.name}: medium + complex concepts")
+        _label(ax, f"{r.name}: medium + complex concepts", legend=None)
+        # One legend for both y axes: the twin's lines are not among ax's handles.
         lines = ax.get_legend_handles_labels()
         more = share.get_legend_handles_labels()
         ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="x-small", loc="upper left")
     axes[0].set_ylabel("H(t), salient strength")
     share.set_ylabel("share of salient strength")
-    fig.subplots_adjust(left=0.07, right=0.94, bottom=0.15, top=0.9, wspace=0.3)
     return fig
 
 
@@ -477,19 +556,14 @@ def loss_figure(runs: Sequence[RunSummary]) -> Figure | None:
                 break
     if not pairs:
         return None
-    fig = Figure(figsize=(6, 3.6), dpi=100)
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(6)
     for i, (r, eval_tag, train_tag) in enumerate(pairs):
         color = f"C{i}"
         for tag, style in ((train_tag, "-"), (eval_tag, "--")):
             steps, values = zip(*r.scalars[tag])
             ax.plot(steps, values, style, color=color, label=f"{r.name} {tag}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.set_title("train (solid) and eval (dashed) loss")
-    ax.legend(fontsize="x-small")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    _label(ax, "train (solid) and eval (dashed) loss", "step", "loss", legend="x-small")
     return fig
 
 
@@ -562,7 +636,8 @@ def render_html(
     )
     sources = "".join(
         f"<li>{esc(r.name)}: <code>{esc(r.log_dir)}</code>, n={r.n}, kind={esc(r.kind)}, "
-        f"{len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}</li>"
+        f"{len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}"
+        f"{f'. {esc(r.settings_note)}' if r.settings_note else ''}</li>"
         for r in runs
     )
     images = "".join(

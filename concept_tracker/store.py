@@ -10,6 +10,10 @@ Each interactions file holds the tensors ``outputs`` and ``and_effects`` and/or 
 all ``[B, 2**n]`` float64 (``targets``: ``[B]`` int64), and string metadata readable by any
 safetensors client: ``step``, ``n``, ``kind``, ``value``, ``aligned``, ``player_names`` (JSON,
 one list of ``n`` names per sample), ``probe_ids`` (JSON list or ``null``), ``split``.
+Beside them, the settings the run was tracked with, as JSON: ``ratio`` (salience threshold
+ratio, ``null`` when the writer did not say), ``simple_max`` and ``complex_min`` (band
+cut-offs, ``null`` for the defaults ``n // 3`` and ``n // 2 + 1``). Files written before these
+settings were recorded lack the three keys and still load; see :func:`tracked_settings`.
 
 Files are written to a temporary name and renamed, so a crash never leaves a half-written
 step file behind.
@@ -37,7 +41,9 @@ STATE_FORMAT = "concept-tracker/state/1"
 
 _TENSOR_FIELDS = ("outputs", "and_effects", "or_effects", "gamma", "q", "targets")
 # Metadata values that are JSON; the others are stored as plain strings.
-_JSON_FIELDS = ("step", "n", "aligned", "player_names", "probe_ids")
+_JSON_FIELDS = ("step", "n", "aligned", "player_names", "probe_ids", "ratio", "simple_max", "complex_min")
+SETTINGS = ("ratio", "simple_max", "complex_min")
+"""Metadata keys of the settings a run was tracked with (absent from older files)."""
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.safetensors$")
 
 
@@ -59,6 +65,10 @@ def save_step(
     res: Interactions,
     probe_ids: list[Any] | None = None,
     split: str = "probe",
+    *,
+    ratio: float | None = None,
+    simple_max: int | None = None,
+    complex_min: int | None = None,
 ) -> Path:
     """Write the interactions of one tracked step.
 
@@ -68,6 +78,10 @@ def save_step(
         res: interactions of ``B`` probe samples.
         probe_ids: ``B`` JSON-able ids of the probe samples (dataset indices), or None.
         split: "probe" or "heldout".
+        ratio: salience threshold ratio the run is tracked with; None records "unknown", and
+            a report then falls back to 0.05.
+        simple_max, complex_min: band cut-offs the run is tracked with; None records the
+            defaults ``n // 3`` and ``n // 2 + 1``.
     Returns:
         The path written (see ``step_path``).
     """
@@ -82,6 +96,7 @@ def save_step(
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     meta = {k: v for k, v in state.items() if not isinstance(v, Tensor)}
     meta.update(format=FORMAT, step=step, probe_ids=probe_ids, split=split)
+    meta.update(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
     metadata = {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in meta.items()}
     _atomic_save(path, tensors, metadata)
     return path
@@ -92,23 +107,56 @@ def load_step(path: str | os.PathLike) -> tuple[Interactions, dict[str, Any]]:
 
     Returns:
         ``(interactions, metadata)``; metadata holds ``step``, ``n``, ``kind``, ``value``,
-        ``aligned``, ``player_names``, ``probe_ids``, ``split`` and ``format`` decoded.
+        ``aligned``, ``player_names``, ``probe_ids``, ``split`` and ``format`` decoded, and
+        ``ratio``, ``simple_max``, ``complex_min`` when the file records them (read them
+        with :func:`tracked_settings`).
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if ``path`` is truncated, not a safetensors file, or not an interactions file.
     """
     tensors, metadata = _read(path)
+    meta = _decode(path, metadata)
+    try:
+        res = interactions_from_state({**tensors, **meta})
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path} has incomplete or unreadable metadata: {err!r}.") from err
+    return res, meta
+
+
+def load_step_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of one interactions file, as :func:`load_step` returns it, read
+    from the file's header alone (no tensor data).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_step`.
+    """
+    _, metadata = _read(path, tensors=False)
+    return _decode(path, metadata)
+
+
+def _decode(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, Any]:
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"{path} is a safetensors file but not a concept-tracker interactions file "
             f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})."
         )
     try:
-        meta = {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in metadata.items()}
-        res = interactions_from_state({**tensors, **meta})
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        return {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in metadata.items()}
+    except json.JSONDecodeError as err:
         raise ValueError(f"{path} has incomplete or unreadable metadata: {err!r}.") from err
-    return res, meta
+
+
+def tracked_settings(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings a run was tracked with, from the metadata :func:`load_step` returns.
+
+    Returns:
+        ``{"ratio": float, "simple_max": int | None, "complex_min": int | None}`` (None cut-offs
+        mean the defaults), or None when the file does not record its ratio: it was written
+        before the settings were stored, or by a caller that did not pass them.
+    """
+    if meta.get("ratio") is None:
+        return None
+    return {key: meta.get(key) for key in SETTINGS}
 
 
 def interactions_state(res: Interactions) -> dict[str, Any]:
@@ -224,14 +272,14 @@ def _atomic_save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
         tmp.unlink(missing_ok=True)
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _read(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (no interactions or state file there).")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+            data = {name: fh.get_tensor(name) for name in fh.keys()} if tensors else {}
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is truncated or not a safetensors file: {err}") from err
-    return tensors, metadata
+    return data, metadata

@@ -7,6 +7,7 @@ check covers the console entry point's exit status).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,11 +15,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from concept_tracker import cli, report
-from concept_tracker.store import list_steps
+from concept_tracker import ConceptTracker, TabularPlayers, at_steps, band_orders, cli, order_profile, report
+from concept_tracker.store import list_steps, load_step, step_path, tracked_settings
 from concept_tracker.writers import tags
 
 from models import seeded
@@ -208,6 +210,115 @@ def test_report_names_the_broken_path(workdir, capsys):
     assert cli.main(["report", str(workdir / "run")]) == 2
     err = capsys.readouterr().err
     assert str(broken) in err and "truncated" in err and len(err.strip().splitlines()) == 1
+
+
+SETTINGS = ("ratio", "simple_max", "complex_min")
+
+
+def rewrite_metadata(path, **changes):
+    """Rewrite one stored interactions file with metadata entries replaced (None deletes one)."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    save_file(tensors, str(path), metadata=meta)
+
+
+def row(out, label):
+    """The cells of one row of a printed summary table."""
+    line = next(line for line in out.splitlines() if line.startswith(label))
+    return line[len(label):].split()
+
+
+def concepts_per_sample(run, step, ratio):
+    """"concepts per sample" of the report at ``step``, recomputed from the stored file."""
+    res, _ = load_step(step_path(run, step))
+    return f"{float(order_profile(res, ratio).count.sum()):.3f}"
+
+
+def analyzed_with_ratio_0_1(workdir, capsys):
+    """A run analyzed with --ratio 0.1, steps 0, 5, 10; its last-step concept counts differ
+    between ratio 0.05 and 0.1 (else the tests below could not tell the ratios apart)."""
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir, "--ratio", "0.1") == 0
+    capsys.readouterr()
+    run = workdir / "run"
+    expected = {ratio: concepts_per_sample(run, 10, ratio) for ratio in (0.05, 0.1)}
+    assert expected[0.05] != expected[0.1]
+    return run, expected
+
+
+def test_report_uses_the_ratio_stored_with_the_run(workdir, capsys):
+    run, expected = analyzed_with_ratio_0_1(workdir, capsys)
+    for split in ("probe", "heldout"):
+        for step in (0, 5, 10):
+            _, meta = load_step(step_path(run, step, split))
+            assert tracked_settings(meta) == {"ratio": 0.1, "simple_max": None, "complex_min": None}
+    assert cli.main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert row(out, "concepts per sample") == [expected[0.1]]
+    assert "do not record" not in out
+    assert report.summarize_run(run).ratio == 0.1
+
+
+def test_report_ratio_option_overrides_the_stored_one(workdir, capsys):
+    run, expected = analyzed_with_ratio_0_1(workdir, capsys)
+    assert cli.main(["report", str(run), "--ratio", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert row(out, "concepts per sample") == [expected[0.05]]
+    assert "do not record" not in out
+
+
+def test_report_of_a_run_stored_without_settings_uses_the_defaults_and_says_so(workdir, capsys):
+    run, expected = analyzed_with_ratio_0_1(workdir, capsys)
+    for split in ("probe", "heldout"):
+        for step in (0, 5, 10):
+            rewrite_metadata(step_path(run, step, split), **dict.fromkeys(SETTINGS))
+    html = workdir / "old.html"
+    assert cli.main(["report", str(run), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    assert row(out, "concepts per sample") == [expected[0.05]]
+    note = ("run: its stored interactions do not record ratio, simple_max, complex_min; the report "
+            "used the default ratio=0.05, simple_max=n//3=1, complex_min=n//2+1=3.")
+    assert note in out and note in html.read_text()
+    # A given ratio is no default: only the bands are named.
+    assert cli.main(["report", str(run), "--ratio", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert row(out, "concepts per sample") == [expected[0.1]]
+    assert "do not record simple_max, complex_min; the report used the default simple_max" in out
+
+
+def test_report_reads_stored_bands_and_files_without_settings_make_no_claim(tmp_path):
+    model = seeded(build, seed=0)
+    inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0, 1]), ratio=0.1,
+                        simple_max=2, complex_min=4, figures=False, strict=True) as tracker:
+        for step in (0, 1):
+            tracker.step(model, step)
+    # A file written without settings (say, before an upgrade) does not contradict the others.
+    rewrite_metadata(step_path(run, 0), **dict.fromkeys(SETTINGS))
+    summary = report.summarize_run(run)
+    assert (summary.ratio, summary.bands, summary.settings_note) == (0.1, band_orders(FEATURES, 2, 4), None)
+    assert report.summarize_run(run, simple_max=1).bands == band_orders(FEATURES, 1, 4)
+
+
+@pytest.mark.parametrize("split, step", [("probe", 5), ("heldout", 10)])
+def test_report_refuses_a_run_whose_files_disagree_on_the_settings(workdir, capsys, split, step):
+    run, _ = analyzed_with_ratio_0_1(workdir, capsys)
+    odd = step_path(run, step, split)
+    rewrite_metadata(odd, ratio="0.2")
+    with pytest.raises(ValueError, match=f"{re.escape(str(odd))} was tracked with ratio=0.2.*one run directory"):
+        report.summarize_run(run)
+    # Even with every setting given: the directory mixes two runs.
+    assert cli.main(["report", str(run), "--ratio", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert str(odd) in err and "ratio=0.1" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,15 @@ from safetensors.torch import save_file
 
 from concept_tracker.interactions import Interactions
 from concept_tracker.store import (
+    FORMAT,
     list_steps,
     load_state,
     load_step,
+    load_step_metadata,
     save_state,
     save_step,
     step_path,
+    tracked_settings,
 )
 
 
@@ -64,6 +67,40 @@ def test_metadata_is_plain_for_other_readers(tmp_path):
     assert meta["n"] == "3" and meta["kind"] == "and" and meta["step"] == "3"
     assert meta["probe_ids"] == "null"
     assert meta["player_names"] == '[["p0", "p1", "p2"], ["not", "very", "good"]]'
+
+
+def test_tracked_settings_round_trip(tmp_path):
+    path = save_step(tmp_path, 5, make_result("and_or"), ratio=0.1, simple_max=1, complex_min=3)
+    _, meta = load_step(path)
+    assert tracked_settings(meta) == {"ratio": 0.1, "simple_max": 1, "complex_min": 3}
+    assert load_step_metadata(path) == meta
+    with safe_open(str(path), framework="pt") as fh:
+        raw = fh.metadata()
+    # Plain JSON beside the other keys, so any safetensors client can read them.
+    assert (raw["ratio"], raw["simple_max"], raw["complex_min"]) == ("0.1", "1", "3")
+    assert raw["format"] == FORMAT and raw["step"] == "5" and raw["kind"] == "and_or"
+
+
+def test_default_bands_are_recorded_as_null_and_a_missing_ratio_as_unknown(tmp_path):
+    _, meta = load_step(save_step(tmp_path, 0, make_result("and"), ratio=0.05))
+    assert tracked_settings(meta) == {"ratio": 0.05, "simple_max": None, "complex_min": None}
+    _, meta = load_step(save_step(tmp_path, 1, make_result("and"), simple_max=1))
+    assert meta["ratio"] is None and meta["simple_max"] == 1
+    assert tracked_settings(meta) is None
+
+
+def test_file_without_settings_still_loads(tmp_path):
+    """Files written before the settings were stored: same format, three keys fewer."""
+    res = make_result("and")
+    path = save_step(tmp_path, 9, res, probe_ids=[1, 2], ratio=0.1)
+    with safe_open(str(path), framework="pt") as fh:
+        raw = {k: v for k, v in fh.metadata().items() if k not in ("ratio", "simple_max", "complex_min")}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    save_file(tensors, str(path), metadata=raw)
+    loaded, meta = load_step(path)
+    assert torch.equal(loaded.and_effects, res.and_effects) and meta["probe_ids"] == [1, 2]
+    assert not {"ratio", "simple_max", "complex_min"} & set(meta)
+    assert tracked_settings(meta) is None and load_step_metadata(path) == meta
 
 
 def test_list_steps_per_split(tmp_path):
