@@ -348,6 +348,13 @@ def _fmt(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
+def _shared_orders(runs: Sequence[RunSummary], band: str) -> tuple[int, ...] | None:
+    """The orders of ``band`` when every run has the same, else None (runs with another n or
+    other stored cut-offs)."""
+    orders = {tuple(getattr(r.bands, band)) for r in runs}
+    return orders.pop() if len(orders) == 1 else None
+
+
 def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
     """The summary as ``(row label, [cell per run])`` rows: per band, then dynamics and
     generalization, each value at the last tracked step unless the label says otherwise."""
@@ -356,7 +363,9 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
         return label, [_fmt(v) for v in values]
 
     def band_label(band: str) -> str:
-        orders = getattr(runs[0].bands, band)
+        orders = _shared_orders(runs, band)
+        if orders is None:
+            return f"{band} (orders differ per run)"
         if not orders:
             return f"{band} (no orders)"
         return f"{band} (order {orders[0]})" if len(orders) == 1 else f"{band} (orders {orders[0]}-{orders[-1]})"
@@ -461,8 +470,8 @@ def band_strength_figure(runs: Sequence[RunSummary]) -> Figure:
     for ax, band in zip(axes, ("simple", "medium", "complex")):
         for r in runs:
             ax.plot(r.steps, getattr(r, f"{band}_strength"), marker="o", markersize=3, label=r.name)
-        orders = getattr(runs[0].bands, band)
-        span = f"orders {orders[0]}-{orders[-1]}" if orders else "no orders"
+        orders = _shared_orders(runs, band)
+        span = "orders differ per run" if orders is None else f"orders {orders[0]}-{orders[-1]}" if orders else "no orders"
         first = ax is axes[0]
         _label(ax, f"{band} concepts ({span})", ylabel="salient strength per sample" if first else None,
                legend="small" if first else None)
@@ -640,6 +649,11 @@ def render_html(
         f"{f'. {esc(r.settings_note)}' if r.settings_note else ''}</li>"
         for r in runs
     )
+    def band_text(r: RunSummary) -> str:
+        return ", ".join(f"{band} {list(getattr(r.bands, band))}" for band in ("simple", "medium", "complex"))
+
+    shared = {band_text(r) for r in runs}
+    bands = esc(shared.pop() if len(shared) == 1 else "; ".join(f"{r.name}: {band_text(r)}" for r in runs))
     images = "".join(
         f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>"
@@ -663,9 +677,7 @@ img {{ max-width: 100%; }}
 <table><tr><th>order</th>{sim_head}</tr>{sim_body}</table>
 <h2>Figures</h2>
 {images}
-<p>Metric definitions: docs/metrics.md of concept-tracker. Bands: simple orders
-{esc(str(list(runs[0].bands.simple)))}, medium {esc(str(list(runs[0].bands.medium)))},
-complex {esc(str(list(runs[0].bands.complex)))}.</p>
+<p>Metric definitions: docs/metrics.md of concept-tracker. Bands (orders): {bands}.</p>
 </body></html>
 """
 

@@ -308,6 +308,23 @@ def test_report_reads_stored_bands_and_files_without_settings_make_no_claim(tmp_
     assert report.summarize_run(run, simple_max=1).bands == band_orders(FEATURES, 1, 4)
 
 
+def test_report_of_runs_with_other_bands_labels_each(tmp_path):
+    model = seeded(build, seed=0)
+    inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for name, simple_max in (("a", 1), ("b", 2)):
+        with ConceptTracker(TabularPlayers(), inputs, log_dir=tmp_path / name, schedule=at_steps([0]),
+                            simple_max=simple_max, figures=False, strict=True) as tracker:
+            tracker.step(model, 0)
+        runs.append(report.summarize_run(tmp_path / name, name=name))
+    labels = [label for label, _ in report.summary_rows(runs)]
+    assert "simple (orders differ per run) strength" in labels
+    page = report.render_html(runs, pngs={})
+    assert "a: simple [1]," in page and "b: simple [1, 2]," in page
+    same = report.summary_rows([runs[0], runs[0]])
+    assert "simple (order 1) strength" in [label for label, _ in same]
+
+
 @pytest.mark.parametrize("split, step", [("probe", 5), ("heldout", 10)])
 def test_report_refuses_a_run_whose_files_disagree_on_the_settings(workdir, capsys, split, step):
     run, _ = analyzed_with_ratio_0_1(workdir, capsys)
