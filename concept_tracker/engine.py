@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from .distributed import broadcast_from_main, sharded_coalition_values, world_size
 from .interactions import KINDS, Interactions
-from .players import Players
-from .transforms import MAX_PLAYERS, and_transform, coalition_matrix, or_transform
+from .players import Players, concat_inputs
+from .transforms import MAX_PLAYERS, and_transform, or_transform
 from .values import ValueFn, needs_target, predicted_targets, resolve_value, value_name
 
 Inputs = Any
@@ -30,6 +30,9 @@ Inputs = Any
 
 # Rows per chunk on CPU are sized so one chunk holds about this many input elements.
 _CPU_CHUNK_ELEMENTS = 1 << 19
+# Masked rows built by one op, and model outputs valued by one call, hold at most about this
+# many elements (more when one chunk alone is larger).
+_BLOCK_ELEMENTS = 1 << 19
 _MAX_AUTO_ROWS = 4096
 # Float64 copies of the [B, 2**n] tensors alive at once (values, effects, transform scratch).
 _RESULT_COPIES = 6
@@ -106,12 +109,6 @@ def split_samples(inputs: Inputs) -> list[Any]:
     return [{k: v[b] for k, v in inputs.items()} for b in range(size)]
 
 
-def _concat(parts: list[Any]) -> Any:
-    if isinstance(parts[0], Tensor):
-        return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
-    return {k: torch.cat([p[k] for p in parts], 0) if len(parts) > 1 else parts[0][k] for k in parts[0]}
-
-
 def _call(model: nn.Module, batch: Any) -> Any:
     return model(**batch) if isinstance(batch, Mapping) else model(batch)
 
@@ -152,26 +149,6 @@ def _replicate(sample: Any, rows: int) -> Any:
     return {k: v[None].expand(rows, *v.shape) for k, v in sample.items() if k != "word_ids"}
 
 
-def _plan(num_samples: int, n: int, rows: int) -> list[list[tuple[int, int, int]]]:
-    """Chunks of at most ``rows`` rows; each chunk is a list of (sample, first, stop) pieces
-    over the coalition index range of that sample."""
-    per = 1 << n
-    chunks, current, filled = [], [], 0
-    for b in range(num_samples):
-        start = 0
-        while start < per:
-            take = min(per - start, rows - filled)
-            current.append((b, start, start + take))
-            filled += take
-            start += take
-            if filled == rows:
-                chunks.append(current)
-                current, filled = [], 0
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def _check_finite(values: Tensor) -> None:
     """Raise naming the first sample and coalition whose value (in ``values`` [B, 2**n]) is NaN/inf."""
     if torch.isfinite(values).all():
@@ -182,6 +159,92 @@ def _check_finite(values: Tensor) -> None:
         "kept players); check the players' baselines (a masked input the model cannot handle) "
         "and the model for NaN/inf outputs."
     )
+
+
+def _row_targets(targets: Tensor, per: int, start: int, stop: int) -> Tensor:
+    """The target of every row ``start..stop-1`` of the (sample, coalition) grid: [stop - start]."""
+    first, last = start // per, (stop - 1) // per
+    if first == last:
+        return targets[first].expand(stop - start)
+    spanned = targets[first : last + 1, None].expand(last + 1 - first, per).reshape(-1)
+    return spanned[start - first * per : stop - first * per]
+
+
+def _write_values(value_fn: ValueFn, outputs: Any, targets: Tensor | None, dest: Tensor) -> None:
+    """``dest[:] = value_fn(outputs, targets)``, checking that there is one value per row."""
+    vals = value_fn(outputs, targets)
+    if not isinstance(vals, Tensor) or vals.numel() != dest.numel():
+        got = tuple(vals.shape) if isinstance(vals, Tensor) else type(vals).__name__
+        raise ValueError(
+            f"value returned {got} for {dest.numel()} masked rows; a value function must "
+            "return one scalar per row, Tensor[M]."
+        )
+    dest.copy_(vals.reshape(-1))
+
+
+def _output_buffer(buffers: dict[Any, Tensor], output: Any, rows: int) -> Tensor | None:
+    """A reusable [rows, ...] buffer for Tensor outputs like ``output`` whose ``rows`` rows hold
+    at most ``_BLOCK_ELEMENTS`` elements; None for other outputs (valued chunk by chunk)."""
+    if not isinstance(output, Tensor) or output.dim() == 0 or rows * output[0].numel() > _BLOCK_ELEMENTS:
+        return None
+    key = (tuple(output.shape[1:]), output.dtype, output.device)
+    if key not in buffers or buffers[key].shape[0] < rows:
+        buffers[key] = torch.empty(rows, *key[0], dtype=output.dtype, device=output.device)
+    return buffers[key]
+
+
+def _value_block(
+    model: nn.Module,
+    value_fn: ValueFn,
+    inputs: Any,
+    targets: Tensor | None,
+    dest: Tensor,
+    rows: int,
+    buffers: dict[Any, Tensor],
+) -> None:
+    """Fill ``dest`` [size] with the values of the ``size`` masked rows ``inputs``.
+
+    The model runs over chunks of ``rows`` rows. Small Tensor outputs are copied into a reused
+    buffer and valued by one call per block: a value function is a handful of small ops whose
+    fixed cost per call exceeds a cheap model's forward over a chunk. They are copied rather
+    than held until the block ends: with a small MLP on CPU, holding them made the following
+    forwards 10-25 % slower (allocator effects). Other outputs (a language model's
+    ``[M, T, V]`` logits) are valued chunk by chunk.
+    """
+    size = dest.shape[0]
+    pending, first_pending = None, 0
+
+    def flush(stop: int) -> None:
+        tgt = None if targets is None else targets[first_pending:stop]
+        _write_values(value_fn, pending[: stop - first_pending], tgt, dest[first_pending:stop])
+
+    for first in range(0, size, rows):
+        last = min(size, first + rows)
+        output = _call(model, _slice_rows(inputs, first, last))
+        buffer = _output_buffer(buffers, output, size)
+        if pending is not None and buffer is not pending:
+            flush(first)
+            pending = None
+        if buffer is None:
+            _write_values(value_fn, output, None if targets is None else targets[first:last], dest[first:last])
+            continue
+        if pending is None:
+            pending, first_pending = buffer, first
+        buffer[first - first_pending : last - first_pending] = output
+    if pending is not None:
+        flush(size)
+
+
+def _block_rows(rows: int, row_elements: int, total: int) -> int:
+    """Rows masked at once: a whole number of chunks of ``rows`` within ``_BLOCK_ELEMENTS``
+    input elements (one op builds them all, and the chunks are views of it), at least one."""
+    return min(total, max(1, _BLOCK_ELEMENTS // (rows * row_elements)) * rows)
+
+
+def _slice_rows(inputs: Any, start: int, stop: int) -> Any:
+    if isinstance(inputs, Tensor):
+        return inputs[start:stop]
+    return {k: v[start:stop] for k, v in inputs.items()}
 
 
 def coalition_values(
@@ -195,6 +258,11 @@ def coalition_values(
 ) -> Tensor:
     """v(S) for every sample and coalition. Call inside :func:`preserved_state`.
 
+    Rows are numbered over the (sample, coalition) grid: row ``r`` is sample ``r // 2**n``
+    under coalition ``r % 2**n``. The masked rows of a block of chunks are built at once, the
+    model runs over each chunk of ``batch_size`` rows, and the small outputs of a block are
+    valued together.
+
     Args:
         samples: B samples (no batch dimension) on the model's device.
         targets: [B] int64 target per sample, or None for value functions that read none.
@@ -207,39 +275,28 @@ def coalition_values(
     device = model_device(model)
     per = 1 << n
     total = len(samples) * per
-    coalitions = coalition_matrix(n, device)
     rows = batch_size or _auto_rows(model, samples[0], device, total)
     out = torch.empty(len(samples), per, dtype=torch.float64, device=device)
-    # Chunks run through the rows in order, so each one fills a contiguous range of ``flat``.
+    # Blocks run through the rows in order, so each one fills a contiguous range of ``flat``.
     flat = out.view(-1)
-    maskers = [players.masker(sample) for sample in samples]
-    sample_targets = None if targets is None else targets.unbind(0)
+    masked = players.batch_masker(samples)
+    buffers: dict[Any, Tensor] = {}
     warned = False
     done = 0
     from tqdm.auto import tqdm
 
     with tqdm(total=total, disable=not show_progress, desc="coalitions", unit="row") as bar:
         while done < total:
-            # Re-plan from the first unfinished row: after an OOM the chunk size changes.
-            remaining = _plan_from(len(samples), n, rows, done)
+            # Restart from the first unfinished row: after an OOM the chunk size changes.
+            block = _block_rows(rows, _row_elements(samples[0]), total)
             try:
-                for pieces in remaining:
-                    parts = [maskers[b](coalitions[s:e]) for b, s, e in pieces]
-                    tgt = None
-                    if sample_targets is not None:
-                        tgt = _concat([sample_targets[b].expand(e - s) for b, s, e in pieces])
+                for start in range(done, total, block):
+                    stop = min(total, start + block)
+                    tgt = None if targets is None else _row_targets(targets, per, start, stop)
                     with torch.inference_mode():
-                        vals = value_fn(_call(model, _concat(parts)), tgt)
-                    size = sum(e - s for _, s, e in pieces)
-                    if not isinstance(vals, Tensor) or vals.numel() != size:
-                        got = tuple(vals.shape) if isinstance(vals, Tensor) else type(vals).__name__
-                        raise ValueError(
-                            f"value returned {got} for {size} masked rows; a value function must "
-                            "return one scalar per row, Tensor[M]."
-                        )
-                    flat[done : done + size] = vals.reshape(-1)
-                    done += size
-                    bar.update(size)
+                        _value_block(model, value_fn, masked(start, stop), tgt, flat[start:stop], rows, buffers)
+                    done = stop
+                    bar.update(stop - start)
             except torch.cuda.OutOfMemoryError:
                 if rows == 1:
                     raise
@@ -250,22 +307,6 @@ def coalition_values(
                     warned = True
     _check_finite(out)
     return out
-
-
-def _plan_from(num_samples: int, n: int, rows: int, done: int) -> list[list[tuple[int, int, int]]]:
-    per = 1 << n
-    first = done // per
-    chunks = _plan(num_samples - first, n, rows) if done % per == 0 else None
-    if chunks is not None:
-        return [[(b + first, s, e) for b, s, e in c] for c in chunks]
-    # Mid-sample resume: finish the partly done sample, then plan the rest.
-    head, start = [], done % per
-    while start < per:
-        stop = min(per, start + rows)
-        head.append([(first, start, stop)])
-        start = stop
-    tail = _plan(num_samples - first - 1, n, rows)
-    return head + [[(b + first + 1, s, e) for b, s, e in c] for c in tail]
 
 
 def default_targets(model: nn.Module, samples: list[Any], players: Players, batch_size: int | None = None) -> Tensor:
@@ -283,7 +324,7 @@ def default_targets(model: nn.Module, samples: list[Any], players: Players, batc
     preds = []
     with torch.inference_mode():
         for start in range(0, len(samples), rows):
-            batch = _concat([players.model_inputs(s) for s in samples[start : start + rows]])
+            batch = concat_inputs([players.model_inputs(s) for s in samples[start : start + rows]])
             preds.append(predicted_targets(_call(model, batch)))
     return torch.cat(preds).clone()
 

@@ -7,7 +7,8 @@ belong to no player ("background") keep their original values unless stated othe
 
 Tensor players (tabular, image patches, feature masks) share one mechanism: a *player map*
 with the sample's shape (broadcastable) holding the player id of every element, ``-1`` for
-background. Masking is then one gather and one ``torch.where`` per chunk of rows.
+background. Masking many samples is then one ``torch.lerp`` (``torch.where`` for integer or
+non-finite inputs) per block of rows, over a coalition-to-element weight map built once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .transforms import MAX_PLAYERS
+from .transforms import MAX_PLAYERS, coalition_matrix
 
 Sample = Any
 """One sample: a Tensor without the batch dimension, or a mapping of such tensors (HF style)."""
@@ -35,6 +36,37 @@ def _check_n(n: int, param: str) -> None:
             f"{param} gives n={n} players; at most {MAX_PLAYERS} are supported "
             f"(2**n coalitions per sample). Choose fewer players."
         )
+
+
+# Largest per-call weight map (2**n coalitions x elements per sample) that _MapPlayers keeps.
+_WEIGHT_CACHE_ELEMENTS = 1 << 22
+
+
+def _pieces(start: int, stop: int, per: int) -> list[tuple[int, int, int]]:
+    """Rows ``[start, stop)`` of a grid with ``per`` coalitions per sample as (sample, first
+    coalition, stop coalition) pieces."""
+    out = []
+    while start < stop:
+        b, s = divmod(start, per)
+        e = min(per, s + stop - start)
+        out.append((b, s, e))
+        start += e - s
+    return out
+
+
+def concat_inputs(parts: list[Any]) -> Any:
+    """Model inputs (Tensors or dicts of Tensors) joined along the row dimension."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts, 0)
+    return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+
+
+def _device_of(sample: Sample) -> torch.device:
+    if isinstance(sample, Tensor):
+        return sample.device
+    return next(v.device for v in sample.values() if isinstance(v, Tensor))
 
 
 def _check_coalitions(coalitions: Tensor, n: int) -> None:
@@ -83,6 +115,28 @@ class Players:
         chunk. Default: call :meth:`mask` every time.
         """
         return lambda coalitions: self.mask(sample, coalitions)
+
+    def batch_masker(self, samples: Sequence[Sample]) -> Callable[[int, int], Any]:
+        """Masked inputs for a range of rows of the (sample, coalition) grid of ``samples``.
+
+        Row ``r`` is sample ``r // 2**n`` under the coalition with bitmask ``r % 2**n``, so
+        ``batch_masker(samples)(start, stop)`` equals the concatenation of
+        ``masker(samples[b])(coalitions[s:e])`` over the pieces of ``[start, stop)``. The
+        engine builds its blocks of chunks with it. The result may share memory with the
+        result of the next call (tensor players reuse one buffer), so use it before asking for
+        more rows. Default: one :meth:`masker` call per piece.
+        """
+        maskers = [self.masker(sample) for sample in samples]
+        per = 1 << self.n
+        coalitions: list[Tensor] = []
+
+        def rows(start: int, stop: int) -> Any:
+            if not coalitions:
+                coalitions.append(coalition_matrix(self.n, _device_of(samples[0])))
+            parts = [maskers[b](coalitions[0][s:e]) for b, s, e in _pieces(start, stop, per)]
+            return concat_inputs(parts)
+
+        return rows
 
     def names(self, sample: Sample) -> list[str]:
         """The ``n`` player names for this sample (feature names, patch ids, words)."""
@@ -176,12 +230,75 @@ class _MapPlayers(Players):
     def mask(self, sample: Tensor, coalitions: Tensor) -> Tensor:
         return self.masker(sample)(coalitions)
 
-    def masker(self, sample: Tensor) -> Callable[[Tensor], Tensor]:
+    def _check_tensor(self, sample: Any) -> None:
         if not isinstance(sample, Tensor):
             raise ValueError(
                 f"{type(self).__name__} masks tensors; got a sample of type "
                 f"{type(sample).__name__}. Use TokenPlayers for dict (Hugging Face) inputs."
             )
+
+    def batch_masker(self, samples: Sequence[Tensor]) -> Callable[[int, int], Tensor]:
+        for sample in samples:
+            self._check_tensor(sample)
+        if len({(tuple(s.shape), s.dtype, s.device) for s in samples}) != 1:
+            return super().batch_masker(samples)
+        n, per = self.n, 1 << self.n
+        x = torch.stack(list(samples))
+        idx, background, tail = self._layout(samples[0])
+        base = self.baseline(samples[0])
+        exact = x.is_floating_point() and bool(torch.isfinite(x).all() & torch.isfinite(base).all())
+        dtype = x.dtype if exact else torch.bool
+        coalitions = coalition_matrix(n, x.device)
+
+        def weights(first: int, stop: int) -> Tensor:
+            """[stop - first, *tail] weight (exact: 0/1 in the sample dtype; else bool) of
+            every element under coalitions ``first..stop-1``."""
+            columns = coalitions[first:stop].to(dtype)
+            if background:  # column n: every background element, kept or not for all rows
+                columns = torch.cat([columns, columns.new_full((stop - first, 1), self._background_keep)], 1)
+            return columns.index_select(1, idx).view(stop - first, *tail)
+
+        # The weights of every coalition are the same for all samples and chunks: build them
+        # once when they are small (an 8x8 image and n = 10: 64k elements), else per range.
+        full = weights(0, per) if per * idx.numel() <= _WEIGHT_CACHE_ELEMENTS else None
+
+        def blend(xs: Tensor, w: Tensor, out: Tensor) -> None:
+            # lerp(b, x, w) is exactly b at w = 0 and exactly x at w = 1 while x - b is finite,
+            # and runs on vectorised float kernels: on CPU it is over ten times faster than
+            # torch.where on a broadcast bool mask, the fallback for other samples.
+            if exact:
+                torch.lerp(base, xs, w, out=out)
+            else:
+                torch.where(w, xs, base, out=out)
+
+        # One buffer serves every call: with a small MLP on CPU, forwards over a freshly
+        # allocated block ran 1-3 ms slower per 16k rows than over reused memory.
+        buffer: list[Tensor] = []
+
+        def rows(start: int, stop: int) -> Tensor:
+            if not buffer or buffer[0].shape[0] < stop - start:
+                buffer[:] = [torch.empty(stop - start, *x.shape[1:], dtype=x.dtype, device=x.device)]
+            out = buffer[0][: stop - start]
+            row = start
+            while row < stop:
+                b, s = divmod(row, per)
+                whole = (stop - row) // per if s == 0 else 0
+                dest = out[row - start :]
+                if whole:  # whole samples: one broadcast op over samples x coalitions
+                    w = full if full is not None else weights(0, per)
+                    blend(x[b : b + whole, None], w[None], dest[: whole * per].view(whole, per, *x.shape[1:]))
+                    row += whole * per
+                else:
+                    e = min(per, s + stop - row)
+                    w = full[s:e] if full is not None else weights(s, e)
+                    blend(x[b], w, dest[: e - s])
+                    row += e - s
+            return out
+
+        return rows
+
+    def masker(self, sample: Tensor) -> Callable[[Tensor], Tensor]:
+        self._check_tensor(sample)
         n = self.n
         idx, background, tail = self._layout(sample)
         base = self.baseline(sample)

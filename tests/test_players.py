@@ -58,6 +58,24 @@ def test_tabular_masks_chosen_columns_only(baselines, per_column):
     assert (masked[:, [0, 2]] == X[1, [0, 2]]).all()
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["weights-once", "weights-per-range"])
+@pytest.mark.parametrize("kind", ["float", "int", "inf"])
+def test_batch_masker_rows_follow_the_sample_coalition_grid(monkeypatch, cache, kind):
+    # Row r of the grid is sample r // 2**n under coalition r % 2**n; ranges may start and end
+    # inside a sample and span several.
+    if not cache:
+        monkeypatch.setattr(ct.players, "_WEIGHT_CACHE_ELEMENTS", 0)
+    x = {"float": X, "int": X.long(), "inf": X.clone().index_put_((torch.tensor([1]), torch.tensor([2])), torch.tensor(float("inf")))}[kind]
+    features, baseline = [0, 2, 3], [10.0, 20.0, 30.0, 40.0, 50.0]
+    players = ct.TabularPlayers(features=features, baselines=torch.tensor(baseline))
+    grid = torch.cat([expected_tabular(sample, features, baseline) for sample in x]).double()
+    rows = players.batch_masker(list(x.unbind(0)))
+    for start, stop in [(0, 24), (0, 8), (3, 5), (6, 19), (8, 24), (23, 24)]:
+        got = rows(start, stop)
+        assert got.dtype == x.dtype
+        assert torch.equal(got.double(), grid[start:stop]), (start, stop)
+
+
 def test_non_finite_and_integer_samples_mask_exactly():
     # Both fall outside the float arithmetic path; masking must still be a plain selection.
     players = ct.TabularPlayers(features=[0, 2], baselines="zero")

@@ -59,6 +59,13 @@ def test_log_odds_is_stable_where_softmax_saturates():
     assert got.tolist() == [1000.0, -2000.0, -2000.0]
 
 
+@pytest.mark.parametrize("bad", [4, -1])
+def test_log_odds_rejects_a_class_outside_the_logits(bad):
+    # Row 0's class 4 would be row 1's class 0 in the flattened logits: it must not be read.
+    with pytest.raises(ValueError, match="4 logits per row"):
+        log_odds(LOGITS, torch.tensor([bad, 0, 1]))
+
+
 def test_binary_one_logit_is_signed_logit():
     z = torch.tensor([0.5, -2.0, 3.0])
     y = torch.tensor([1, 1, 0])
