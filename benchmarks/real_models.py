@@ -97,8 +97,11 @@ def measure(name: str, build: Callable, args: argparse.Namespace, dtype: torch.d
 
     batch = ct.engine.to_device(inputs, device)
     players.prepare(batch)
-    sample = ct.engine.split_samples(batch)[0]
-    chunk = players.mask(sample, ct.transforms.coalition_matrix(N, device)[:rows])
+    # A chunk spans whole samples (1,024 rows each) and part of the next, like the engine's.
+    coalitions = ct.transforms.coalition_matrix(N, device)
+    parts = [players.mask(s, coalitions) for s in ct.engine.split_samples(batch)[: math.ceil(rows / (1 << N))]]
+    chunk = ct.engine.concat_inputs(parts)
+    chunk = chunk[:rows] if isinstance(chunk, torch.Tensor) else {k: v[:rows] for k, v in chunk.items()}
     chunks = math.ceil(total / rows)
 
     def floor() -> None:
