@@ -78,10 +78,10 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if tracker is not None:
+        tracker.close()  # timed: it draws the last figures and waits for the renderer
     _sync(device)
     seconds = time.perf_counter() - start
-    if tracker is not None:
-        tracker.close()
     scheduled = sum(DEFAULT_SCHEDULE(s) for s in range(args.steps + 1)) if tracker is not None else 0
     return {"seconds": seconds, "tracked": tracked, "skipped": scheduled - tracked}
 

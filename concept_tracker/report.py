@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from . import store
 from .dynamics import Trajectory, loss_gap_step, phase_boundary
 from .metrics.profile import Bands, OrderProfile, band_orders, band_summary, order_profile, stack_effects
 from .metrics.similarity import train_test_similarity
+from .writers.render import figure_png
 
 DEFAULT_RATIO = 0.05
 """Salience threshold ratio of runs whose stored interactions do not record theirs."""
@@ -588,13 +588,6 @@ def report_figures(runs: Sequence[RunSummary]) -> dict[str, Figure]:
         "loss": loss_figure(runs),
     }
     return {name: fig for name, fig in figures.items() if fig is not None}
-
-
-def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of a figure, rendered off-screen."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def report_pngs(runs: Sequence[RunSummary]) -> dict[str, bytes]:

@@ -43,7 +43,8 @@ from .schedules import Schedule, every, log_spaced
 from .transforms import orders as coalition_orders
 from .values import resolve_value
 from .writers import tags
-from .writers.figures import concept_label, order_heatmap_figure, order_profile_figure, trajectory_figure
+from .writers.figures import concept_label
+from .writers.render import FigureRenderer
 from .writers.tensorboard import TensorBoardWriter
 
 Inputs = Any
@@ -322,6 +323,7 @@ class ConceptTracker:
         self._shares: list[Tensor] = []  # [n + 1] per tracked step, for the heat map
         self._sample_effects: list[Tensor] = []  # [K, 2**n] of probe sample 0 per tracked step
         self._undrawn: tuple[int, Interactions, dict[str, OrderProfile]] | None = None  # figures due at close
+        self._renderer: FigureRenderer | None = None  # started with the first figure
         self._cursor: int | None = None  # last step tracked, skipped or failed
         self._spent = 0.0  # seconds inside tracked steps
         self._elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
@@ -458,6 +460,7 @@ class ConceptTracker:
         self._last_cost = time.perf_counter() - start
         self.writer.scalar(tags.PERF_SECONDS, self._last_cost, step)
         self.writer.flush()
+        self._log_figures(wait=False)
 
     # ------------------------------------------------------------------------------ metrics
 
@@ -524,16 +527,34 @@ class ConceptTracker:
             self._undrawn = (step, res, by_kind)
 
     def _draw_figures(self, step: int, res: Interactions, by_kind: dict[str, OrderProfile]) -> None:
-        """The figures of the last tracked step, ``step``."""
-        writer = self.writer
+        """Hand the figures of the last tracked step, ``step``, to the renderer process."""
+        if self._renderer is None:
+            self._renderer = FigureRenderer()
+        submit = self._renderer.submit
         for kind, profile in by_kind.items():
             title = f"{kind.upper()} concepts by order, step {step}"
-            writer.figure(tags.order_profile_figure(kind), order_profile_figure(profile, title), step)
-        steps = self._trajectory.steps
-        writer.figure(tags.HEATMAP_FIGURE, order_heatmap_figure(steps, torch.stack(self._shares)), step)
-        writer.figure(tags.TRAJECTORY_FIGURE, self._trajectory_figure(res, steps), step)
+            submit((tags.order_profile_figure(kind), step), "order_profile_figure", profile, title)
+        steps = list(self._trajectory.steps)
+        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, torch.stack(self._shares))
+        submit((tags.TRAJECTORY_FIGURE, step), "trajectory_figure", steps, *self._trajectory_series(res))
 
-    def _trajectory_figure(self, res: Interactions, steps: list[int]) -> Any:
+    def _log_figures(self, wait: bool) -> None:
+        """Log the figures rendered so far (all of them when ``wait``); then raise the first
+        error of a figure function, if any."""
+        if self._renderer is None:
+            return
+        errors = []
+        for (tag, step), png in self._renderer.wait() if wait else self._renderer.ready():
+            if isinstance(png, Exception):
+                errors.append(png)
+            else:
+                self.writer.png(tag, png, step)
+        if errors:
+            raise errors[0]
+
+    def _trajectory_series(self, res: Interactions) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
+        """The strongest simple and complex concepts of probe sample 0 (``{label: [T] effects}``
+        each) and the title, for ``figures.trajectory_figure``."""
         history = torch.stack(self._sample_effects)  # [T, K, 2**n]
         kinds = res.effect_kinds
         names = res.player_names[0]
@@ -548,14 +569,14 @@ class ConceptTracker:
             for flat in picked.tolist():
                 k, s = divmod(flat, 1 << res.n)
                 prefix = f"{kinds[k].upper()} " if len(kinds) > 1 else ""
-                series[prefix + concept_label(s, names)] = history[:, k, s]
+                # A copy: a view would carry all of `history` to the renderer process.
+                series[prefix + concept_label(s, names)] = history[:, k, s].clone()
             return series
 
         title = f"probe sample {self._probe['ids'][0] if self._probe['ids'] is not None else 0}"
         if res.targets is not None:
             title += f", target class {int(res.targets[0])}"
-        return trajectory_figure(
-            steps,
+        return (
             strongest(bands.simple) if bands.simple else {},
             strongest(bands.complex) if bands.complex else {},
             title,
@@ -589,17 +610,22 @@ class ConceptTracker:
     # ------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Draw the figures of the last tracked step if they are not drawn yet, then flush and
-        close the TensorBoard writer (an external writer is only flushed)."""
+        """Draw the figures of the last tracked step if they are not drawn yet, log every figure
+        the renderer process still owes, stop it, then flush and close the TensorBoard writer
+        (an external writer is only flushed)."""
         try:
             if self._undrawn is not None:
                 self._draw_figures(*self._undrawn)
                 self._undrawn = None
+            self._log_figures(wait=True)
         except Exception as err:
             if self.strict:
                 raise
             warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
         finally:
+            if self._renderer is not None:
+                self._renderer.close()
+                self._renderer = None
             self.writer.close()
 
     def __enter__(self) -> "ConceptTracker":

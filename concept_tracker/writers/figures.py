@@ -2,7 +2,7 @@
 
 Every function builds a ``matplotlib.figure.Figure`` directly (no pyplot, so no global figure
 registry and no GUI backend) and returns it; rendering and writing are the caller's job
-(``writers.tensorboard.figure_image``).
+(``writers.render``).
 """
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ import os
 import warnings
 from typing import Any, Callable, TypeVar
 
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
@@ -35,17 +33,6 @@ def _main_process_only(method: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
-
-
-def figure_image(fig: Figure) -> np.ndarray:
-    """Render a matplotlib figure with the Agg backend.
-
-    Returns:
-        [H, W, 3] uint8 RGB image.
-    """
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class TensorBoardWriter:
@@ -98,10 +85,13 @@ class TensorBoardWriter:
             self._drop(tag, err)
 
     @_main_process_only
-    def figure(self, tag: str, fig: Figure, step: int) -> None:
-        """Log a matplotlib figure as an image (rendered off-screen with Agg)."""
+    def png(self, tag: str, png: bytes, step: int) -> None:
+        """Log an image given as PNG bytes (a figure drawn by ``writers.render``)."""
         try:
-            self.writer.add_image(tag, figure_image(fig), global_step=step, dataformats="HWC")
+            width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # IHDR
+            image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+            # What add_image does once it has encoded its array; the PNG is encoded already.
+            self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
         except Exception as err:
             self._drop(tag, err)
 

@@ -1,0 +1,197 @@
+"""Render figures in a separate Python process, so that training does not wait for matplotlib.
+
+A figure of :mod:`.figures` takes a few tenths of a second of CPU to build and render, often
+more than the rest of a tracked step. :class:`FigureRenderer` hands the *inputs* of a figure
+function (small tensors and lists) to one worker process and collects the rendered PNG images
+later, without blocking (:meth:`~FigureRenderer.ready`) or at the end
+(:meth:`~FigureRenderer.wait`). PNG, not pixels, crosses the pipe: it is a tenth of the size,
+and the training process neither encodes it nor spends long reading it.
+
+The worker is a fresh interpreter running :func:`_serve`, talking pickle over its stdin and
+stdout; not a ``multiprocessing`` child: fork is unsafe in a process that
+holds CUDA and OpenMP threads, and spawn re-runs a training script that lacks an
+``if __name__ == "__main__"`` guard. It runs at a lower priority than training.
+
+If the worker cannot start, dies or stops answering, the renderer warns once and renders in
+the calling process from then on, the figures still pending included: no figure is lost.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import IO, Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from . import figures
+
+_NICENESS = 10
+"""How much lower than training the worker's scheduling priority is (Unix nice)."""
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (RGBA), rendered off-screen with Agg."""
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
+def render(name: str, args: tuple, kwargs: dict) -> bytes:
+    """Build figure ``name`` of :mod:`.figures` from its arguments and render it to PNG bytes."""
+    return figure_png(getattr(figures, name)(*args, **kwargs))
+
+
+def _command() -> list[str]:
+    # Not ``-m``: the package imports this module before runpy would run it as __main__.
+    return [sys.executable, "-c", "from concept_tracker.writers.render import _serve; _serve()"]
+
+
+class FigureRenderer:
+    """Figures rendered by a worker process, in the order they were submitted.
+
+    Results are ``(key, png)`` pairs, ``png`` the PNG bytes of the figure, or an exception when
+    the figure function failed.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._results: queue.Queue = queue.Queue()
+        self._pending: dict[int, tuple[Any, str, tuple, dict]] = {}
+        self._finished: list[tuple[Any, bytes | Exception]] = []
+        self._next_id = 0
+        self._local = False  # render in this process (the worker failed)
+
+    def submit(self, key: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        """Queue figure function ``name`` of :mod:`.figures` with its arguments under ``key``."""
+        job_id = self._next_id
+        self._next_id += 1
+        self._pending[job_id] = (key, name, args, kwargs)
+        if not self._local:
+            try:
+                self._send((job_id, name, args, kwargs))
+                return
+            except (OSError, pickle.PicklingError, ValueError) as err:
+                self._fail(f"could not reach the figure worker ({type(err).__name__}: {err})")
+        self._render_locally()
+
+    def ready(self) -> list[tuple[Any, bytes | Exception]]:
+        """The figures finished since the last call, without waiting."""
+        while True:
+            try:
+                self._receive(self._results.get_nowait())
+            except queue.Empty:
+                break
+        return self._take()
+
+    def wait(self, timeout: float = 120.0) -> list[tuple[Any, bytes | Exception]]:
+        """Every figure still pending, waiting up to ``timeout`` seconds for each answer."""
+        while self._pending and not self._local:
+            try:
+                self._receive(self._results.get(timeout=timeout))
+            except queue.Empty:
+                self._fail(f"the figure worker did not answer within {timeout:.0f} s")
+        self._render_locally()
+        return self._take()
+
+    def close(self) -> None:
+        """Stop the worker (figures still pending are dropped: call :meth:`wait` first)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _take(self) -> list[tuple[Any, bytes | Exception]]:
+        done, self._finished = self._finished, []
+        return done
+
+    def _send(self, job: tuple) -> None:
+        if self._proc is None:
+            self._start()
+        pickle.dump(job, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._proc.stdin.flush()
+
+    def _start(self) -> None:
+        # The worker must import this very package, also from a source checkout on sys.path.
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        threading.Thread(target=_read, args=(self._proc.stdout, self._results), daemon=True).start()
+
+    def _receive(self, message: tuple | None) -> None:
+        if message is None:  # the worker's stdout closed: it exited
+            if self._pending and not self._local:
+                self._fail("the figure worker exited")
+            self._render_locally()
+            return
+        job_id, image, error = message
+        job = self._pending.pop(job_id, None)
+        if job is not None:  # else it was rendered here after a timeout
+            self._finished.append((job[0], image if error is None else RuntimeError(error)))
+
+    def _fail(self, reason: str) -> None:
+        warnings.warn(
+            f"concept_tracker: {reason}; figures are rendered in the training process from now on.",
+            stacklevel=4,
+        )
+        self._local = True
+        self.close()
+
+    def _render_locally(self) -> None:
+        if not self._local:
+            return
+        for job_id in list(self._pending):
+            key, name, args, kwargs = self._pending.pop(job_id)
+            try:
+                self._finished.append((key, render(name, args, kwargs)))
+            except Exception as err:
+                self._finished.append((key, err))
+
+
+def _read(stream: IO[bytes], results: queue.Queue) -> None:
+    """Reader thread: the worker's answers into ``results``, then None when it is gone."""
+    try:
+        while True:
+            results.put(pickle.load(stream))
+    except (EOFError, OSError, pickle.UnpicklingError):
+        results.put(None)
+
+
+def _serve() -> None:
+    """The worker: render each job read from stdin, answer ``(job id, image, error)``."""
+    # Answers go to a private copy of stdout; anything a library prints goes to stderr instead
+    # of corrupting the pickle stream.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    jobs = sys.stdin.buffer
+    try:
+        os.nice(_NICENESS)
+    except (AttributeError, OSError):
+        pass
+    while True:
+        try:
+            job_id, name, args, kwargs = pickle.load(jobs)
+        except EOFError:
+            return
+        try:
+            image, error = render(name, args, kwargs), None
+        except Exception as err:
+            image, error = None, f"{type(err).__name__} in {name}: {err}"
+        pickle.dump((job_id, image, error), answers, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.flush()
