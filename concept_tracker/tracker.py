@@ -234,6 +234,7 @@ class ConceptTracker:
             A scheduled step is skipped when its expected cost (the previous tracked step's)
             would push tracking time past ``max_overhead`` of the wall time since the first
             :meth:`step` call; skips are counted in ``perf/skipped_steps`` and warned about.
+            :meth:`close` then draws no figures for a last tracked step that had none.
         strict: re-raise exceptions from :meth:`step` instead of warning.
         store: write the raw interactions of every tracked step.
         writer: an open ``SummaryWriter`` to log into (e.g. Lightning's); None opens one in
@@ -614,9 +615,11 @@ class ConceptTracker:
         the renderer process still owes, stop it, then flush and close the TensorBoard writer
         (an external writer is only flushed)."""
         try:
-            if self._undrawn is not None:
+            # Under a budget, the last step's figures are not drawn: that work would come after
+            # the budget's last say.
+            if self._undrawn is not None and self.max_overhead is None:
                 self._draw_figures(*self._undrawn)
-                self._undrawn = None
+            self._undrawn = None
             self._log_figures(wait=True)
         except Exception as err:
             if self.strict:

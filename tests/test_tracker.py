@@ -239,6 +239,21 @@ def test_overhead_budget_skips_and_reports(tmp_path):
     assert list_steps(tmp_path) == [0]
 
 
+def test_under_a_budget_close_draws_no_figures(tmp_path):
+    import time
+
+    model = make_model()
+    for budget, drawn in ((None, [0, 1, 2]), (0.5, [0, 1])):
+        log_dir = tmp_path / str(budget)
+        with ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=every(1), max_overhead=budget, strict=True,
+                            **probe_sets()) as tracker:
+            for step in range(3):
+                time.sleep(0.3)  # training time, so that the budget never skips
+                assert tracker.step(model, step)
+        # The 3rd tracked step is no power of two: only close() would draw it.
+        assert [e.step for e in read_events(log_dir).Images(tags.HEATMAP_FIGURE)] == drawn
+
+
 def test_failures_warn_once_and_training_goes_on(tmp_path):
     x, y = make_data()
     broken = TabularPlayers(features=[0, 99])  # no column 99: every tracked step fails
