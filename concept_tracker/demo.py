@@ -59,8 +59,8 @@ class DemoConfig:
         and_or_iterations: iteration cap of the AND-OR solver (with a 5% gap tolerance). Its
             default of 1,000 iterations would triple the demo's run time; on this model 300
             reach an objective within about 2% of 1,000.
-        figures: draw the tracker's TensorBoard figures at every tracked step (about a third of
-            a tracked step's cost for this small model).
+        figures: draw the tracker's TensorBoard figures (in its figure worker process, at the
+            1st, 2nd, 4th, 8th, ... tracked step and at the end).
         threads: torch intra-op threads while the demo runs (restored afterwards). Its tensors
             are small, so one thread is about as fast as two, and it does not stall when
             another process holds the second core (two threads then ran up to 20x slower).
