@@ -241,8 +241,9 @@ class ConceptTracker:
             ``log_dir`` on the first write.
         simple_max, complex_min: band cut-offs (default ``n // 3`` and ``n // 2 + 1``).
         figures: draw the matplotlib figures, at the 1st, 2nd, 4th, 8th, ... tracked step and,
-            for the last tracked step, at :meth:`close`. Rendering one takes a few tenths of a
-            second of CPU, more than the rest of a tracked step for small models.
+            for the last tracked step, at :meth:`close`. A worker process renders them (see
+            :mod:`concept_tracker.writers.render`): one takes a few tenths of a second of CPU,
+            more than the rest of a tracked step for small models.
         probe_ids: B JSON-able ids of the probe samples (e.g. dataset indices), stored with
             the raw interactions.
         heldout_ids: ids of the held-out probes, likewise.
@@ -518,9 +519,9 @@ class ConceptTracker:
         if not self.figures:
             return
         tracked = len(self._trajectory.steps)
-        # A figure costs a few tenths of a second of CPU, more than the rest of a tracked step
-        # for small models. At the 1st, 2nd, 4th, 8th, ... tracked step (and at close) they
-        # take O(log T) renders over T tracked steps; the scalars keep every step.
+        # A figure costs the renderer process a few tenths of a second of CPU. At the 1st, 2nd,
+        # 4th, 8th, ... tracked step (and at close) that is O(log T) renders over T tracked
+        # steps; the scalars keep every step.
         if tracked & (tracked - 1) == 0:
             self._draw_figures(step, res, by_kind)
             self._undrawn = None
@@ -540,18 +541,19 @@ class ConceptTracker:
         submit((tags.TRAJECTORY_FIGURE, step), "trajectory_figure", steps, *self._trajectory_series(res))
 
     def _log_figures(self, wait: bool) -> None:
-        """Log the figures rendered so far (all of them when ``wait``); then raise the first
-        error of a figure function, if any."""
+        """Log the figures rendered so far (all of them when ``wait``). A figure function's
+        error warns once per error type (the step itself was tracked), or raises under
+        ``strict``."""
         if self._renderer is None:
             return
-        errors = []
         for (tag, step), png in self._renderer.wait() if wait else self._renderer.ready():
-            if isinstance(png, Exception):
-                errors.append(png)
-            else:
+            if not isinstance(png, Exception):
                 self.writer.png(tag, png, step)
-        if errors:
-            raise errors[0]
+            elif self.strict:
+                raise png
+            elif type(png) not in self._warned:
+                self._warned.add(type(png))
+                warnings.warn(f"ConceptTracker could not draw {tag!r} of step {step}: {png}", stacklevel=3)
 
     def _trajectory_series(self, res: Interactions) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
         """The strongest simple and complex concepts of probe sample 0 (``{label: [T] effects}``

@@ -239,6 +239,26 @@ def test_overhead_budget_skips_and_reports(tmp_path):
     assert list_steps(tmp_path) == [0]
 
 
+def test_a_failing_figure_warns_and_the_step_still_counts(tmp_path, monkeypatch):
+    import concept_tracker.writers.figures as figures
+    import concept_tracker.writers.render as render
+
+    # Render in this process (the worker would not see the patched function).
+    monkeypatch.setattr(render, "_command", lambda: ["/nonexistent/python"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no heat map today")
+
+    monkeypatch.setattr(figures, "order_heatmap_figure", broken)
+    with pytest.warns(UserWarning) as record:
+        with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), **probe_sets()) as tracker:
+            assert tracker.step(make_model(), 0)
+    assert any("order_share_heatmap" in str(w.message) and "no heat map today" in str(w.message) for w in record)
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Images(tags.TRAJECTORY_FIGURE)] == [0]
+    assert tags.HEATMAP_FIGURE not in acc.Tags()["images"]
+
+
 def test_under_a_budget_close_draws_no_figures(tmp_path):
     import time
 
