@@ -103,16 +103,9 @@ class FigureRenderer:
         return self._take()
 
     def close(self) -> None:
-        """Stop the worker (figures still pending are dropped: call :meth:`wait` first)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            proc.stdin.close()
-            proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+        """Stop the worker: it exits once it has read the end of its input (figures still
+        pending are dropped: call :meth:`wait` first)."""
+        self._stop(kill=False)
 
     # ------------------------------------------------------------------------------ internals
 
@@ -145,13 +138,26 @@ class FigureRenderer:
         if job is not None:  # else it was rendered here after a timeout
             self._finished.append((job[0], image if error is None else RuntimeError(error)))
 
+    def _stop(self, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if kill:
+                proc.kill()
+            proc.stdin.close()
+        except OSError:
+            pass
+        # Its exit (unloading torch) takes about a second, which nothing here needs to wait for.
+        threading.Thread(target=proc.wait, daemon=True).start()
+
     def _fail(self, reason: str) -> None:
         warnings.warn(
             f"concept_tracker: {reason}; figures are rendered in the training process from now on.",
             stacklevel=4,
         )
         self._local = True
-        self.close()
+        self._stop(kill=True)
 
     def _render_locally(self) -> None:
         if not self._local:
@@ -166,11 +172,12 @@ class FigureRenderer:
 
 def _read(stream: IO[bytes], results: queue.Queue) -> None:
     """Reader thread: the worker's answers into ``results``, then None when it is gone."""
-    try:
-        while True:
-            results.put(pickle.load(stream))
-    except (EOFError, OSError, pickle.UnpicklingError):
-        results.put(None)
+    with stream:
+        try:
+            while True:
+                results.put(pickle.load(stream))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            results.put(None)
 
 
 def _serve() -> None:
