@@ -73,3 +73,16 @@ def test_a_failing_figure_function_comes_back_as_an_error():
         renderer.close()
     assert isinstance(done["bad"], RuntimeError) and "order_heatmap_figure" in str(done["bad"])
     assert isinstance(done["good"], bytes)
+
+
+def test_an_argument_that_cannot_be_pickled_is_rendered_here():
+    class Steps(list):
+        """Defined in a function: pickle cannot find it by name."""
+
+    renderer = FigureRenderer()
+    name, (steps, shares) = jobs()[1]
+    with pytest.warns(UserWarning, match="could not reach the figure worker"):
+        renderer.submit("local", name, Steps(steps), shares)
+    done = dict(renderer.ready())
+    renderer.close()
+    assert done["local"] == render.render(name, (steps, shares), {})

@@ -79,7 +79,7 @@ class FigureRenderer:
             try:
                 self._send((job_id, name, args, kwargs))
                 return
-            except (OSError, pickle.PicklingError, ValueError) as err:
+            except Exception as err:  # no start, a closed pipe, an argument pickle refuses
                 self._fail(f"could not reach the figure worker ({type(err).__name__}: {err})")
         self._render_locally()
 
