@@ -456,7 +456,10 @@ def _run_report(args: argparse.Namespace) -> int:
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
-    runs = [report.summarize_run(d, name=name, ratio=args.ratio) for d, name in zip(dirs, names)]
+    runs = [
+        report.summarize_run(d, name=name, ratio=args.ratio, simple_max=args.simple_max, complex_min=args.complex_min)
+        for d, name in zip(dirs, names)
+    ]
     print(report.summary_table(runs))
     print("\nTrain-test similarity by order (last tracked step):")
     print(report.similarity_table(runs))
@@ -527,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--html", help="write a self-contained HTML report here")
     rep.add_argument("--force", action="store_true", help="overwrite an existing --html file")
     rep.add_argument("--ratio", type=float, help="salience threshold ratio (default: the one each run was tracked with, as stored with its interactions; 0.05 for runs stored without it)")
+    rep.add_argument("--simple-max", type=int, help="highest order of the simple band (default: the stored cut-off, else n//3)")
+    rep.add_argument("--complex-min", type=int, help="lowest order of the complex band (default: the stored cut-off, else n//2+1)")
     rep.set_defaults(func=_run_report)
     return parser
 

@@ -308,6 +308,21 @@ def test_report_reads_stored_bands_and_files_without_settings_make_no_claim(tmp_
     assert report.summarize_run(run, simple_max=1).bands == band_orders(FEATURES, 1, 4)
 
 
+def test_report_band_options_override_the_stored_cut_offs(tmp_path, capsys):
+    model = seeded(build, seed=0)
+    inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0]), simple_max=2, complex_min=4,
+                        figures=False, strict=True) as tracker:
+        tracker.step(model, 0)
+    assert cli.main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "simple (orders 1-2) strength" in out and "complex (order 4) strength" in out
+    assert cli.main(["report", str(run), "--simple-max", "1", "--complex-min", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "simple (order 1) strength" in out and "complex (orders 3-4) strength" in out
+
+
 def test_report_of_runs_with_other_bands_labels_each(tmp_path):
     model = seeded(build, seed=0)
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
