@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from concept_tracker.and_or import AndOrConfig, and_or_objective, decompose  # noqa: E402
 from concept_tracker.transforms import and_transform, coalition_matrix, or_transform  # noqa: E402
+from timing import timed  # noqa: E402
 
 
 def mlp_values(n: int, samples: int, seed: int, device: torch.device) -> Tensor:
@@ -97,16 +97,6 @@ def published_sgd(
         gamma = gamma - rate * buf_gamma
         q = q - rate * buf_q
     return and_or_objective(i_and, i_or), q
-
-
-def timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, out
 
 
 def machine(device: torch.device) -> str:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ from models import cnn, seeded  # noqa: E402
 
 import concept_tracker as ct  # noqa: E402
 from concept_tracker.transforms import coalition_matrix  # noqa: E402
+from timing import race  # noqa: E402
 
 
 def mlp64(classes: int = 10, seed: int = 0) -> nn.Module:
@@ -41,24 +40,6 @@ def mlp64(classes: int = 10, seed: int = 0) -> nn.Module:
         ),
         seed,
     )
-
-
-def race(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds, the functions taking turns in
-    every round so that a change in machine load hits all of them alike."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from torch import nn
 from concept_tracker import ConceptTracker, select_probes
 from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, load_digits_split, solver_config
 from concept_tracker.tracker import DEFAULT_SCHEDULE
+from timing import sync
 
 VARIANTS = ("none", "default", "budget")
 BUDGET = 0.05
@@ -66,7 +67,7 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
             max_overhead=BUDGET if variant == "budget" else None, strict=True,
         )
     tracked = 0
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for step in range(args.steps + 1):
         if tracker is not None:
@@ -80,7 +81,7 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
         optimizer.step()
     if tracker is not None:
         tracker.close()  # timed: it draws the last figures and waits for the renderer
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     scheduled = sum(DEFAULT_SCHEDULE(s) for s in range(args.steps + 1)) if tracker is not None else 0
     return {"seconds": seconds, "tracked": tracked, "skipped": scheduled - tracked}
@@ -93,7 +94,7 @@ def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log
     demo, model, optimizer, batches, x, y = setup(args, data, device)
 
     def train_steps(count: int) -> float:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(count):
             index = torch.randint(0, len(y), (demo.batch_size,), generator=batches).to(device)
@@ -101,7 +102,7 @@ def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(device)
+        sync(device)
         return (time.perf_counter() - start) / count
 
     train_steps(300)
@@ -118,21 +119,16 @@ def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log
         tracker.step(model, 0)  # the first step pays one-off costs (writer, fonts, cold solver)
         seconds = {}
         for step in (1, 2, 3, 4):  # the 2nd to 5th tracked steps: figures at the 2nd and 4th
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             tracker.step(model, step)
-            _sync(device)
+            sync(device)
             seconds[step] = time.perf_counter() - start
         tracker.close()
         rows.append((f"one tracked step, kind={kind}, without figures", (seconds[2] + seconds[4]) / 2))
         if not args.no_figures:
             rows.append((f"one tracked step, kind={kind}, with figures", (seconds[1] + seconds[3]) / 2))
     return rows
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def machine(device: torch.device) -> str:

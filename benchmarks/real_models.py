@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import concept_tracker as ct
+from timing import race
 
 N = 10
 SEQ_LEN = 32
@@ -63,26 +63,6 @@ def vit(tiny: bool) -> tuple[nn.Module, Callable[[int], torch.Tensor], ct.Player
         return torch.randn(samples, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
 
     return model, inputs, ct.ImagePatchPlayers(grid=(2, 5), baselines="zero")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def race(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds, taking turns in every round."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, math.inf)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def measure(name: str, build: Callable, args: argparse.Namespace, dtype: torch.dtype, device: torch.device) -> str:

@@ -21,7 +21,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,21 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from oracles import dense_and_matrix, shapiq_computer, shapiq_to_bitmask  # noqa: E402
 
 import concept_tracker as ct  # noqa: E402
+from timing import best_time  # noqa: E402
 
-
-def best_time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Best wall time of ``repeats`` calls after one warm-up, and the last result."""
-    out = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def dense_fits(n: int, device: torch.device) -> bool:
