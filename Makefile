@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test install install-test benchmarks clean
+.PHONY: demo test lint install install-test benchmarks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/concept-tracker demo
 
-test: $(VENV)/.installed-test
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check concept_tracker integrations
+	$(VENV)/bin/ruff format --check concept_tracker integrations
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 benchmarks: $(VENV)/.installed-test

@@ -4,14 +4,12 @@ The core never imports ``concept_tracker.integrations`` (transformers, accelerat
 """
 
 from .and_or import AndOrConfig, AndOrResult, decompose
-from .dynamics import Trajectory
 from .engine import compute_interactions
 from .interactions import Interactions
 from .metrics import (
-    adversarial_inconsistency,
+    Trajectory,
     band_orders,
     band_summary,
-    noise_sensitivity,
     order_profile,
     reference_similarity,
     similarity,
@@ -20,9 +18,12 @@ from .metrics import (
     train_test_similarity,
 )
 from .players import FeatureMaskPlayers, ImagePatchPlayers, Players, TabularPlayers, TokenPlayers, word_ids
+from .probes import ProbeSet, select_probes
 from .schedules import Schedule, at_steps, every, log_spaced
+from .sensitivity import adversarial_inconsistency, noise_sensitivity
 from .store import list_steps, load_step
-from .tracker import DEFAULT_SCHEDULE, ConceptTracker, ProbeSet, select_probes
+from .summary import StepSummary
+from .tracker import DEFAULT_SCHEDULE, ConceptTracker
 from .transforms import and_inverse, and_transform, or_inverse, or_transform, orders
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "Players",
     "ProbeSet",
     "Schedule",
+    "StepSummary",
     "TabularPlayers",
     "TokenPlayers",
     "Trajectory",

@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -233,7 +234,7 @@ def decompose(
 # ----------------------------------------------------------------------------------- checks
 
 
-def _check_number(name: str, value: object, low: float, strict: bool = False) -> None:
+def _check_number(name: str, value: Any, low: float, strict: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):
         relation = ">" if strict else ">="

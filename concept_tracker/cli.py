@@ -146,7 +146,7 @@ def load_probe_data(path: str | Path) -> dict[str, Any]:
 
 def _index_list(text: str, what: str) -> list[int]:
     """``"0,3,5"`` or ``"0-9"`` (or a mix, ``"0-3,7"``) as a list of ints."""
-    out = []
+    out: list[int] = []
     try:
         for part in text.split(","):
             if "-" in part:
@@ -307,7 +307,8 @@ def check_readable(path: Path) -> None:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    path = _weights_file(path)
+    path = _weights_file(path) or path
+    state: Any
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -392,8 +393,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .players import TokenPlayers
+    from .probes import ProbeSet, select_probes
     from .schedules import at_steps
-    from .tracker import ConceptTracker, select_probes
+    from .tracker import ConceptTracker
 
     checkpoints = find_checkpoints(args.checkpoints)
     factory = load_factory(args.model_factory) if args.model_factory else None
@@ -407,23 +409,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
     data = load_probe_data(args.data)
     players = parse_players(args.players, args.baseline, args.mask_token_id)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    inputs, labels = data["inputs"], data["labels"]
-    ids = None
+    probes = ProbeSet(data["inputs"], data["labels"], None)
     if args.probes is not None:
-        picked = select_probes(inputs, args.probes, labels=labels, seed=args.seed)
-        inputs, labels, ids = picked.inputs, picked.labels, picked.ids
+        probes = select_probes(probes.inputs, args.probes, labels=probes.labels, seed=args.seed)
     if isinstance(players, TokenPlayers):
         # Word grouping, special tokens and the default mask token come from the tokenizer.
         players.tokenizer = _tokenizer_for(checkpoints[0][1])
-    elif players.baselines == "mean" and isinstance(inputs, Tensor):
-        players.fit(inputs)
+    elif players.baselines == "mean" and isinstance(probes.inputs, Tensor):
+        players.fit(probes.inputs)
 
     log_dir = Path(args.log_dir)
     prepare_log_dir(log_dir, args.force)
     tracker = ConceptTracker(
         players,
-        inputs,
-        labels,
+        probes.inputs,
+        probes.labels,
         heldout_inputs=data["heldout_inputs"],
         heldout_targets=data["heldout_labels"],
         log_dir=log_dir,
@@ -433,7 +433,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         ratio=args.ratio,
         batch_size=args.batch_size,
         strict=True,
-        probe_ids=ids,
+        probe_ids=probes.ids,
     )
     with tracker:
         for step, path in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):

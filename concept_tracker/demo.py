@@ -28,8 +28,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from . import report
 from .players import ImagePatchPlayers
+from .probes import ProbeSet, select_probes
 from .schedules import log_spaced
-from .tracker import ConceptTracker, ProbeSet, select_probes
+from .tracker import ConceptTracker
 
 PATCH_GRID = (4, 4)
 """The 8x8 digits are cut into a 4x4 grid of 2x2-pixel patches ..."""
@@ -162,7 +163,9 @@ def demo_players(train_x: Tensor) -> ImagePatchPlayers:
     the default settings ended with about the same complex ratio in our tuning runs (clean
     slightly higher), while with the mean baseline the noisy run's was clearly higher.
     """
-    return ImagePatchPlayers(grid=PATCH_GRID, select=ink_patches(train_x), baselines="mean").fit(train_x)
+    players = ImagePatchPlayers(grid=PATCH_GRID, select=ink_patches(train_x), baselines="mean")
+    players.fit(train_x)
+    return players
 
 
 def solver_config(config: DemoConfig) -> Any:

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distributed import broadcast_from_main, sharded_coalition_values, world_size
-from .interactions import KINDS, Interactions
+from .checks import check_int, check_kind, check_players
+from .distributed import all_gather, broadcast_from_main, collective_device, rank, world_size
+from .interactions import Interactions
 from .players import Players, concat_inputs
 from .transforms import MAX_PLAYERS, and_transform, or_transform
 from .values import ValueFn, needs_target, predicted_targets, resolve_value, value_name
@@ -70,8 +71,8 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
     for t in model.parameters():
         return t.device
-    for t in model.buffers():
-        return t.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -212,7 +213,8 @@ def _value_block(
     ``[M, T, V]`` logits) are valued chunk by chunk.
     """
     size = dest.shape[0]
-    pending, first_pending = None, 0
+    pending: Any = None  # a Tensor buffer once a block of small outputs is being filled
+    first_pending = 0
 
     def flush(stop: int) -> None:
         tgt = None if targets is None else targets[first_pending:stop]
@@ -329,6 +331,92 @@ def default_targets(model: nn.Module, samples: list[Any], players: Players, batc
     return torch.cat(preds).clone()
 
 
+def _fingerprint(samples: list[Any]) -> float:
+    """A cheap checksum of the probe samples, to catch ranks that were given different probes."""
+    total = 0.0
+    for i, sample in enumerate(samples):
+        parts = sample.values() if isinstance(sample, Mapping) else [sample]
+        total += (i + 1) * sum(float(t.double().sum()) for t in parts if isinstance(t, Tensor))
+    return total
+
+
+def sharded_coalition_values(
+    model: nn.Module,
+    samples: list[Any],
+    players: Players,
+    targets: Tensor | None,
+    value_fn: ValueFn,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> Tensor:
+    """:func:`coalition_values` with the samples split across ranks.
+
+    Every rank must pass the same ``samples`` and ``targets``. Rank ``r`` values the ``r``-th
+    contiguous block of ``ceil(B / world_size)`` samples (the last block padded by repeating the
+    last sample), in chunks of the same number of rows on every rank, so every rank runs the
+    same number of forwards: models whose forward is a collective (FSDP, DeepSpeed ZeRO-3) stay
+    in step. The blocks are all-gathered (equal-size tensors, gloo and nccl alike) and the
+    padding trimmed. Call inside :func:`preserved_state` on every rank.
+
+    Rows per chunk: ``batch_size``, or the smallest automatic size over the ranks. A CUDA
+    out-of-memory retry halves the chunk on one rank only, which desynchronises collective
+    forwards: pass a fixed ``batch_size`` for FSDP / ZeRO-3 models.
+
+    Args:
+        samples: B samples (no batch dimension) on the model's device, identical on every rank.
+        targets: [B] int64 target per sample (identical on every rank), or None.
+        value_fn, batch_size, show_progress: as for ``coalition_values`` (progress on rank 0).
+    Returns:
+        [B, 2**n] float64 values on the model's device, on every rank.
+    Raises:
+        ValueError: on every rank, when the ranks hold different probe samples.
+        RuntimeError: on every rank, when valuing failed on some rank (that rank re-raises
+            its own error).
+    """
+    num, size, me = len(samples), world_size(), rank()
+    device = model_device(model)
+    per_rank = -(-num // size)
+    block = [min(i, num - 1) for i in range(me * per_rank, (me + 1) * per_rank)]
+    mine = [samples[i] for i in block]
+    rows = batch_size or _auto_rows(model, mine[0], device, per_rank << players.n)
+
+    # One small gather checks that the ranks agree on the probes and picks a common chunk size.
+    local = torch.tensor([num, rows, _fingerprint(samples)], dtype=torch.float64, device=collective_device(device))
+    everyone = torch.stack(all_gather(local))
+    same_probes = (everyone[:, 0] == num).all() and torch.allclose(
+        everyone[:, 2], everyone[0, 2], rtol=1e-9, atol=0.0, equal_nan=True
+    )
+    if not same_probes:
+        raise ValueError(
+            f"the ranks hold different probe samples (sample counts {everyone[:, 0].long().tolist()}); "
+            "compute_interactions shards the samples across ranks, so every rank must pass the same "
+            "inputs: pick probes with the same seed from the full dataset, not from a rank's shard."
+        )
+    rows = int(everyone[:, 1].min())
+
+    error: Exception | None = None
+    try:
+        values = coalition_values(
+            model, mine, players, None if targets is None else targets[block], value_fn, rows, show_progress and me == 0
+        )
+    except Exception as err:  # re-raised below, once the other ranks have heard of it
+        error = err
+        values = torch.zeros(per_rank, 1 << players.n, dtype=torch.float64, device=device)
+    # Tell every rank about a failure before the gather, so that no rank waits for a dead one.
+    failed = torch.stack(all_gather(torch.tensor([int(error is not None)], device=local.device)))
+    if failed.any():
+        if isinstance(error, ValueError):
+            # The engine numbers the samples within this rank's block.
+            raise ValueError(
+                f"rank {me} values samples {block} of the batch (sample i below is the i-th of these): {error}"
+            ) from error
+        if error is not None:
+            raise error
+        bad = failed.reshape(-1).nonzero().reshape(-1).tolist()
+        raise RuntimeError(f"compute_interactions failed on rank(s) {bad}; see their error.")
+    return torch.cat(all_gather(values.to(local.device)))[:num].to(device)
+
+
 def _check_memory(num_samples: int, n: int, device: torch.device) -> None:
     needed = _RESULT_COPIES * 8 * num_samples * (1 << n)
     available = _available_bytes(device)
@@ -370,7 +458,7 @@ def compute_interactions(
     training flags, grad mode and RNG states afterwards. Under ``torch.distributed`` with more
     than one process, call it on every rank with the same inputs: the samples are split across
     the ranks and every rank gets the full result (see
-    :func:`~concept_tracker.distributed.sharded_coalition_values`).
+    :func:`sharded_coalition_values`).
 
     Args:
         model: any ``nn.Module``; called as ``model(x)`` or ``model(**inputs)`` for dict inputs.
@@ -388,13 +476,10 @@ def compute_interactions(
         :class:`Interactions` with ``outputs`` [B, 2**n] and the effects of ``kind``, on the
         model's device.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; use one of {list(KINDS)}.")
+    check_kind(kind)
     value_fn = resolve_value(value)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int or None.")
-    if not isinstance(players, Players):
-        raise ValueError(f"players has type {type(players).__name__}; pass a concept_tracker player kind (TabularPlayers, ...).")
+    check_int("batch_size", batch_size, optional=True, unit="rows per forward")
+    check_players(players)
     num_samples = batch_size_of(inputs)
     device = model_device(model)
     batch = to_device(inputs, device)
@@ -421,7 +506,7 @@ def compute_interactions(
             outputs = coalition_values(model, samples, players, targets, value_fn, batch_size, show_progress)
 
     names = [players.names(s) for s in samples]
-    common = dict(n=n, kind=kind, targets=targets, value=value_name(value), player_names=names, aligned=players.aligned)
+    common: dict[str, Any] = dict(n=n, kind=kind, targets=targets, value=value_name(value), player_names=names, aligned=players.aligned)
     if kind == "and":
         return Interactions(outputs=outputs, and_effects=and_transform(outputs), or_effects=None, **common)
     if kind == "or":

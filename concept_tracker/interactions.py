@@ -76,7 +76,7 @@ class Interactions:
         """The kinds of effects present: ["and"], ["or"] or ["and", "or"]."""
         return [k for k, e in (("and", self.and_effects), ("or", self.or_effects)) if e is not None]
 
-    def to(self, device: torch.device | str) -> "Interactions":
+    def to(self, device: torch.device | str) -> Interactions:
         """A copy with every tensor moved to ``device``."""
         moved: dict[str, Any] = {}
         for name in ("outputs", "and_effects", "or_effects", "gamma", "q", "targets"):
@@ -84,7 +84,7 @@ class Interactions:
             moved[name] = None if t is None else t.to(device)
         return replace(self, **moved)
 
-    def __getitem__(self, index: Any) -> "Interactions":
+    def __getitem__(self, index: Any) -> Interactions:
         """The samples picked by ``index`` (an int, slice, list or bool/int tensor)."""
         if isinstance(index, int):
             index = slice(index, index + 1)

@@ -168,7 +168,7 @@ class _MapPlayers(Players):
         self._background_keep = background_keep
         self._layouts: dict[tuple[tuple[int, ...], torch.device], tuple[Tensor, bool, tuple[int, ...]]] = {}
 
-    def fit(self, data: Tensor) -> "_MapPlayers":
+    def fit(self, data: Tensor) -> _MapPlayers:
         """Fit the "mean" baseline: the mean sample over ``data`` [N, ...]."""
         if not isinstance(data, Tensor) or data.dim() < 2:
             raise ValueError("fit(data) needs a tensor [N, ...] of samples to average.")
@@ -573,7 +573,7 @@ class TokenPlayers(Players):
         if not callable(select) and select not in ("first", "random"):
             raise ValueError(f"select={select!r}; use 'first', 'random' or a callable.")
         self._n = int(n)
-        self.select = select
+        self.select: Any = select  # "first", "random" or a callable
         self._mask_token_id = mask_token_id
         self.words = words
         self.skip_special_tokens = skip_special_tokens

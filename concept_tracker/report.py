@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from matplotlib.axes import Axes
@@ -28,9 +28,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import store
-from .dynamics import Trajectory, loss_gap_step, phase_boundary
-from .metrics.profile import Bands, OrderProfile, band_orders, band_summary, order_profile, stack_effects
+from .interactions import Interactions
+from .metrics.dynamics import Trajectory, loss_gap_step, phase_boundary
+from .metrics.profile import Bands, OrderProfile, band_orders, stack_effects
 from .metrics.similarity import train_test_similarity
+from .summary import summarize_step
+from .writers import tags
 from .writers.render import figure_png
 
 DEFAULT_RATIO = 0.05
@@ -86,6 +89,9 @@ class RunSummary:
         loss_gap_step: step where the eval-train loss gap starts to grow, or None (no losses
             logged, or no sustained growth).
         scalars: every TensorBoard scalar of the run, ``{tag: [(step, value), ...]}``.
+        readings: ``{step: {tag: value}}``, the concept scalars of every tracked step,
+            recomputed by :func:`~concept_tracker.summary.summarize_step` exactly as the tracker
+            logged them (the series above are read from it).
     """
 
     name: str
@@ -112,6 +118,7 @@ class RunSummary:
     loss_gap_step: int | None
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     defaulted: tuple[str, ...] = ()
+    readings: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def settings_note(self) -> str | None:
@@ -264,7 +271,7 @@ def summarize_run(
             "pass the log_dir of a run tracked with store=True."
         )
     heldout_steps = set(store.list_steps(log_dir, "heldout"))
-    given = {"ratio": ratio, "simple_max": simple_max, "complex_min": complex_min}
+    given: dict[str, Any] = {"ratio": ratio, "simple_max": simple_max, "complex_min": complex_min}
     stored = stored_settings(log_dir)
     if stored is None:
         # None cut-offs already mean the default bands; only the note needs to know.
@@ -274,12 +281,11 @@ def summarize_run(
         ratio, simple_max, complex_min = (stored[k] if v is None else v for k, v in given.items())
     ratio = DEFAULT_RATIO if ratio is None else ratio
     trajectory = Trajectory(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
-    series: dict[str, list[float]] = {k: [] for k in ("simple", "medium", "complex", "ratio", "count")}
-    first = res = profile = train_test = None
+    readings: dict[int, dict[str, float]] = {}
     for step in steps:
         path = store.step_path(log_dir, step)
         res, _ = store.load_step(path)
-        if first is None:
+        if step == steps[0]:
             first = res
         elif (res.n, res.kind, res.num_samples) != (first.n, first.kind, first.num_samples):
             raise ValueError(
@@ -287,18 +293,17 @@ def summarize_run(
                 f"first step has n={first.n}, kind={first.kind!r}, {first.num_samples}; one run "
                 "directory must hold one tracked run."
             )
+        held: Interactions | None = None
+        if step in heldout_steps and res.aligned:
+            held = store.load_step(store.step_path(log_dir, step, "heldout"))[0]
         trajectory.append(step, stack_effects(res))
-        profile = order_profile(res, ratio)
-        summary = band_summary(profile, simple_max, complex_min)
-        series["simple"].append(summary.simple_strength)
-        series["medium"].append(summary.medium_strength)
-        series["complex"].append(summary.complex_strength)
-        series["ratio"].append(summary.complex_ratio)
-        series["count"].append(summary.num_concepts)
-    if steps[-1] in heldout_steps and res.aligned:
-        held, _ = store.load_step(store.step_path(log_dir, steps[-1], "heldout"))
-        train_test = train_test_similarity(res, res.targets, held, held.targets)
-
+        summary = summarize_step(
+            step, res, trajectory, held=held, ratio=ratio, simple_max=simple_max, complex_min=complex_min
+        )
+        readings[step] = summary.scalars
+        profile = cast(OrderProfile, summary.profile)
+    # Per order at the last step, with the empty set as entry 0 (the readings hold orders >= 1).
+    train_test = None if held is None else train_test_similarity(res, res.targets, held, held.targets)
     bands = band_orders(first.n, simple_max, complex_min)
     scalars = read_scalars(log_dir)
     gap = None
@@ -306,7 +311,9 @@ def summarize_run(
         if scalars.get(eval_tag) and scalars.get(train_tag):
             gap = loss_gap_step(scalars[eval_tag], scalars[train_tag])
             break
-    _, strength = trajectory.high_order_strength()
+    series = {tag: [readings[step].get(tag, math.nan) for step in steps] for tag in readings[steps[-1]]}
+    last = readings[steps[-1]]
+    simple, medium, complex_ = (series[tag] for tag in tags.band_strength_tags())
     return RunSummary(
         name=name or log_dir.name,
         log_dir=str(log_dir),
@@ -315,23 +322,24 @@ def summarize_run(
         ratio=ratio,
         bands=bands,
         steps=steps,
-        simple_strength=series["simple"],
-        medium_strength=series["medium"],
-        complex_strength=series["complex"],
-        complex_ratio=series["ratio"],
-        num_concepts=series["count"],
+        simple_strength=simple,
+        medium_strength=medium,
+        complex_strength=complex_,
+        complex_ratio=series[tags.summary("complex_ratio")],
+        num_concepts=series[tags.summary("num_concepts")],
         final_profile=profile,
         train_test=train_test,
-        detour_by_order=trajectory.detour_ratio(),
-        detour_simple=trajectory.detour_ratio(bands.simple) if bands.simple else math.nan,
-        detour_complex=trajectory.detour_ratio(bands.complex) if bands.complex else math.nan,
-        sign_flips=int(trajectory.sign_flips().sum()),
-        high_order_strength=strength.tolist(),
-        phase_boundary=trajectory.phase_boundary(),
-        share_boundary=phase_boundary(steps, _high_share(series["simple"], series["medium"], series["complex"])),
+        detour_by_order=cast(Tensor, trajectory.detour_ratio()),
+        detour_simple=last[tags.band_detour_ratio("simple")],
+        detour_complex=last[tags.band_detour_ratio("complex")],
+        sign_flips=int(last[tags.SIGN_FLIPS]),
+        high_order_strength=series[tags.HIGH_ORDER_STRENGTH],
+        phase_boundary=None if tags.PHASE_BOUNDARY not in last else int(last[tags.PHASE_BOUNDARY]),
+        share_boundary=phase_boundary(steps, _high_share(simple, medium, complex_)),
         loss_gap_step=gap,
         scalars=scalars,
         defaulted=defaulted,
+        readings=readings,
     )
 
 
@@ -502,13 +510,13 @@ def order_profile_figure(runs: Sequence[RunSummary]) -> Figure:
 
 def train_test_figure(runs: Sequence[RunSummary]) -> Figure | None:
     """Train-test similarity per order at the last step (None when no run has held-out data)."""
-    with_heldout = [r for r in runs if r.train_test is not None]
+    with_heldout = [(r, r.train_test) for r in runs if r.train_test is not None]
     if not with_heldout:
         return None
     fig, (ax,) = _figure(6)
-    for r in with_heldout:
-        ax.plot(range(1, r.n + 1), r.train_test[1:].numpy(), marker="o", label=r.name)
-    ax.set_xticks(range(1, with_heldout[0].n + 1))
+    for r, train_test in with_heldout:
+        ax.plot(range(1, r.n + 1), train_test[1:].numpy(), marker="o", label=r.name)
+    ax.set_xticks(range(1, with_heldout[0][0].n + 1))
     ax.set_ylim(0, 1)
     _label(ax, "train-test similarity of concepts by order", "order m = |S|", "Jaccard similarity")
     return fig

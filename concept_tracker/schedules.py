@@ -1,4 +1,5 @@
-"""When to track: schedules that say at which training steps interactions are computed.
+"""When to track: schedules that say at which training steps interactions are computed, and
+the overhead budget that may skip a scheduled step.
 
 A schedule answers one question, ``schedule(step) -> bool``. Schedules combine with ``|``
 (fire when any part fires)::
@@ -15,7 +16,9 @@ so a tracker can store the schedule it ran with next to its cursor.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import time
+from collections.abc import Iterable
+from typing import Any
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -43,13 +46,13 @@ class Schedule:
     def __call__(self, step: int) -> bool:
         return self.fires(step)
 
-    def __or__(self, other: "Schedule") -> "Schedule":
+    def __or__(self, other: Schedule) -> Schedule:
         if not isinstance(other, Schedule):
             return NotImplemented
         return _Any(self, other)
 
     @staticmethod
-    def from_config(config: dict[str, Any]) -> "Schedule":
+    def from_config(config: dict[str, Any]) -> Schedule:
         """The schedule described by ``config`` (the output of ``to_config()``).
 
         Raises:
@@ -166,7 +169,7 @@ class _Any(Schedule):
         flat: list[Schedule] = []
         for part in parts:
             flat.extend(part.parts if isinstance(part, _Any) else [part])
-        self.parts = tuple(flat)
+        self.parts: tuple[Schedule, ...] = tuple(flat)
 
     def fires(self, step: int) -> bool:
         return any(part.fires(step) for part in self.parts)
@@ -176,3 +179,47 @@ class _Any(Schedule):
 
     def __repr__(self) -> str:
         return " | ".join(repr(part) for part in self.parts)
+
+
+class OverheadBudget:
+    """Whether a scheduled step may run: tracking time must stay within a fraction of wall time.
+
+    A step is refused when its expected cost (the last tracked step's) would push the time spent
+    tracking past ``max_overhead`` of the wall time since :meth:`start`, earlier sessions of a
+    resumed run included. With ``max_overhead=None`` nothing is refused; time is still counted.
+
+    Args:
+        max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
+    """
+
+    def __init__(self, max_overhead: float | None = None) -> None:
+        self.max_overhead = max_overhead
+        self.spent = 0.0  # seconds inside tracked steps
+        self.elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
+        self.origin: float | None = None  # perf_counter() of this session's first call
+        self.last_cost: float | None = None  # seconds of the last tracked step
+        self.skipped = 0
+
+    def start(self, now: float) -> None:
+        """Start the wall clock at the first call (later calls do nothing)."""
+        if self.origin is None:
+            self.origin = now
+
+    def elapsed(self, now: float) -> float:
+        """Wall seconds since the run started, earlier sessions included."""
+        return self.elapsed_before + (0.0 if self.origin is None else now - self.origin)
+
+    def refuses(self, now: float) -> bool:
+        """True when tracking now, at the last tracked step's cost, would exceed the budget."""
+        if self.max_overhead is None or self.last_cost is None:
+            return False
+        return self.spent + self.last_cost > self.max_overhead * (self.elapsed(now) + self.last_cost)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able timing: seconds spent and elapsed, the last cost and the skip count."""
+        return {"spent": self.spent, "elapsed": self.elapsed(time.perf_counter()), "last_cost": self.last_cost, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; the wall clock restarts at the next :meth:`start`."""
+        self.spent, self.elapsed_before = state["spent"], state["elapsed"]
+        self.last_cost, self.skipped, self.origin = state["last_cost"], state["skipped"], None

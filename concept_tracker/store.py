@@ -172,8 +172,9 @@ def interactions_from_state(state: dict[str, Any]) -> Interactions:
     Raises:
         KeyError: if a required field is missing.
     """
+    tensors: dict[str, Any] = {name: state.get(name) for name in _TENSOR_FIELDS}
     return Interactions(
-        **{name: state.get(name) for name in _TENSOR_FIELDS},
+        **tensors,
         n=state["n"],
         kind=state["kind"],
         value=state["value"],

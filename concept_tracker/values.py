@@ -132,7 +132,7 @@ def output(outputs: Any, target: Tensor | None = None) -> Tensor:
     return z
 
 
-_BUILTIN: dict[str, ValueFn] = {"log_odds": log_odds, "logit": logit, "log_prob": log_prob, "output": output}
+_BUILTIN: dict[str, Callable[..., Tensor]] = {"log_odds": log_odds, "logit": logit, "log_prob": log_prob, "output": output}
 
 
 def resolve_value(value: str | ValueFn) -> ValueFn:

@@ -92,7 +92,7 @@ def main() -> None:
             optimizer.step()
             writer.add_scalar("train/loss", loss.item(), step)
 
-            if tracker.step(model, step):
+            if tracker.step(model, step) is not None:
                 model.eval()
                 with torch.no_grad():
                     logits = model(x_test)

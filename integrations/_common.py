@@ -7,6 +7,7 @@ import inspect
 from torch import nn
 
 from concept_tracker.schedules import Schedule, at_steps, every, log_spaced
+from concept_tracker.summary import StepSummary
 from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
 
 DEFAULT_NUM_STEPS = 20
@@ -46,7 +47,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def track_last_step(tracker: ConceptTracker, model: nn.Module, step: int) -> bool:
+def track_last_step(tracker: ConceptTracker, model: nn.Module, step: int) -> StepSummary | None:
     """Track ``step`` even when the schedule skips it: a run that stopped early still gets its
     final state recorded. The step joins the tracker's schedule, so a saved state says so."""
     if not tracker.schedule(step):

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
+from concept_tracker.summary import StepSummary
 from concept_tracker.tracker import ConceptTracker
 
 
@@ -31,14 +32,16 @@ def tracked_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-def track_step(tracker: ConceptTracker, accelerator: Accelerator, model: nn.Module, step: int) -> bool:
+def track_step(
+    tracker: ConceptTracker, accelerator: Accelerator, model: nn.Module, step: int
+) -> StepSummary | None:
     """``tracker.step`` on :func:`tracked_module`, skipped on gradient-accumulation micro-steps.
 
     ``track_step(tracker, accelerator, model, step)``; call it on every rank.
 
     Returns:
-        True when interactions were computed at ``step``.
+        The step's summary (see ``ConceptTracker.step``), or None when ``step`` was not tracked.
     """
     if not accelerator.sync_gradients:
-        return False
+        return None
     return tracker.step(tracked_module(accelerator, model), step)

@@ -28,7 +28,9 @@ from typing import Any
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from concept_tracker.checks import check_players, check_schedule
 from concept_tracker.players import Players
+from concept_tracker.probes import heldout_set, probe_set
 from concept_tracker.schedules import Schedule
 from concept_tracker.tracker import ConceptTracker
 
@@ -67,24 +69,12 @@ class ConceptTrackerLightningCallback(Callback):
         log_dir: str | os.PathLike | None = None,
         **tracker_options: Any,
     ) -> None:
-        if not isinstance(players, Players):
-            raise ValueError(
-                f"players has type {type(players).__name__}; pass a concept_tracker player kind "
-                "(TabularPlayers, ImagePatchPlayers, TokenPlayers, FeatureMaskPlayers)."
-            )
-        if schedule is not None and not isinstance(schedule, Schedule):
-            raise ValueError(
-                f"schedule has type {type(schedule).__name__}; pass every(n), log_spaced(...), "
-                "at_steps([...]) or None."
-            )
+        self.players = check_players(players)
+        check_schedule(schedule)
         check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", {"log_dir", "schedule"})
-        self.players = players
-        self.probes = dict(
-            probe_inputs=probe_inputs,
-            probe_targets=probe_targets,
-            heldout_inputs=heldout_inputs,
-            heldout_targets=heldout_targets,
-        )
+        # Checked now, so that a bad probe set fails at construction, not when training starts.
+        self.probes = probe_set("probe", probe_inputs, probe_targets, None)
+        self.heldout = heldout_set(players, heldout_inputs, heldout_targets, None)
         self.schedule = schedule
         self.log_dir = None if log_dir is None else str(log_dir)
         self.tracker_options = tracker_options
@@ -99,7 +89,10 @@ class ConceptTrackerLightningCallback(Callback):
         last = trainer.estimated_stepping_batches
         self.tracker = ConceptTracker(
             self.players,
-            **self.probes,
+            self.probes.inputs,
+            self.probes.labels,
+            heldout_inputs=None if self.heldout is None else self.heldout.inputs,
+            heldout_targets=None if self.heldout is None else self.heldout.labels,
             log_dir=log_dir,
             schedule=run_schedule(self.schedule, None if math.isinf(last) else int(last)),
             # Off rank zero the logger's experiment is a dummy; the tracker writes nothing there.
@@ -124,8 +117,10 @@ class ConceptTrackerLightningCallback(Callback):
         self._track(pl_module, trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.tracker is None:
+            return
         if self._last_tracked != trainer.global_step:
-            if track_last_step(self.tracker, unwrap(pl_module), trainer.global_step):
+            if track_last_step(self.tracker, unwrap(pl_module), trainer.global_step) is not None:
                 self._last_tracked = trainer.global_step
         self.tracker.close()
 
@@ -137,5 +132,5 @@ class ConceptTrackerLightningCallback(Callback):
         self._restored = dict(state_dict)
 
     def _track(self, pl_module, step: int) -> None:
-        if self.tracker.step(unwrap(pl_module), step):
+        if self.tracker is not None and self.tracker.step(unwrap(pl_module), step) is not None:
             self._last_tracked = step

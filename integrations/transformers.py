@@ -18,7 +18,8 @@ What happens at each Trainer event:
 - ``on_step_end``: ``tracker.step(model, global_step)``; the schedule decides (once per
   optimizer step, so gradient accumulation is respected).
 - ``on_save``: the tracker state goes to ``<checkpoint>/concept_tracker/state.safetensors``.
-- ``on_log``: the headline scalars of newly tracked steps join the Trainer's logs.
+- ``on_log``: the headline scalars of newly tracked steps (read from the summaries
+  ``tracker.step`` returns) join the Trainer's logs.
 - ``on_train_end``: the last step is tracked (also after an early stop) and the writer closed.
 """
 
@@ -32,15 +33,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from concept_tracker.distributed import is_main_process, main_process_flag
+from concept_tracker.checks import check_int, check_players, check_schedule
+from concept_tracker.distributed import main_process_flag
 from concept_tracker.players import Players, TokenPlayers
+from concept_tracker.probes import ProbeSet, select_probes
 from concept_tracker.schedules import Schedule
 from concept_tracker.store import load_state, save_state
-from concept_tracker.tracker import ConceptTracker, select_probes
+from concept_tracker.summary import StepSummary
+from concept_tracker.tracker import ConceptTracker
 from concept_tracker.writers import tags
 
 from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
@@ -64,22 +67,6 @@ _DRAWN = {f"{split}_{part}" for split in ("probe", "heldout") for part in ("inpu
 
 LABEL_POOL = 2048
 """At most this many dataset items are read to stratify the probe draw by label."""
-
-
-class _HeadlineWriter(SummaryWriter):
-    """The callback's event-file writer. It also keeps the last value of the headline scalars
-    and of the phase-boundary step, so the callback can read them without tracker internals."""
-
-    watched = frozenset(HEADLINE_TAGS) | {tags.PHASE_BOUNDARY}
-
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir=log_dir)
-        self.latest: dict[str, float] = {}
-
-    def add_scalar(self, tag: str, scalar_value: Any, *args: Any, **kwargs: Any) -> None:
-        if tag in self.watched:
-            self.latest[tag] = float(scalar_value)
-        super().add_scalar(tag, scalar_value, *args, **kwargs)
 
 
 class ConceptTrackerCallback(TrainerCallback):
@@ -138,33 +125,18 @@ class ConceptTrackerCallback(TrainerCallback):
         patience: int = 2,
         **tracker_options: Any,
     ) -> None:
-        if not isinstance(players, Players):
-            raise ValueError(
-                f"players has type {type(players).__name__}; pass a concept_tracker player kind "
-                "(TokenPlayers for text models, TabularPlayers, ImagePatchPlayers, ...)."
-            )
-        if isinstance(num_probe, bool) or not isinstance(num_probe, int) or num_probe < 1:
-            raise ValueError(f"num_probe={num_probe!r} must be a positive int (probes per dataset).")
-        if schedule is not None and not isinstance(schedule, Schedule):
-            raise ValueError(
-                f"schedule has type {type(schedule).__name__}; pass every(n), log_spaced(...), "
-                "at_steps([...]) or None."
-            )
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience={patience!r} must be an int >= 0 (tracked steps).")
+        self.players = check_players(players)
+        self.num_probe = check_int("num_probe", num_probe, 1, unit="probes per dataset")
+        self.schedule = check_schedule(schedule)
+        self.patience = check_int("patience", patience, 0, unit="tracked steps")
         check_tracker_options(tracker_options, "ConceptTrackerCallback", _DRAWN | {"log_dir", "schedule"})
-        self.players = players
         self.probe_dataset = probe_dataset
         self.heldout_dataset = heldout_dataset
-        self.num_probe = num_probe
-        self.schedule = schedule
         self.log_dir = None if log_dir is None else str(log_dir)
         self.seed = seed
         self.stop_on_overfit = stop_on_overfit
-        self.patience = patience
         self.tracker_options = tracker_options
         self.tracker: ConceptTracker | None = None
-        self._writer: _HeadlineWriter | None = None
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
         self._last_tracked: int | None = None
@@ -176,7 +148,7 @@ class ConceptTrackerCallback(TrainerCallback):
         if self.tracker is None:
             return
         if state.global_step > 0:
-            self._guard("resume", self._resume, args, state)
+            self._guard("resume", self._resume, self.tracker, args, state)
         else:
             self._track(model, 0)
 
@@ -184,8 +156,8 @@ class ConceptTrackerCallback(TrainerCallback):
         if self.tracker is None:
             return
         due = self.tracker.schedule(state.global_step)  # the same answer on every rank
-        self._track(model, state.global_step)
-        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step)):
+        summary = self._track(model, state.global_step)
+        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step, summary)):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -200,7 +172,8 @@ class ConceptTrackerCallback(TrainerCallback):
         if self.tracker is None or not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        self._guard("save its state", save_state, os.path.join(folder, STATE_DIR, STATE_FILE), self._state())
+        saved = {"tracker": self.tracker.state_dict(), "callback": {"boundary_run": self._boundary_run}}
+        self._guard("save its state", save_state, os.path.join(folder, STATE_DIR, STATE_FILE), saved)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.tracker is None:
@@ -208,8 +181,6 @@ class ConceptTrackerCallback(TrainerCallback):
         if self._last_tracked != state.global_step:
             self._track(model, state.global_step, last=True)
         self.tracker.close()
-        if self._writer is not None:
-            self._writer.close()
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -241,42 +212,41 @@ class ConceptTrackerCallback(TrainerCallback):
             raise ValueError("the Trainer passed no train_dataloader; is this a transformers Trainer?")
         collate = train_dataloader.collate_fn
         source = train_dataloader.dataset if self.probe_dataset is None else self.probe_dataset
-        probes = _probe_set(self.players, source, self.num_probe, collate, self.seed, "probe")
+        probe = _draw_probes(self.players, source, self.num_probe, collate, self.seed, "probe")
+        held = None
         if self.heldout_dataset is not None:
-            probes.update(_probe_set(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout"))
-        log_dir = self.log_dir or _default_log_dir(args)
+            held = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
         period = state.eval_steps if args.eval_strategy == "steps" else None
         self._pending, self._boundary_run, self._last_tracked = {}, 0, None
-        self._writer = _HeadlineWriter(log_dir) if is_main_process() else None
-        try:
-            return ConceptTracker(
-                self.players,
-                **probes,
-                log_dir=log_dir,
-                schedule=run_schedule(self.schedule, state.max_steps, period),
-                writer=self._writer,
-                **self.tracker_options,
-            )
-        except Exception:
-            if self._writer is not None:
-                self._writer.close()
-            raise
+        return ConceptTracker(
+            self.players,
+            probe.inputs,
+            probe.labels,
+            probe_ids=probe.ids,
+            heldout_inputs=None if held is None else held.inputs,
+            heldout_targets=None if held is None else held.labels,
+            heldout_ids=None if held is None else held.ids,
+            log_dir=self.log_dir or _default_log_dir(args),
+            schedule=run_schedule(self.schedule, state.max_steps, period),
+            **self.tracker_options,
+        )
 
-    def _track(self, model: nn.Module, step: int, last: bool = False) -> None:
-        if self._writer is not None:
-            self._writer.latest.clear()
+    def _track(self, model: nn.Module, step: int, last: bool = False) -> StepSummary | None:
+        tracker = self.tracker
+        if tracker is None:
+            return None
         track = track_last_step if last else ConceptTracker.step
-        if self._guard(f"track step {step}", lambda: track(self.tracker, self._model(model), step)):
+        summary = self._guard(f"track step {step}", lambda: track(tracker, self._model(model), step))
+        if summary is not None:
             self._last_tracked = step
-            if self._writer is not None:
-                self._pending.update({t: v for t, v in self._writer.latest.items() if t in HEADLINE_TAGS})
+            self._pending.update({tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary})
+        return summary
 
-    def _overfitting(self, step: int) -> bool:
+    def _overfitting(self, step: int, summary: StepSummary | None) -> bool:
         """Main process: has the phase boundary been reported long enough to stop?"""
-        latest = {} if self._writer is None else self._writer.latest
-        if not latest:  # off the main process, or nothing was tracked at this step
+        if not summary:  # off the main process, or nothing was tracked at this step
             return False
-        boundary = latest.get(tags.PHASE_BOUNDARY)
+        boundary = summary.get(tags.PHASE_BOUNDARY)
         self._boundary_run = 0 if boundary is None else self._boundary_run + 1
         if boundary is None or self._boundary_run <= self.patience:
             return False
@@ -287,10 +257,7 @@ class ConceptTrackerCallback(TrainerCallback):
         )
         return True
 
-    def _state(self) -> dict[str, Any]:
-        return {"tracker": self.tracker.state_dict(), "callback": {"boundary_run": self._boundary_run}}
-
-    def _resume(self, args, state) -> None:
+    def _resume(self, tracker: ConceptTracker, args, state) -> None:
         folders = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
         if isinstance(args.resume_from_checkpoint, str):
             folders.insert(0, args.resume_from_checkpoint)
@@ -306,7 +273,7 @@ class ConceptTrackerCallback(TrainerCallback):
             )
             return
         saved = load_state(found)
-        self.tracker.load_state_dict(saved["tracker"])
+        tracker.load_state_dict(saved["tracker"])
         self._boundary_run = saved["callback"]["boundary_run"]
 
 
@@ -337,9 +304,10 @@ def _for_players(players: Players, inputs: dict[str, Tensor], name: str) -> Any:
     return next(iter(inputs.values()))
 
 
-def _probe_set(players: Players, dataset: Any, k: int, collate, seed: int, split: str) -> dict[str, Any]:
-    """``k`` items of ``dataset`` drawn stratified by label and collated, as the tracker's
-    ``{split}_inputs``, ``{split}_targets`` (None unless one class per sample) and ``{split}_ids``."""
+def _draw_probes(players: Players, dataset: Any, k: int, collate, seed: int, split: str) -> ProbeSet:
+    """``k`` items of ``dataset`` drawn stratified by label and collated: the tracker's
+    ``{split}_inputs``, ``{split}_targets`` (labels; None unless one class per sample) and
+    ``{split}_ids`` (dataset indices)."""
     name = f"{split}_dataset"
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise ValueError(
@@ -351,8 +319,8 @@ def _probe_set(players: Players, dataset: Any, k: int, collate, seed: int, split
         raise ValueError(f"{name} is empty; pass a dataset with at least one item.")
     pool = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:LABEL_POOL].sort().values
     items = [dataset[int(i)] for i in pool]
-    labels = [_class_label(item) for item in items]
-    picked = select_probes(pool, min(k, len(items)), None if None in labels else labels, seed=seed)
+    labels = [label for label in map(_class_label, items) if label is not None]
+    picked = select_probes(pool, min(k, len(items)), labels if len(labels) == len(items) else None, seed=seed)
     position = {int(i): p for p, i in enumerate(pool)}
     ids = picked.inputs.tolist()
     batch = collate([items[position[i]] for i in ids])
@@ -365,4 +333,4 @@ def _probe_set(players: Players, dataset: Any, k: int, collate, seed: int, split
     if not (isinstance(targets, Tensor) and targets.dim() == 1 and not targets.is_floating_point()):
         targets = None
     inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key not in ("labels", "label")}
-    return {f"{split}_inputs": _for_players(players, inputs, name), f"{split}_targets": targets, f"{split}_ids": ids}
+    return ProbeSet(_for_players(players, inputs, name), targets, ids)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from concept_tracker.dynamics import (
+from concept_tracker.metrics.dynamics import (
     Trajectory,
     detour_ratio,
     emergence_steps,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from concept_tracker.metrics import adversarial_inconsistency, noise_sensitivity
+from concept_tracker.sensitivity import adversarial_inconsistency, noise_sensitivity
 from concept_tracker.players import TabularPlayers
 
 N = 4

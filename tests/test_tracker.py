@@ -23,9 +23,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from concept_tracker.metrics.profile import order_profile
 from concept_tracker.players import TabularPlayers, TokenPlayers
+from concept_tracker.probes import select_probes
 from concept_tracker.schedules import at_steps, every
 from concept_tracker.store import list_steps, load_step
-from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker, select_probes
+from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
 from concept_tracker.writers import tags
 
 from models import seeded
@@ -213,7 +214,7 @@ def test_resume_continues_dynamics_exactly(tmp_path, kind):
         strict=True, heldout_inputs=x[64:67],
     )
     resumed.load(tmp_path / "tracker.safetensors")
-    assert not resumed.step(model, 4)  # already tracked before the checkpoint
+    assert resumed.step(model, 4) is None  # already tracked before the checkpoint
     with resumed:
         train(run, range(5, 10), resumed)
 
@@ -252,7 +253,7 @@ def test_a_failing_figure_warns_and_the_step_still_counts(tmp_path, monkeypatch)
     monkeypatch.setattr(figures, "order_heatmap_figure", broken)
     with pytest.warns(UserWarning) as record:
         with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), **probe_sets()) as tracker:
-            assert tracker.step(make_model(), 0)
+            assert tracker.step(make_model(), 0) is not None
     assert any("order_share_heatmap" in str(w.message) and "no heat map today" in str(w.message) for w in record)
     acc = read_events(tmp_path)
     assert [e.step for e in acc.Images(tags.TRAJECTORY_FIGURE)] == [0]
@@ -271,7 +272,7 @@ def test_under_a_budget_close_draws_no_figures(tmp_path):
                             **probe_sets()) as tracker:
             for step in range(3):
                 time.sleep(0.3)  # training time, so that the budget never skips
-                assert tracker.step(model, step)
+                assert tracker.step(model, step) is not None
         # The 3rd tracked step is no power of two: only close() would draw it.
         assert [e.step for e in read_events(log_dir).Images(tags.HEATMAP_FIGURE)] == drawn
 
@@ -305,7 +306,7 @@ def test_bad_value_function_warns(tmp_path):
         TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, value=lambda out, t: out[:, CLASSES], figures=False
     )
     with pytest.warns(UserWarning, match="could not track step 0: IndexError"):
-        assert not tracker.step(make_model(), 0)
+        assert tracker.step(make_model(), 0) is None
 
 
 def test_targets_default_to_first_predictions_then_stay(tmp_path):
@@ -315,10 +316,10 @@ def test_targets_default_to_first_predictions_then_stay(tmp_path):
     with torch.no_grad():
         first = model(x[:8]).argmax(-1)
     tracker = ConceptTracker(TabularPlayers(), x[:8], log_dir=tmp_path, schedule=every(1), figures=False, strict=True)
-    assert tracker.step(model, 0)
+    assert tracker.step(model, 0) is not None
     with torch.no_grad():
         model[-1].bias.copy_(torch.tensor([0.0, 0.0, 100.0]))  # now every prediction is class 2
-    assert tracker.step(model, 1)
+    assert tracker.step(model, 1) is not None
     assert tracker.state_dict()["probe"]["targets"].tolist() == first.tolist()
     res, _ = load_step(tmp_path / "interactions" / "step_00000001.safetensors")
     assert res.targets.tolist() == first.tolist()
@@ -328,10 +329,10 @@ def test_each_step_is_tracked_once(tmp_path):
     x, y = make_data()
     tracker = ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, schedule=every(1), figures=False)
     model = make_model()
-    assert tracker.step(model, 0)
-    assert not tracker.step(model, 0)  # e.g. gradient accumulation calls again
-    assert not tracker.step(model, 0)
-    assert tracker.step(model, 1)
+    assert tracker.step(model, 0) is not None
+    assert tracker.step(model, 0) is None  # e.g. gradient accumulation calls again
+    assert tracker.step(model, 0) is None
+    assert tracker.step(model, 1) is not None
 
 
 def test_external_writer_is_left_open(tmp_path):
@@ -355,7 +356,7 @@ def test_only_rank_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(tb_module, "is_main_process", lambda: False)
     x, y = make_data()
     with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path / "run", strict=True) as tracker:
-        assert tracker.step(make_model(), 0)
+        assert tracker.step(make_model(), 0) is not None
     assert not (tmp_path / "run").exists()
 
 
@@ -380,12 +381,17 @@ def test_default_schedule():
         (dict(ratio=2.0), "ratio=2.0"),
         (dict(probe_targets=[0, 1]), "probe_targets has 2 entries"),
         (dict(heldout_targets=[0]), "without heldout_inputs"),
+        (dict(batch_size=0), "batch_size=0 must be an int >= 1 or None"),
+        (dict(and_or={"iterations": 5}), "and_or has type dict; pass an AndOrConfig"),
+        (dict(writer="runs"), "writer has type str"),
+        (dict(simple_max=3, complex_min=2), "simple_max=3 is not below complex_min=2"),
+        (dict(players="tabular"), "players has type str"),
     ],
 )
 def test_bad_arguments_name_the_parameter(tmp_path, kwargs, match):
     x, _ = make_data()
     with pytest.raises(ValueError, match=match):
-        ConceptTracker(TabularPlayers(), x[:4], log_dir=tmp_path, **kwargs)
+        ConceptTracker(kwargs.pop("players", TabularPlayers()), x[:4], log_dir=tmp_path, **kwargs)
 
 
 def test_heldout_needs_aligned_players(tmp_path):
@@ -459,7 +465,7 @@ def test_joint_and_or_split_equals_one_solve_per_probe_set(tmp_path):
         TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0]), kind="and_or", and_or=config, figures=False,
         strict=True, **sets,
     ) as tracker:
-        assert tracker.step(model, 0)
+        assert tracker.step(model, 0) is not None
     for split, prefix in (("probe", ""), ("heldout", "heldout/")):
         joint, meta = load_step(tmp_path / "interactions" / f"{prefix}step_00000000.safetensors")
         # The tracker's players: their "mean" baseline was fixed on the probe set.

@@ -1,5 +1,8 @@
-"""Pure metrics on interaction tensors: order profiles, bands, similarity, sensitivity."""
+"""Pure metrics on interaction tensors: order profiles, bands, similarity, learning dynamics.
 
+Nothing here runs a model or writes a file (``concept_tracker.sensitivity`` runs the model)."""
+
+from .dynamics import Trajectory
 from .profile import (
     Bands,
     BandSummary,
@@ -11,12 +14,6 @@ from .profile import (
     stack_effects,
     sum_by_order,
 )
-from .sensitivity import (
-    AdversarialInconsistency,
-    NoiseSensitivity,
-    adversarial_inconsistency,
-    noise_sensitivity,
-)
 from .similarity import (
     reference_similarity,
     similarity,
@@ -26,10 +23,6 @@ from .similarity import (
 )
 
 __all__ = [
-    "AdversarialInconsistency",
-    "NoiseSensitivity",
-    "adversarial_inconsistency",
-    "noise_sensitivity",
     "BandSummary",
     "Bands",
     "OrderProfile",
@@ -44,4 +37,5 @@ __all__ = [
     "stack_effects",
     "sum_by_order",
     "train_test_similarity",
+    "Trajectory",
 ]

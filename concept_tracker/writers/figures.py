@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..metrics.profile import OrderProfile
+from ..transforms import orders as coalition_orders
 
 
 def concept_label(s: int, names: Sequence[str]) -> str:
@@ -24,6 +26,33 @@ def concept_label(s: int, names: Sequence[str]) -> str:
         names: the ``n`` player names of the sample.
     """
     return "{" + ",".join(name for i, name in enumerate(names) if s >> i & 1) + "}"
+
+
+def strongest_series(
+    history: Tensor, band: Sequence[int], kinds: Sequence[str], names: Sequence[str], count: int = 3
+) -> dict[str, Tensor]:
+    """The ``count`` strongest concepts of a band at the last step, for :func:`trajectory_figure`.
+
+    Args:
+        history: [T, K, 2**n] effects of one sample at T tracked steps, K kinds.
+        band: the orders to choose from (empty: no concepts).
+        kinds: the K kind names; the label carries the kind when K > 1.
+        names: the sample's n player names.
+    Returns:
+        ``{label: [T] effects}``, strongest at the last step first.
+    """
+    n = history.shape[-1].bit_length() - 1
+    orders = coalition_orders(n)
+    in_band = torch.isin(orders, torch.tensor(list(band), dtype=orders.dtype))
+    latest = history[-1].abs() * in_band  # [K, 2**n]
+    picked = latest.reshape(-1).topk(min(count, int(in_band.sum()) * len(kinds))).indices
+    series = {}
+    for flat in picked.tolist():
+        k, s = divmod(flat, 1 << n)
+        prefix = f"{kinds[k].upper()} " if len(kinds) > 1 else ""
+        # A copy: a view would carry all of `history` to the renderer process.
+        series[prefix + concept_label(s, names)] = history[:, k, s].clone()
+    return series
 
 
 def order_profile_figure(profile: OrderProfile, title: str) -> Figure:

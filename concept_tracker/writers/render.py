@@ -27,7 +27,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -114,18 +114,18 @@ class FigureRenderer:
         return done
 
     def _send(self, job: tuple) -> None:
-        if self._proc is None:
-            self._start()
-        pickle.dump(job, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self._proc.stdin.flush()
+        stdin = cast(IO[bytes], (self._proc or self._start()).stdin)  # a pipe: Popen(stdin=PIPE)
+        pickle.dump(job, stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        stdin.flush()
 
-    def _start(self) -> None:
+    def _start(self) -> subprocess.Popen:
         # The worker must import this very package, also from a source checkout on sys.path.
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         threading.Thread(target=_read, args=(self._proc.stdout, self._results), daemon=True).start()
+        return self._proc
 
     def _receive(self, message: tuple | None) -> None:
         if message is None:  # the worker's stdout closed: it exited
@@ -145,7 +145,7 @@ class FigureRenderer:
         try:
             if kill:
                 proc.kill()
-            proc.stdin.close()
+            cast(IO[bytes], proc.stdin).close()
         except OSError:
             pass
         # Its exit (unloading torch) takes about a second, which nothing here needs to wait for.

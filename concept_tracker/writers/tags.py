@@ -69,6 +69,11 @@ def summary(stat: str) -> str:
     return f"concepts/summary/{stat}"
 
 
+def band_strength_tags() -> tuple[str, str, str]:
+    """The salient-strength tags of the simple, medium and complex bands."""
+    return summary("simple_strength"), MEDIUM_STRENGTH, summary("complex_strength")
+
+
 def train_test_similarity(m: int) -> str:
     """``generalization/order_{m:02d}/train_test_similarity``."""
     return f"generalization/{_order(m)}/train_test_similarity"
@@ -142,7 +147,7 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
     layout["concepts (summary)"] = {
         "strength by band": [
             "Multiline",
-            [summary("simple_strength"), MEDIUM_STRENGTH, summary("complex_strength")],
+            list(band_strength_tags()),
         ],
         "complex ratio": ["Multiline", [summary("complex_ratio")]],
         "concepts per sample": ["Multiline", [summary("num_concepts")]],

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
@@ -27,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _main_process_only(method: F) -> F:
     @functools.wraps(method)
-    def wrapper(self: "TensorBoardWriter", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: TensorBoardWriter, *args: Any, **kwargs: Any) -> Any:
         if is_main_process():
             return method(self, *args, **kwargs)
         return None

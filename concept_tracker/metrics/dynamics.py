@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from typing import overload
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
-from .metrics.profile import Bands, band_orders, check_ratio, salient_mask, sum_by_order
-from .transforms import num_players
+from ..transforms import num_players
+from .profile import Bands, band_orders, check_ratio, salient_mask, sum_by_order
 
 LossLog = Mapping[int, float] | Sequence[tuple[int, float]]
 """Losses by step: ``{step: loss}`` or ``[(step, loss), ...]``."""
@@ -415,7 +415,7 @@ class Trajectory:
         if not isinstance(effects, Tensor) or effects.dim() not in (2, 3):
             shape = tuple(effects.shape) if isinstance(effects, Tensor) else type(effects).__name__
             raise ValueError(f"effects has shape {shape}; pass [B, 2**n] or [B, K, 2**n].")
-        n = num_players(effects, "effects")
+        num_players(effects, "effects")  # raises unless the last dimension is 2**n
         current = effects.detach().to("cpu", torch.float64)
         if self._state and current.shape != self._state["last"].shape:
             raise ValueError(
@@ -508,7 +508,7 @@ class Trajectory:
             missing = "train_losses" if train_losses is None else "eval_losses"
             raise ValueError(f"{missing} is None; pass both eval_losses and train_losses, or neither.")
         step = phase_boundary(self._steps, self._strength)
-        if eval_losses is None:
+        if eval_losses is None or train_losses is None:
             return step
         return step, loss_gap_step(eval_losses, train_losses)
 
@@ -530,7 +530,7 @@ class Trajectory:
         state.update({name: t.clone() for name, t in self._state.items()})
         return state
 
-    def load_state_dict(self, state: Mapping[str, Tensor | int | float | list | None]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` (the saved ratio and band cut-offs win)."""
         missing = [k for k in ("ratio", "steps", "high_order_strength") if k not in state]
         if missing:

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..engine import compute_interactions, model_device, preserved_state
-from ..players import Players
-from ..values import ValueFn, needs_target, resolve_value
-from .profile import check_ratio, salient_mask, stack_effects, sum_by_order
+from .engine import compute_interactions, model_device, preserved_state
+from .metrics.profile import check_ratio, salient_mask, stack_effects, sum_by_order
+from .players import Players
+from .values import ValueFn, needs_target, resolve_value
 
 # Orders whose variance is below this fraction of the largest are numerically zero (float
 # round-off of exactly cancelling sums) and are left out of the log-variance fit.
@@ -125,8 +125,7 @@ def noise_sensitivity(
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     # Welford running mean and sum of squared deviations: no need to keep all K draws.
-    mean: Tensor | None = None
-    squares: Tensor | None = None
+    mean = squares = torch.empty(0)  # [B, K, 2**n], set at the first draw
     kinds: list[str] = []
     n = 0
     for k in range(draws):
@@ -136,7 +135,7 @@ def noise_sensitivity(
             noisy = inputs + (sigma * noise).to(inputs.device, inputs.dtype)
         res = compute_interactions(model, noisy, players, target=target, value=value, **common)
         effects = stack_effects(res).detach().to("cpu", torch.float64)
-        if mean is None:
+        if k == 0:
             mean, squares = torch.zeros_like(effects), torch.zeros_like(effects)
             kinds, n = res.effect_kinds, res.n
         delta = effects - mean

@@ -1,0 +1,183 @@
+"""Probe sets: the fixed samples a tracker computes interactions on.
+
+One type, :class:`ProbeSet`, travels from where probes are picked (:func:`select_probes`, the
+Trainer callback's draw from a dataset, the CLI's ``--data``) to the tracker, which checks it
+with :func:`probe_set` and keeps it in its saved state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from .engine import batch_size_of
+from .metrics.similarity import ALIGNED_HINT
+from .players import Players
+
+Inputs = Any
+"""Probe inputs: a Tensor [B, ...] or a mapping of tensors [B, ...] (Hugging Face style)."""
+
+
+class ProbeSet(NamedTuple):
+    """A set of probe samples.
+
+    Attributes:
+        inputs: Tensor [k, ...] or dict of tensors [k, ...].
+        labels: [k] int64 class per sample (the tracker's targets), or None when none were
+            available (the tracker then fixes the model's predictions at its first step).
+        ids: k JSON-able ids of the samples (dataset indices, ascending for
+            :func:`select_probes`), or None.
+    """
+
+    inputs: Inputs
+    labels: Tensor | None
+    ids: list[Any] | None
+
+
+def select_probes(
+    dataset_or_tensors: Any, k: int, labels: Tensor | Sequence[int] | None = None, seed: int = 0
+) -> ProbeSet:
+    """Pick ``k`` probe samples, stratified by label and reproducible from ``seed``.
+
+    With labels, every class gets a share of the ``k`` samples proportional to its frequency
+    (largest classes first when the shares do not divide evenly); within a class the samples
+    are a seeded random draw. Without labels it is a seeded random draw. The global RNG is not
+    touched.
+
+    Args:
+        dataset_or_tensors: a Tensor [N, ...], a mapping of tensors [N, ...] (Hugging Face
+            style), or a map-style dataset whose items are ``(input, label, ...)`` tuples,
+            mappings (the label under "labels" or "label") or bare inputs. Dataset items are
+            read once each to find their labels unless ``labels`` is given, then only the
+            ``k`` picked items are read and stacked with ``default_collate``.
+        k: number of probes, 1 <= k <= N.
+        labels: [N] class labels; overrides labels found in dataset items.
+        seed: seed of the draw.
+    Returns:
+        :class:`ProbeSet` ``(inputs, labels, ids)``.
+    """
+    data = dataset_or_tensors
+    is_batch = isinstance(data, Tensor) or isinstance(data, Mapping)
+    if not is_batch and not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise ValueError(
+            f"dataset_or_tensors has type {type(data).__name__}; pass a Tensor [N, ...], a dict "
+            "of tensors [N, ...] or a map-style dataset (len() and [i])."
+        )
+    size = batch_size_of(data) if is_batch else len(data)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
+        raise ValueError(f"k={k!r} must be an int between 1 and the number of samples ({size}).")
+    if labels is None and not is_batch:
+        labels = _dataset_labels(data)
+    if labels is not None:
+        labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+        if labels.numel() != size:
+            raise ValueError(f"labels has {labels.numel()} entries for {size} samples; pass one label per sample.")
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(size, generator=generator)
+    if labels is None:
+        picked = order[:k]
+    else:
+        # Rank every sample by its position within its class (as a fraction of the class size):
+        # taking the k lowest ranks gives each class a share proportional to its size.
+        shuffled = labels[order]
+        rank = torch.empty(size, dtype=torch.float64)
+        for c in shuffled.unique():
+            members = (shuffled == c).nonzero().reshape(-1)
+            rank[members] = (torch.arange(members.numel(), dtype=torch.float64) + 0.5) / members.numel()
+        picked = order[torch.argsort(rank, stable=True)[:k]]
+    ids = sorted(picked.tolist())
+    index = torch.tensor(ids)
+    inputs: Inputs
+    if isinstance(data, Tensor):
+        inputs = data[index]
+    elif isinstance(data, Mapping):
+        inputs = {key: v[index] if isinstance(v, Tensor) else [v[i] for i in ids] for key, v in data.items()}
+    else:
+        inputs = _collate([_item_input(data[i]) for i in ids])
+    return ProbeSet(inputs, None if labels is None else labels[index], ids)
+
+
+def _item_input(item: Any) -> Any:
+    if isinstance(item, (tuple, list)):
+        return item[0]
+    if isinstance(item, Mapping):
+        return {k: v for k, v in item.items() if k not in ("label", "labels")}
+    return item
+
+
+def _item_label(item: Any) -> Any:
+    if isinstance(item, (tuple, list)) and len(item) > 1:
+        return item[1]
+    if isinstance(item, Mapping):
+        return item.get("labels", item.get("label"))
+    return None
+
+
+def _dataset_labels(data: Any) -> Tensor | None:
+    found = [_item_label(data[i]) for i in range(len(data))]
+    if any(label is None for label in found):
+        return None
+    return torch.as_tensor([int(label) for label in found])
+
+
+def _collate(items: list[Any]) -> Inputs:
+    try:
+        return default_collate(items)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the picked dataset items cannot be stacked into one batch ({err}); pad them to one "
+            "length first (e.g. tokenizer(..., padding='max_length'))."
+        ) from err
+
+
+def probe_set(split: str, inputs: Inputs, labels: Any, ids: Sequence[Any] | None) -> ProbeSet:
+    """A checked :class:`ProbeSet`, the tracker's ``{split}_inputs``, ``{split}_targets`` and
+    ``{split}_ids``: one label and one id per sample, labels as [B] int64 on the CPU.
+
+    Raises:
+        ValueError: naming the ``{split}_*`` argument whose size does not match the inputs.
+    """
+    try:
+        size = batch_size_of(inputs)
+    except ValueError as err:
+        raise ValueError(f"{split}_inputs: {err}") from None
+    if ids is not None and len(ids) != size:
+        raise ValueError(f"{split}_ids has {len(ids)} entries for {size} samples; pass one id per sample.")
+    if labels is not None:
+        labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+        if labels.numel() != size:
+            raise ValueError(
+                f"{split}_targets has {labels.numel()} entries for {size} samples; pass one class per sample."
+            )
+    return ProbeSet(inputs, labels, None if ids is None else list(ids))
+
+
+def heldout_set(players: Players, inputs: Inputs | None, labels: Any, ids: Sequence[Any] | None) -> ProbeSet | None:
+    """The checked held-out :class:`ProbeSet` (see :func:`probe_set`), or None without ``inputs``.
+
+    Raises:
+        ValueError: if labels or ids come without inputs, or the players are not aligned
+            (train-test similarity compares coalitions across samples).
+    """
+    if inputs is None:
+        if labels is not None or ids is not None:
+            raise ValueError("heldout_targets / heldout_ids are given without heldout_inputs; pass the inputs too.")
+        return None
+    if not players.aligned:
+        raise ValueError(f"heldout_inputs is given but players are not aligned: {ALIGNED_HINT}.")
+    return probe_set("heldout", inputs, labels, ids)
+
+
+def probe_state(probes: ProbeSet | None) -> dict[str, Any] | None:
+    """A probe set as saved in tracker state: ``{"inputs", "targets", "ids"}`` (None stays None)."""
+    return None if probes is None else {"inputs": probes.inputs, "targets": probes.labels, "ids": probes.ids}
+
+
+def probe_from_state(state: Mapping[str, Any] | None) -> ProbeSet | None:
+    """The inverse of :func:`probe_state`."""
+    return None if state is None else ProbeSet(state["inputs"], state["targets"], state["ids"])

@@ -1,0 +1,103 @@
+"""The step summary: one implementation of the per-step readings, shared by tracker and report.
+
+A tracked run's logged scalars (read back from the TensorBoard event file) must equal, tag by
+tag and step by step, what ``report`` recomputes from the stored interactions, and what
+``ConceptTracker.step`` returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from concept_tracker import report
+from concept_tracker.metrics.dynamics import Trajectory
+from concept_tracker.metrics.profile import stack_effects
+from concept_tracker.players import TabularPlayers
+from concept_tracker.probes import select_probes
+from concept_tracker.schedules import at_steps
+from concept_tracker.store import load_step, step_path
+from concept_tracker.summary import StepSummary, summarize_step
+from concept_tracker.tracker import ConceptTracker
+from concept_tracker.writers import tags
+
+from models import seeded
+
+FEATURES = 5
+STEPS = [0, 1, 3, 6, 10]
+
+
+def _tracked_run(log_dir, kind: str) -> dict[int, StepSummary]:
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(80, FEATURES, generator=gen)
+    y = ((x[:, 0] * x[:, 1] > 0) & (x[:, 2] > 0)).long()
+    model = seeded(lambda: nn.Sequential(nn.Linear(FEATURES, 12), nn.Tanh(), nn.Linear(12, 2)), seed=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    probes = select_probes(x[:60], 6, labels=y[:60], seed=0)
+    held = select_probes(x[60:], 6, labels=y[60:], seed=0)
+    returned = {}
+    with ConceptTracker(
+        TabularPlayers(), probes.inputs, probes.labels, heldout_inputs=held.inputs, heldout_targets=held.labels,
+        log_dir=log_dir, schedule=at_steps(STEPS), kind=kind, figures=False, strict=True, simple_max=2, complex_min=4,
+    ) as tracker:
+        for step in range(STEPS[-1] + 1):
+            loss = nn.functional.cross_entropy(model(x[:60]), y[:60])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            summary = tracker.step(model, step)
+            assert (summary is not None) == (step in STEPS)
+            if summary is not None:
+                returned[step] = summary
+    return returned
+
+
+@pytest.mark.parametrize("kind", ["and", "or"])
+def test_report_recomputes_exactly_what_the_tracker_logged(tmp_path, kind):
+    returned = _tracked_run(tmp_path, kind)
+    run = report.summarize_run(tmp_path)
+    logged = {tag: dict(series) for tag, series in report.read_scalars(tmp_path).items()}
+    concept_tags = {tag for tag in logged if not tag.startswith("perf/")}
+
+    assert sorted(run.readings) == STEPS == sorted(returned)
+    for step in STEPS:
+        recomputed = run.readings[step]
+        # Every concept scalar logged at the step is recomputed, and nothing more.
+        assert set(recomputed) == {tag for tag in concept_tags if step in logged[tag]}
+        assert tags.train_test_similarity(1) in recomputed  # held-out probes are stored and read back
+        for tag, value in recomputed.items():
+            # Events hold float32; the tracker's own summary holds the float64 it logged.
+            assert np.float32(value) == np.float32(logged[tag][step]) or (
+                math.isnan(value) and math.isnan(logged[tag][step])
+            ), (tag, step)
+            assert value == returned[step][tag] or (math.isnan(value) and math.isnan(returned[step][tag])), (tag, step)
+    assert run.complex_ratio == [returned[s][tags.summary("complex_ratio")] for s in STEPS]
+    assert run.sign_flips == int(returned[STEPS[-1]][tags.SIGN_FLIPS])
+
+
+def test_summary_is_a_mapping_of_the_logged_scalars(tmp_path):
+    returned = _tracked_run(tmp_path, "and")
+    summary = returned[STEPS[-1]]
+    assert dict(summary) == summary.scalars and len(summary) == len(summary.scalars)
+    assert summary.step == STEPS[-1]
+    assert summary.top_concepts.startswith(f"Strongest concepts at step {STEPS[-1]}")
+    assert len(summary.top_concepts.splitlines()) == 4 + 10  # title, blank, header, rule, 10 rows
+    assert set(summary.histograms) == {tags.abs_effect_histogram("and", m) for m in range(1, FEATURES + 1)}
+    # [B, C(n, m)] magnitudes of the coalitions of each order.
+    assert summary.histograms[tags.abs_effect_histogram("and", 2)].shape == (6, math.comb(FEATURES, 2))
+
+
+def test_summarize_step_needs_the_step_in_the_trajectory(tmp_path):
+    _tracked_run(tmp_path, "and")
+    res, _ = load_step(step_path(tmp_path, 0))
+    trajectory = Trajectory()
+    with pytest.raises(ValueError, match="step=3 is not the trajectory's last step"):
+        summarize_step(3, res, trajectory)
+    trajectory.append(0, stack_effects(res))
+    with pytest.raises(ValueError, match="step=3 is not the trajectory's last step"):
+        summarize_step(3, res, trajectory)
+    assert summarize_step(0, res, trajectory).step == 0
