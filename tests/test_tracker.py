@@ -18,7 +18,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
-from torch.utils.data import TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from concept_tracker.metrics.profile import order_profile
@@ -398,30 +397,6 @@ def test_heldout_needs_aligned_players(tmp_path):
     ids = {"input_ids": torch.ones(2, 6, dtype=torch.long)}
     with pytest.raises(ValueError, match="aligned"):
         ConceptTracker(TokenPlayers(n=3), ids, log_dir=tmp_path, heldout_inputs=ids)
-
-
-def test_select_probes_is_stratified_seeded_and_leaves_rng_alone():
-    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
-    x = torch.arange(100.0)[:, None]
-    state = torch.get_rng_state()
-    probes = select_probes(x, 20, labels=labels, seed=3)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.bincount(probes.labels).tolist() == [12, 6, 2]
-    assert probes.ids == sorted(probes.ids) and torch.equal(probes.inputs[:, 0].long(), torch.tensor(probes.ids))
-    assert select_probes(x, 20, labels=labels, seed=3).ids == probes.ids
-    assert select_probes(x, 20, labels=labels, seed=4).ids != probes.ids
-
-
-def test_select_probes_from_datasets_and_dicts():
-    x, y = make_data()
-    probes = select_probes(TensorDataset(x, y), 12, seed=0)
-    assert probes.inputs.shape == (12, N_FEATURES) and torch.equal(probes.labels, y[probes.ids])
-    assert torch.bincount(probes.labels, minlength=CLASSES).min() >= 1
-    batch = {"input_ids": torch.arange(40).reshape(10, 4), "attention_mask": torch.ones(10, 4)}
-    picked = select_probes(batch, 3, seed=1)
-    assert picked.labels is None and torch.equal(picked.inputs["input_ids"], batch["input_ids"][picked.ids])
-    with pytest.raises(ValueError, match="k=11"):
-        select_probes(batch, 11)
 
 
 @pytest.mark.parametrize("kind", ["or", AND_OR])
