@@ -24,8 +24,11 @@ What happens at each Trainer event:
 
 from __future__ import annotations
 
+import glob
 import numbers
 import os
+import socket
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -34,13 +37,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from transformers import TrainerCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
 from concept_tracker.distributed import is_main_process, main_process_flag
+from concept_tracker.engine import model_device, preserved_state
+from concept_tracker.language_models import guess_answers, is_causal_lm
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.schedules import Schedule
 from concept_tracker.store import load_state, save_state
 from concept_tracker.tracker import ConceptTracker, select_probes
+from concept_tracker.values import model_logits
 from concept_tracker.writers import tags
 
 from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
@@ -100,9 +107,11 @@ class ConceptTrackerCallback(TrainerCallback):
         schedule: when to track; None = ``log_spaced(0, max_steps, 20)`` plus every
             ``eval_steps`` when ``eval_strategy="steps"``. Step 0 and the last step are always
             tracked.
-        log_dir: TensorBoard and raw-interaction directory; None =
-            ``$TENSORBOARD_LOGGING_DIR/concepts`` when that variable is set, else
-            ``<output_dir>/runs/concepts``.
+        log_dir: TensorBoard and raw-interaction directory; None = beside the Trainer's own
+            scalars: with ``report_to`` including "tensorboard", the folder the Trainer's
+            TensorBoard callback writes to (``$TENSORBOARD_LOGGING_DIR`` or
+            ``<output_dir>/runs/<date>_<host>``); else ``$TENSORBOARD_LOGGING_DIR/concepts``
+            or ``<output_dir>/runs/concepts``.
         seed: seed of the probe draw.
         stop_on_overfit: stop training once the phase boundary of SPEC §8 (high-order concept
             strength falls, then keeps rising) has been reported at ``patience + 1``
@@ -172,7 +181,7 @@ class ConceptTrackerCallback(TrainerCallback):
     # ------------------------------------------------------------------------------ events
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, processing_class=None, **kwargs):
-        self.tracker = self._guard("set up", self._build, args, state, train_dataloader, processing_class)
+        self.tracker = self._guard("set up", self._build, args, state, train_dataloader, processing_class, model)
         if self.tracker is None:
             return
         if state.global_step > 0:
@@ -233,7 +242,7 @@ class ConceptTrackerCallback(TrainerCallback):
             raise ValueError("the Trainer passed no model to the callback event; is this a transformers Trainer?")
         return unwrap(model)
 
-    def _build(self, args, state, train_dataloader, processing_class) -> ConceptTracker:
+    def _build(self, args, state, train_dataloader, processing_class, model) -> ConceptTracker:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if isinstance(self.players, TokenPlayers) and self.players.tokenizer is None:
             self.players.tokenizer = tokenizer
@@ -242,6 +251,9 @@ class ConceptTrackerCallback(TrainerCallback):
         collate = train_dataloader.collate_fn
         source = train_dataloader.dataset if self.probe_dataset is None else self.probe_dataset
         probes = _probe_set(self.players, source, self.num_probe, collate, self.seed, "probe")
+        options = dict(self.tracker_options)
+        if _language_model_probes(self._model(model), self.players, probes):
+            options.setdefault("value", "answer_log_prob")
         if self.heldout_dataset is not None:
             probes.update(_probe_set(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout"))
         log_dir = self.log_dir or _default_log_dir(args)
@@ -255,7 +267,7 @@ class ConceptTrackerCallback(TrainerCallback):
                 log_dir=log_dir,
                 schedule=run_schedule(self.schedule, state.max_steps, period),
                 writer=self._writer,
-                **self.tracker_options,
+                **options,
             )
         except Exception:
             if self._writer is not None:
@@ -311,10 +323,33 @@ class ConceptTrackerCallback(TrainerCallback):
 
 
 def _default_log_dir(args) -> str:
+    """Where the concepts go by default: beside the Trainer's own scalars.
+
+    With TensorBoard among ``report_to``, the folder that transformers' TensorBoard callback
+    writes to: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<date>_<host>``
+    (found from the event file this process opened there in the last minute, else named the
+    way the callback names it). One folder is one TensorBoard run, so the concept curves sit
+    beside the losses, and ``concept-tracker report`` reads both. Without TensorBoard
+    reporting: ``$TENSORBOARD_LOGGING_DIR/concepts`` or ``<output_dir>/runs/concepts``.
+    """
     root = os.getenv("TENSORBOARD_LOGGING_DIR")
+    if "tensorboard" not in (args.report_to or []):
+        return os.path.join(os.path.expanduser(root), "concepts") if root else os.path.join(args.output_dir, "runs", "concepts")
     if root:
-        return os.path.join(os.path.expanduser(root), "concepts")
-    return os.path.join(args.output_dir, "runs", "concepts")
+        return os.path.expanduser(root)
+    return _trainer_event_dir(os.path.join(args.output_dir, "runs")) or os.path.join(args.output_dir, default_logdir())
+
+
+def _trainer_event_dir(runs: str, recent: float = 60.0) -> str | None:
+    """The folder under ``runs`` holding the newest event file that this process opened in the
+    last ``recent`` seconds (event file names carry the creation time, host and process id)."""
+    host, pid, now = socket.gethostname(), os.getpid(), time.time()
+    best, best_time = None, now - recent
+    for path in glob.glob(os.path.join(glob.escape(runs), "*", f"events.out.tfevents.*.{host}.{pid}.*")):
+        created = float(os.path.basename(path).split(".")[3])
+        if created >= best_time:
+            best, best_time = os.path.dirname(path), created
+    return best
 
 
 def _class_label(item: Any) -> int | None:
@@ -365,4 +400,43 @@ def _probe_set(players: Players, dataset: Any, k: int, collate, seed: int, split
     if not (isinstance(targets, Tensor) and targets.dim() == 1 and not targets.is_floating_point()):
         targets = None
     inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key not in ("labels", "label")}
-    return {f"{split}_inputs": _for_players(players, inputs, name), f"{split}_targets": targets, f"{split}_ids": ids}
+    probes = {f"{split}_inputs": _for_players(players, inputs, name), f"{split}_targets": targets, f"{split}_ids": ids}
+    if isinstance(players, TokenPlayers) and targets is None and isinstance(batch.get("labels"), Tensor):
+        probes[_SEQUENCE_LABELS] = batch["labels"]  # per-token labels: read if the model is a causal LM
+    return probes
+
+
+_SEQUENCE_LABELS = "_sequence_labels"
+
+
+def _language_model_probes(model: nn.Module, players: Players, probes: dict[str, Any]) -> bool:
+    """Whether the model is a causal language model (its logits on a probe are ``[1, T, V]``
+    over its vocabulary); if so, the probe inputs get answer labels (see
+    :func:`~concept_tracker.language_models.guess_answers`), with one warning when some are
+    guessed. Per-token labels of any other model are dropped."""
+    labels = probes.pop(_SEQUENCE_LABELS, None)
+    inputs = probes["probe_inputs"]
+    if not isinstance(players, TokenPlayers) or not isinstance(inputs.get("input_ids"), Tensor):
+        return False
+    ids = inputs["input_ids"]
+    if labels is not None and labels.shape != ids.shape:
+        labels = None
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embed, "num_embeddings", None)
+    first = {k: v[:1].to(model_device(model)) for k, v in inputs.items()}
+    with preserved_state(model), torch.no_grad():
+        logits = model_logits(model(**first), position=slice(None))
+    if not is_causal_lm(logits, first["input_ids"], vocab):
+        return False
+    answers, guessed = guess_answers(ids, inputs.get("attention_mask"), labels)
+    if guessed:
+        why = "have no labels" if labels is None else "have no answer in their labels (no -100 on the prompt)"
+        warnings.warn(
+            f"ConceptTrackerCallback: the model is a causal language model, but {guessed} of "
+            f"{ids.shape[0]} probes {why}, so the last token of each is taken as the answer and "
+            "the words before it as the prompt; the value is log p(answer | prompt). For your own "
+            "answers, give labels with -100 on the prompt (supervised fine-tuning layout).",
+            stacklevel=4,
+        )
+    probes["probe_inputs"] = {**inputs, "labels": answers}
+    return True
