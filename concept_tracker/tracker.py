@@ -577,7 +577,7 @@ class ConceptTracker:
             return series
 
         title = f"probe sample {self._probe['ids'][0] if self._probe['ids'] is not None else 0}"
-        if res.targets is not None:
+        if res.targets is not None and res.targets.dim() == 1:  # not answer labels [B, T]
             title += f", target class {int(res.targets[0])}"
         return (
             strongest(bands.simple) if bands.simple else {},

@@ -224,3 +224,90 @@ def test_answer_log_prob_by_hand():
     torch.testing.assert_close(log_odds(z, torch.tensor([[-100, 1, -100]])), torch.tensor([0.0]))
     with pytest.raises(ValueError, match="position 0"):
         answer_log_prob(z, torch.tensor([[1, 1, 0]]))
+
+
+# ------------------------------------------------------------------ the Trainer callback
+
+SFT_PROMPTS = [f"{a} {b} is" for a in ("the cat", "a dog", "the mat") for b in ("red", "blue", "big", "small")]
+
+
+def sft_items(tokenizer) -> list[dict]:
+    """Prompt + answer rows in the supervised fine-tuning layout (-100 on the prompt)."""
+    items = []
+    for i, prompt in enumerate(SFT_PROMPTS):
+        answer = "yes ." if i % 2 else "no"
+        row = prompt_answer_batch(tokenizer, [prompt], [answer])
+        items.append({k: v[0].tolist() for k, v in row.items()})
+    return items
+
+
+def padding_collator(side: str, pad_id: int):
+    def collate(items):
+        width = max(len(item["input_ids"]) for item in items)
+        out = {k: [] for k in ("input_ids", "attention_mask", "labels")}
+        for item in items:
+            fill = width - len(item["input_ids"])
+            for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+                row = item[key]
+                out[key].append(row + [value] * fill if side == "right" else [value] * fill + row)
+        return {k: torch.tensor(v) for k, v in out.items()}
+
+    return collate
+
+
+def train_lm(tmp_path, tokenizer, items, side="right", **args):
+    import warnings
+
+    from transformers import Trainer, TrainingArguments
+
+    from concept_tracker.integrations.transformers import ConceptTrackerCallback
+
+    model = tiny_lm("gpt2").train()
+    callback = ConceptTrackerCallback(ct.TokenPlayers(n=3), num_probe=6, schedule=ct.at_steps([2]), figures=False)
+    options = dict(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+        report_to="none", use_cpu=True, seed=0, disable_tqdm=True, save_strategy="no", logging_steps=2,
+    )
+    options.update(args)
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**options), train_dataset=items,
+        data_collator=padding_collator(side, tokenizer.pad_token_id), processing_class=tokenizer, callbacks=[callback],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    ours = [str(w.message) for w in caught if "Concept" in str(w.message)]
+    return model.eval(), callback, ours
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_callback_tracks_log_p_answer_of_sft_batches_with_no_settings(tmp_path, tokenizer, side):
+    from concept_tracker.store import list_steps, load_step, step_path
+
+    items = sft_items(tokenizer)
+    model, callback, warned = train_lm(tmp_path, tokenizer, items, side)
+    assert warned == []  # nothing was guessed
+    tracker = callback.tracker
+    assert tracker.value == "answer_log_prob"
+    assert list_steps(tracker.log_dir) == [0, 2, 4]
+    res, meta = load_step(step_path(tracker.log_dir, 4))
+    ids = meta["probe_ids"]
+    expected = []
+    for i in ids:
+        prompt = SFT_PROMPTS[i]
+        expected.append(direct_log_prob(model, tokenizer, prompt, "yes ." if i % 2 else "no"))
+        assert res.player_names[ids.index(i)] == prompt.split()[:3]  # prompt words, never the answer
+    torch.testing.assert_close(res.outputs[:, -1], torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_callback_says_once_when_it_guesses_the_answer(tmp_path, tokenizer):
+    items = [{**item, "labels": list(item["input_ids"])} for item in sft_items(tokenizer)]  # language-modelling labels
+    model, callback, warned = train_lm(tmp_path, tokenizer, items)
+    assert len(warned) == 1 and "6 of 6 probes" in warned[0] and "last token" in warned[0]
+    from concept_tracker.store import load_step, step_path
+
+    res, meta = load_step(step_path(callback.tracker.log_dir, 4))
+    i = meta["probe_ids"][0]
+    words = (SFT_PROMPTS[i] + (" yes ." if i % 2 else " no")).split()
+    expected = direct_log_prob(model, tokenizer, " ".join(words[:-1]), words[-1])
+    torch.testing.assert_close(res.outputs[0, -1].item(), expected, atol=1e-4, rtol=0)
