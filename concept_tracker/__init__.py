@@ -7,6 +7,7 @@ from .and_or import AndOrConfig, AndOrResult, decompose
 from .dynamics import Trajectory
 from .engine import compute_interactions
 from .interactions import Interactions
+from .language_models import prompt_answer_batch
 from .metrics import (
     adversarial_inconsistency,
     band_orders,
@@ -58,6 +59,7 @@ __all__ = [
     "or_transform",
     "order_profile",
     "orders",
+    "prompt_answer_batch",
     "reference_similarity",
     "select_probes",
     "similarity",

@@ -7,7 +7,7 @@ Usage::
 
     trainer = Trainer(model, args, train_dataset=train, eval_dataset=test,
                       callbacks=[ConceptTrackerCallback(TokenPlayers(n=8))])
-    trainer.train()    # TensorBoard: <output_dir>/runs/concepts
+    trainer.train()    # TensorBoard: beside the Trainer's scalars, see ``log_dir``
 
 What happens at each Trainer event:
 
@@ -122,6 +122,12 @@ class ConceptTrackerCallback(TrainerCallback):
 
     Probe batches hold every tensor the collator returns except the labels, which become
     the targets (the model's prediction where a label is not one class per sample).
+
+    Causal language models (logits ``[B, T, vocabulary]`` on a probe, token players): the value
+    is ``"answer_log_prob"`` (unless ``value=`` is given), log p(answer | prompt) with the
+    answer read from the probes' supervised fine-tuning labels (positions not -100), whatever
+    the padding side. A probe without such labels gets its last token as the answer, and one
+    warning says so. See :mod:`concept_tracker.language_models`.
 
     Resuming: the state saved at a checkpoint is looked up in ``args.resume_from_checkpoint``
     when set, else in ``<output_dir>/checkpoint-<global_step>`` (what
