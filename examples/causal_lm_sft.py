@@ -13,16 +13,16 @@ Trainer's own TensorBoard scalars, so one TensorBoard run and ``concept-tracker 
 them beside the losses.
 
 The one setting here is the mask. Without a mask token, masked words get the mean input
-embedding; a model trained from scratch on six-word prompts has never seen it, and answers it
-arbitrarily (run with ``--mask embedding``: at step 300 the strongest concepts were sets of
-four to six filler words, up to 30 nats). So while training, each prompt word becomes "<unk>"
-with probability 0.15 (word dropout), and the players mask with that token, a state the model
-knows. A large pretrained model needs neither.
+embedding; a model trained from scratch on six-word prompts has never seen it and answers it
+arbitrarily (``--mask embedding``: after 300 steps, the strongest concepts were sets of four to
+six filler words, worth up to 30 nats). So the players mask a word by a filler word the model
+knows, "the" (``mask_token_id``): a masked word is then simply absent. A large pretrained
+model answers a mean embedding sensibly and needs no such setting.
 
 For a model that has learned the rule, on a "yes" prompt the value drops when "red" or "ball"
 is masked, and only then: the strongest concept should be {red, ball}.
 
-    python examples/causal_lm_sft.py              # 150 steps, well under a minute on a CPU
+    python examples/causal_lm_sft.py              # 150 steps, well under a minute on an idle CPU
     python examples/causal_lm_sft.py --steps 20   # smoke test
     tensorboard --logdir runs/causal_lm_sft/runs
     concept-tracker report runs/causal_lm_sft/runs/*
@@ -88,25 +88,11 @@ def sft_dataset(tokenizer, size: int, seed: int) -> list[dict]:
     return items
 
 
-def word_dropout(model, unk: int, p: float) -> None:
-    """While the model trains, replace each prompt word (label -100) by ``unk`` with probability
-    ``p``; in eval mode (evaluation, tracking) the inputs are left alone, as with dropout."""
-
-    def hook(module, args, kwargs):
-        ids, labels = kwargs.get("input_ids"), kwargs.get("labels")
-        if module.training and ids is not None and labels is not None:
-            prompt = (labels == -100) & kwargs["attention_mask"].bool() & (ids != VOCAB.index("->"))
-            kwargs["input_ids"] = ids.masked_fill(prompt & (torch.rand(ids.shape, device=ids.device) < p), unk)
-        return args, kwargs
-
-    model.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--mask", choices=["unk", "embedding"], default="unk",
-                        help="unk: word dropout in training, masking by <unk>; embedding: no dropout, mean embedding")
+    parser.add_argument("--mask", choices=["word", "embedding"], default="word",
+                        help='word: mask by the filler word "the"; embedding: the mean input embedding')
     parser.add_argument("--output-dir", default="runs/causal_lm_sft")
     args = parser.parse_args()
 
@@ -117,15 +103,13 @@ def main() -> None:
         bos_token_id=VOCAB.index("<eos>"), eos_token_id=VOCAB.index("<eos>"), pad_token_id=VOCAB.index("<pad>"),
     )
     model = GPT2LMHeadModel(config)
-    if args.mask == "unk":
-        word_dropout(model, tokenizer.unk_token_id, 0.15)
-    unk = tokenizer.unk_token_id if args.mask == "unk" else None
-    callback = ConceptTrackerCallback(TokenPlayers(n=WORDS, mask_token_id=unk))
+    neutral = VOCAB.index("the") if args.mask == "word" else None
+    callback = ConceptTrackerCallback(TokenPlayers(n=WORDS, mask_token_id=neutral))
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
             output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=32,
-            learning_rate=1e-2, warmup_steps=min(10, args.steps // 5), logging_steps=10,
+            learning_rate=5e-3, warmup_steps=min(20, args.steps // 5), logging_steps=10,
             eval_strategy="steps", eval_steps=max(1, args.steps // 5), save_strategy="no",
             report_to=["tensorboard"], use_cpu=True, seed=0, disable_tqdm=True,
         ),

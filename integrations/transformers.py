@@ -407,8 +407,9 @@ def _probe_set(players: Players, dataset: Any, k: int, collate, seed: int, split
         targets = None
     inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key not in ("labels", "label")}
     probes = {f"{split}_inputs": _for_players(players, inputs, name), f"{split}_targets": targets, f"{split}_ids": ids}
-    if isinstance(players, TokenPlayers) and targets is None and isinstance(batch.get("labels"), Tensor):
-        probes[_SEQUENCE_LABELS] = batch["labels"]  # per-token labels: read if the model is a causal LM
+    labels = batch.get("labels")
+    if split == "probe" and isinstance(players, TokenPlayers) and targets is None and isinstance(labels, Tensor):
+        probes[_SEQUENCE_LABELS] = labels  # per-token labels: read if the model is a causal LM
     return probes
 
 
