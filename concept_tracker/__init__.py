@@ -6,6 +6,7 @@ The core never imports ``concept_tracker.integrations`` (transformers, accelerat
 from .and_or import AndOrConfig, AndOrResult, decompose
 from .engine import compute_interactions
 from .interactions import Interactions
+from .language_models import prompt_answer_batch
 from .metrics import (
     Trajectory,
     band_orders,
@@ -60,6 +61,7 @@ __all__ = [
     "or_transform",
     "order_profile",
     "orders",
+    "prompt_answer_batch",
     "reference_similarity",
     "select_probes",
     "similarity",

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .checks import check_int, check_kind, check_players
 from .distributed import all_gather, broadcast_from_main, collective_device, rank, world_size
 from .interactions import Interactions
+from .language_models import answer_labels
 from .players import Players, concat_inputs
 from .transforms import MAX_PLAYERS, and_transform, or_transform
 from .values import ValueFn, needs_target, predicted_targets, resolve_value, value_name
@@ -163,11 +164,13 @@ def _check_finite(values: Tensor) -> None:
 
 
 def _row_targets(targets: Tensor, per: int, start: int, stop: int) -> Tensor:
-    """The target of every row ``start..stop-1`` of the (sample, coalition) grid: [stop - start]."""
+    """The target of every row ``start..stop-1`` of the (sample, coalition) grid:
+    [stop - start] classes, or [stop - start, T] answer labels."""
     first, last = start // per, (stop - 1) // per
+    tail = targets.shape[1:]
     if first == last:
-        return targets[first].expand(stop - start)
-    spanned = targets[first : last + 1, None].expand(last + 1 - first, per).reshape(-1)
+        return targets[first].expand(stop - start, *tail)
+    spanned = targets[first : last + 1, None].expand(last + 1 - first, per, *tail).reshape(-1, *tail)
     return spanned[start - first * per : stop - first * per]
 
 
@@ -195,7 +198,7 @@ def _output_buffer(buffers: dict[Any, Tensor], output: Any, rows: int) -> Tensor
 
 
 def _value_block(
-    model: nn.Module,
+    model: Any,
     value_fn: ValueFn,
     inputs: Any,
     targets: Tensor | None,
@@ -279,6 +282,7 @@ def coalition_values(
     total = len(samples) * per
     rows = batch_size or _auto_rows(model, samples[0], device, total)
     out = torch.empty(len(samples), per, dtype=torch.float64, device=device)
+    forward = players.model_forward(model)
     # Blocks run through the rows in order, so each one fills a contiguous range of ``flat``.
     flat = out.view(-1)
     masked = players.batch_masker(samples)
@@ -296,7 +300,7 @@ def coalition_values(
                     stop = min(total, start + block)
                     tgt = None if targets is None else _row_targets(targets, per, start, stop)
                     with torch.inference_mode():
-                        _value_block(model, value_fn, masked(start, stop), tgt, flat[start:stop], rows, buffers)
+                        _value_block(forward, value_fn, masked(start, stop), tgt, flat[start:stop], rows, buffers)
                     done = stop
                     bar.update(stop - start)
             except torch.cuda.OutOfMemoryError:
@@ -431,7 +435,10 @@ def _check_memory(num_samples: int, n: int, device: torch.device) -> None:
 def _resolve_targets(target: Any, num_samples: int, device: torch.device) -> Tensor | None:
     if target is None:
         return None
-    t = torch.as_tensor(target, device=device).long().reshape(-1)
+    t = torch.as_tensor(target, device=device).long()
+    if t.dim() == 2 and t.shape[0] == num_samples:  # answer labels [B, T]
+        return t
+    t = t.reshape(-1)
     if t.numel() == 1:
         return t.expand(num_samples).clone()
     if t.numel() != num_samples:
@@ -464,8 +471,11 @@ def compute_interactions(
         model: any ``nn.Module``; called as ``model(x)`` or ``model(**inputs)`` for dict inputs.
         inputs: Tensor [B, ...] or a dict of tensors [B, ...] (Hugging Face style).
         players: how each sample splits into n players and how a coalition masks it.
-        target: [B] or one int target class; None = the model's prediction on each sample.
-        value: "log_odds" (default), "logit", "log_prob", "output" or ``f(outputs, target)``.
+        target: [B] or one int target class, or [B, T] answer labels of a causal language model
+            (see :func:`~concept_tracker.language_models.answer_labels`); None = the inputs'
+            answer labels when they hold some, else the model's prediction on each sample.
+        value: "log_odds" (default), "logit", "log_prob", "output", "answer_log_prob" (log
+            p(answer | prompt) of a causal language model) or ``f(outputs, target)``.
         kind: "and", "or" or "and_or" (sparse AND-OR decomposition, see ``and_or``).
         batch_size: rows per forward; None sizes it automatically. On CUDA out-of-memory the
             chunk is halved and retried (with one warning).
@@ -488,8 +498,9 @@ def compute_interactions(
     if n > MAX_PLAYERS:
         raise ValueError(f"players give n={n}; at most {MAX_PLAYERS} are supported.")
     _check_memory(num_samples, n, device)
-    samples = split_samples(batch)
     targets = _resolve_targets(target, num_samples, device)
+    batch, targets = answer_labels(batch, targets, value)
+    samples = split_samples(batch)
 
     with preserved_state(model):
         if targets is None and needs_target(value):

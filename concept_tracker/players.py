@@ -14,13 +14,14 @@ non-finite inputs) per block of rows, over a coalition-to-element weight map bui
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .transforms import MAX_PLAYERS, coalition_matrix
+from .values import IGNORE_INDEX
 
 Sample = Any
 """One sample: a Tensor without the batch dimension, or a mapping of such tensors (HF style)."""
@@ -141,6 +142,12 @@ class Players:
     def names(self, sample: Sample) -> list[str]:
         """The ``n`` player names for this sample (feature names, patch ids, words)."""
         return [f"p{i}" for i in range(self.n)]
+
+    def model_forward(self, model: Any) -> Any:
+        """What the engine calls on the masked inputs in place of ``model`` (same call
+        convention). Default: the model itself; a player kind whose masked inputs the model
+        cannot take as they are (masked embeddings) wraps it."""
+        return model
 
     def model_inputs(self, sample: Sample) -> Any:
         """One sample as the model takes it, batched to one row (for the unmasked forward)."""
@@ -529,14 +536,41 @@ class FeatureMaskPlayers(_MapPlayers):
         return list(self._names) if self._names is not None else [f"g{i}" for i in range(self.n)]
 
 
+STOP_WORDS = frozenset(
+    "a an the and or but if of to in on at by for with from as into than then so is are was were "
+    "be been being am do does did has have had it its this that these those there here i you he "
+    "she we they me him her us them my your his our their what which who whom".split()
+)
+"""The built-in stop words of ``TokenPlayers(stop_words=True)``: English function words."""
+
+
 class TokenPlayers(Players):
     """Words (or tokens) of Hugging Face style inputs are players.
 
     A sample is a mapping with ``input_ids`` [T] and optionally ``attention_mask``,
-    ``token_type_ids`` and ``word_ids`` [T] (-1 where the fast tokenizer's ``word_ids()`` is
-    None; see :func:`word_ids`). A masked player's tokens become ``mask_token_id``; every other
-    key is repeated unchanged (``attention_mask`` included), ``word_ids`` is not passed to the
-    model. Special tokens and padding are never players and never masked.
+    ``token_type_ids``, ``position_ids``, ``word_ids`` [T] (-1 where the fast tokenizer's
+    ``word_ids()`` is None; see :func:`word_ids`) and ``labels`` [T]. Every key but ``word_ids``
+    and ``labels`` goes to the model, repeated unchanged for every coalition (``attention_mask``
+    included). Special tokens and padding are never players and never masked.
+
+    Causal language models: ``labels`` with the shape of ``input_ids`` mark the answer (the
+    positions whose label is not -100, as in supervised fine-tuning batches); answer tokens are
+    never players and never masked, so the players are words of the prompt. A left-padded
+    batch (padding before the first token of some sample; see :meth:`prepare`) gets
+    ``position_ids`` counted from each sample's first token, so left and right padding give
+    the model the same positions.
+
+    Masking a word:
+
+    - by token (``mask_token_id`` given, or a tokenizer with a mask token, as BERT has): the
+      word's tokens become that id;
+    - by embedding (otherwise, e.g. GPT-2 and Llama tokenizers, which have no mask token): the
+      word's input embeddings become ``baselines`` and the model gets ``inputs_embeds``
+      instead of ``input_ids`` (the model must have ``get_input_embeddings()`` and take
+      ``inputs_embeds``). Cost: one embedding lookup per forward, which the model does anyway,
+      plus a ``[rows, T, hidden]`` tensor per chunk; "mean" adds one pass over the vocabulary
+      per tracked step. A padding token is never used as a mask: the model never saw it inside
+      a text.
 
     Word grouping (``words=True``): by ``word_ids`` when the sample has them; else, with a
     tokenizer, a token continues the previous word when it starts with ``##`` (WordPiece) or,
@@ -544,15 +578,21 @@ class TokenPlayers(Players):
 
     Args:
         n: number of players per sample; a sample with fewer words raises ValueError.
-        select: "first" (the first n words), "random" (n words drawn with a generator seeded by
-            ``seed`` and the sample's token ids, so a sample keeps its players across steps), or
-            a callable ``f(units: list[list[int]]) -> list[int]`` that picks n unit indices from
-            the candidate words (each a list of token positions).
-        mask_token_id: id of masked tokens; default: the tokenizer's mask token, else pad, else unk.
+        select: "first" (the first n candidate words), "random" (n candidate words drawn with a
+            generator seeded by ``seed`` and the sample's token ids, so a sample keeps its
+            players across steps), or a callable ``f(units: list[list[int]]) -> list[int]``
+            that picks n unit indices from the candidate words (each a list of token positions).
+        mask_token_id: id of masked tokens; default: the tokenizer's mask token, else masking by
+            embedding.
         words: group sub-tokens into words (True) or make each token a player (False).
         skip_special_tokens: keep special tokens out of the players (they are never masked).
         tokenizer: a Hugging Face tokenizer, for the mask token, special ids and player names.
         seed: seed for ``select="random"``.
+        stop_words: False (every word is a candidate), True (skip :data:`STOP_WORDS` and words
+            without a letter or digit, i.e. punctuation), or your own collection of words to
+            skip (punctuation is skipped too). Compared in lower case; needs a tokenizer.
+        baselines: embedding of a masked word when masking by embedding: "mean" (mean input
+            embedding over the vocabulary), "zero", or a tensor [hidden].
 
     Token players are chosen per sample, so they are not aligned across samples.
     """
@@ -568,10 +608,19 @@ class TokenPlayers(Players):
         skip_special_tokens: bool = True,
         tokenizer: Any = None,
         seed: int = 0,
+        stop_words: bool | Collection[str] = False,
+        baselines: str | Tensor = "mean",
     ) -> None:
         _check_n(int(n), f"n={n}")
         if not callable(select) and select not in ("first", "random"):
             raise ValueError(f"select={select!r}; use 'first', 'random' or a callable.")
+        if isinstance(stop_words, str) or not isinstance(stop_words, (bool, Collection)):
+            raise ValueError(
+                f"stop_words={stop_words!r}; use False, True (the built-in list) or a collection "
+                "of words such as {'the', 'a'}."
+            )
+        if not (isinstance(baselines, Tensor) and baselines.dim() == 1) and baselines not in ("mean", "zero"):
+            raise ValueError(f"baselines={baselines!r}; use 'mean', 'zero' or a tensor [hidden] (one embedding).")
         self._n = int(n)
         self.select: Any = select  # "first", "random" or a callable
         self._mask_token_id = mask_token_id
@@ -579,23 +628,24 @@ class TokenPlayers(Players):
         self.skip_special_tokens = skip_special_tokens
         self.tokenizer = tokenizer
         self.seed = seed
+        if stop_words is True:
+            stop_words = STOP_WORDS
+        self.stop_words = frozenset(w.lower() for w in stop_words) if stop_words is not False else None
+        self.baselines = baselines
+        self._mean_embedding: tuple[tuple[int, int, int], Tensor] | None = None
+        self._left_padded = False
 
     @property
     def n(self) -> int:
         return self._n
 
     @property
-    def mask_token_id(self) -> int:
+    def mask_token_id(self) -> int | None:
+        """The id that masked tokens take, or None when words are masked by embedding."""
         if self._mask_token_id is not None:
             return int(self._mask_token_id)
-        tok = self.tokenizer
-        for attr in ("mask_token_id", "pad_token_id", "unk_token_id"):
-            value = getattr(tok, attr, None) if tok is not None else None
-            if value is not None:
-                return int(value)
-        raise ValueError(
-            "TokenPlayers needs mask_token_id, or a tokenizer with a mask, pad or unk token."
-        )
+        value = getattr(self.tokenizer, "mask_token_id", None) if self.tokenizer is not None else None
+        return None if value is None else int(value)
 
     def _special(self, ids: Tensor) -> Tensor:
         if self.tokenizer is None or not self.skip_special_tokens:
@@ -620,12 +670,25 @@ class TokenPlayers(Players):
             out.append(word)
         return out
 
+    @staticmethod
+    def answer_mask(sample: Mapping[str, Tensor]) -> Tensor | None:
+        """[T] bool: the answer's positions (``labels`` != -100), or None without answer labels."""
+        labels = sample.get("labels")
+        if not isinstance(labels, Tensor) or labels.shape != sample["input_ids"].shape:
+            return None
+        return labels != IGNORE_INDEX
+
     def units(self, sample: Mapping[str, Tensor]) -> list[list[int]]:
-        """Candidate players of a sample: lists of token positions, in text order."""
+        """Candidate players of a sample: lists of token positions, in text order (answer
+        tokens, special tokens, padding and, with ``stop_words``, stop words and punctuation
+        left out)."""
         ids = sample["input_ids"]
         allowed = ~self._special(ids)
         if "attention_mask" in sample:
             allowed &= sample["attention_mask"].bool()
+        answer = self.answer_mask(sample)
+        if answer is not None:
+            allowed &= ~answer.to(ids.device)
         wids = self._word_ids(sample)
         if "word_ids" in sample and self.skip_special_tokens:
             allowed &= torch.tensor([w >= 0 for w in wids], device=ids.device)
@@ -634,15 +697,22 @@ class TokenPlayers(Players):
         for pos, (w, ok) in enumerate(zip(wids, allowed_list)):
             if ok:
                 groups.setdefault(w if self.words else pos, []).append(pos)
-        return list(groups.values())
+        units = list(groups.values())
+        if self.stop_words is not None:
+            if self.tokenizer is None:
+                raise ValueError("stop_words needs the words' text: pass tokenizer= to TokenPlayers.")
+            units = [u for u in units if _content_word(self._text(ids.tolist(), u), self.stop_words)]
+        return units
 
     def chosen(self, sample: Mapping[str, Tensor]) -> list[list[int]]:
         """The n chosen players of a sample (token positions of each)."""
         units = self.units(sample)
         if len(units) < self.n:
+            kind = "words" if self.words else "tokens"
+            skipped = " (stop words and punctuation skipped)" if self.stop_words is not None else ""
             raise ValueError(
-                f"a sample has only {len(units)} {'words' if self.words else 'tokens'} that can be "
-                f"players, fewer than n={self.n}; choose a smaller n or longer probe texts."
+                f"a sample has only {len(units)} {kind}{skipped} that can be players, fewer than "
+                f"n={self.n}; choose a smaller n or longer probe texts."
             )
         if self.select == "first":
             picked = list(range(self.n))
@@ -660,6 +730,26 @@ class TokenPlayers(Players):
         if not isinstance(sample, Mapping) or "input_ids" not in sample:
             raise ValueError("TokenPlayers needs dict inputs with 'input_ids' (Hugging Face style).")
 
+    def prepare(self, inputs: Any) -> None:
+        """Note whether the batch is left-padded: then every sample gets ``position_ids``
+        (samples batched together must have the same keys)."""
+        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+        self._left_padded = (
+            isinstance(mask, Tensor)
+            and mask.dim() == 2
+            and "position_ids" not in inputs
+            and bool(((mask[:, 0] == 0) & mask.bool().any(1)).any())
+        )
+
+    def _model_keys(self, sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The sample's model inputs: without ``word_ids`` and ``labels`` (the model would
+        compute a loss on every masked row), with ``position_ids`` counted from the first
+        token when the batch is left-padded."""
+        out = {k: v for k, v in sample.items() if k not in ("word_ids", "labels")}
+        if self._left_padded and "attention_mask" in sample:
+            out["position_ids"] = (sample["attention_mask"].long().cumsum(0) - 1).clamp(min=0)
+        return out
+
     def mask(self, sample: Mapping[str, Tensor], coalitions: Tensor) -> dict[str, Tensor]:
         return self.masker(sample)(coalitions)
 
@@ -670,22 +760,77 @@ class TokenPlayers(Players):
         pmap = torch.full_like(ids, n, dtype=torch.long)
         for player, positions in enumerate(self.chosen(sample)):
             pmap[positions] = player
-        masked_ids = torch.full_like(ids, self.mask_token_id)
+        token = self.mask_token_id
+        # Masking by embedding: a masked token's id becomes -1, which model_forward turns into
+        # the baseline embedding. No real token has a negative id.
+        masked_ids = torch.full_like(ids, _EMBEDDING_MASK if token is None else token)
+        rest = self._model_keys(sample)
 
         def mask(coalitions: Tensor) -> dict[str, Tensor]:
             _check_coalitions(coalitions, n)
             m = coalitions.shape[0]
             ext = torch.cat([coalitions.to(ids.device), torch.ones(m, 1, dtype=torch.bool, device=ids.device)], 1)
             keep = ext[:, pmap]
-            out = {k: v[None].expand(m, *v.shape) for k, v in sample.items() if k != "word_ids"}
+            out = {k: v[None].expand(m, *v.shape) for k, v in rest.items()}
             out["input_ids"] = torch.where(keep, ids, masked_ids)
             return out
 
         return mask
 
+    def model_forward(self, model: Any) -> Any:
+        if self.mask_token_id is not None:
+            return model
+        embed = _input_embeddings(model)
+
+        def forward(**inputs: Tensor) -> Any:
+            ids = inputs.pop("input_ids")
+            masked = ids == _EMBEDDING_MASK
+            if not bool(masked.any()):
+                return model(input_ids=ids, **inputs)
+            vectors = embed(ids.clamp(min=0))
+            base = self._baseline_embedding(embed, vectors)
+            return model(inputs_embeds=torch.where(masked[..., None], base, vectors), **inputs)
+
+        return forward
+
+    def _baseline_embedding(self, embed: nn.Module, like: Tensor) -> Tensor:
+        """[hidden] embedding of a masked token, in the dtype and device of ``like``."""
+        if isinstance(self.baselines, Tensor):
+            base = self.baselines
+            if base.shape[0] != like.shape[-1]:
+                raise ValueError(
+                    f"baselines has {base.shape[0]} entries; the model's input embeddings have "
+                    f"{like.shape[-1]}. Pass one embedding vector [hidden]."
+                )
+        elif self.baselines == "zero":
+            base = like.new_zeros(like.shape[-1])
+        else:
+            base = self._vocabulary_mean(embed)
+        return base.to(device=like.device, dtype=like.dtype)
+
+    def _vocabulary_mean(self, embed: nn.Module) -> Tensor:
+        """Mean output of the embedding module over the vocabulary (a module that scales its
+        output, as some do, is averaged as the model sees it). Cached until the weights change."""
+        weight = cast(Tensor, embed.weight)
+        key = (id(embed), weight.data_ptr(), weight._version)
+        if self._mean_embedding is None or self._mean_embedding[0] != key:
+            total = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
+            vocab = weight.shape[0]
+            for start in range(0, vocab, 4096):  # bounded memory for large vocabularies
+                ids = torch.arange(start, min(vocab, start + 4096), device=weight.device)
+                total += embed(ids).double().sum(0)
+            self._mean_embedding = (key, (total / vocab).to(weight.dtype))
+        return self._mean_embedding[1]
+
     def model_inputs(self, sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
         self._check_sample(sample)
-        return {k: v[None] for k, v in sample.items() if k != "word_ids"}
+        return {k: v[None] for k, v in self._model_keys(sample).items()}
+
+    def _text(self, ids: list[int], positions: list[int]) -> str:
+        """The text of the word at ``positions`` (sub-tokens joined, word-start marks dropped)."""
+        tokens = self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions])
+        pieces = [t or f"[{ids[p]}]" for t, p in zip(tokens, positions)]
+        return "".join(p.removeprefix("##").lstrip("▁Ġ") if i else p.lstrip("▁Ġ") for i, p in enumerate(pieces))
 
     def names(self, sample: Mapping[str, Tensor]) -> list[str]:
         self._check_sample(sample)
@@ -693,11 +838,27 @@ class TokenPlayers(Players):
         if self.tokenizer is None:
             return [f"t{positions[0]}" for positions in chosen]
         ids = sample["input_ids"].tolist()
-        names = []
-        for positions in chosen:
-            pieces = [t or f"[{ids[p]}]" for t, p in zip(self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions]), positions)]
-            names.append("".join(p.removeprefix("##").lstrip("▁Ġ") if i else p.lstrip("▁Ġ") for i, p in enumerate(pieces)))
-        return names
+        return [self._text(ids, positions) for positions in chosen]
+
+
+_EMBEDDING_MASK = -1
+
+
+def _content_word(text: str, stop_words: frozenset[str]) -> bool:
+    """Whether a word is a candidate player: it has a letter or digit and is no stop word."""
+    return any(c.isalnum() for c in text) and text.lower() not in stop_words
+
+
+def _input_embeddings(model: Any) -> nn.Module:
+    get = getattr(model, "get_input_embeddings", None)
+    embed = get() if callable(get) else None
+    if not isinstance(embed, nn.Module) or not isinstance(getattr(embed, "weight", None), Tensor):
+        raise ValueError(
+            f"TokenPlayers masks words by their input embeddings when there is no mask token, but "
+            f"{type(model).__name__} has no get_input_embeddings(); pass mask_token_id= (an id "
+            "the model knows as 'unknown') to mask by token instead."
+        )
+    return embed
 
 
 def word_ids(encoding: Any) -> Tensor:

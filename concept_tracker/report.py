@@ -160,6 +160,14 @@ class RunSummary:
                 return self.scalars[tag][-1][1]
         return None
 
+    @property
+    def eval_loss(self) -> float | None:
+        """The last logged evaluation loss, or None when the run logged none."""
+        for eval_tag, _ in LOSS_TAGS:
+            if self.scalars.get(eval_tag):
+                return self.scalars[eval_tag][-1][1]
+        return None
+
     def band_similarity(self, band: str) -> float:
         """Mean train-test similarity over the orders of a band at the last step (NaN without
         held-out interactions)."""
@@ -381,6 +389,7 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
     rows = [
         ("last tracked step", [str(r.steps[-1]) for r in runs]),
         row("test accuracy", [r.test_accuracy for r in runs]),
+        row("eval loss", [r.eval_loss for r in runs]),
     ]
     for band in ("simple", "medium", "complex"):
         rows.append(row(f"{band_label(band)} strength", [getattr(r, f"{band}_strength")[-1] for r in runs]))

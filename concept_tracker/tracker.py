@@ -355,7 +355,7 @@ class ConceptTracker(DeclaredState):
         history = torch.stack(self._sample_effects)  # [T, K, 2**n]
         bands = band_orders(res.n, self.simple_max, self.complex_min)
         title = f"probe sample {self._probe.ids[0] if self._probe.ids is not None else 0}"
-        if res.targets is not None:
+        if res.targets is not None and res.targets.dim() == 1:  # not answer labels [B, T]
             title += f", target class {int(res.targets[0])}"
         simple, complex_ = (
             strongest_series(history, band, res.effect_kinds, res.player_names[0], TRAJECTORY_CONCEPTS)

@@ -7,7 +7,7 @@ Usage::
 
     trainer = Trainer(model, args, train_dataset=train, eval_dataset=test,
                       callbacks=[ConceptTrackerCallback(TokenPlayers(n=8))])
-    trainer.train()    # TensorBoard: <output_dir>/runs/concepts
+    trainer.train()    # TensorBoard: beside the Trainer's scalars, see ``log_dir``
 
 What happens at each Trainer event:
 
@@ -25,8 +25,11 @@ What happens at each Trainer event:
 
 from __future__ import annotations
 
+import glob
 import numbers
 import os
+import socket
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -34,16 +37,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
 from concept_tracker.checks import check_int, check_players, check_schedule
 from concept_tracker.distributed import main_process_flag
+from concept_tracker.engine import model_device, preserved_state
+from concept_tracker.language_models import guess_answers, is_causal_lm
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.probes import ProbeSet, select_probes
 from concept_tracker.schedules import Schedule
 from concept_tracker.store import load_state, save_state
 from concept_tracker.summary import StepSummary
 from concept_tracker.tracker import ConceptTracker
+from concept_tracker.values import model_logits
 from concept_tracker.writers import tags
 
 from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
@@ -87,9 +94,11 @@ class ConceptTrackerCallback(TrainerCallback):
         schedule: when to track; None = ``log_spaced(0, max_steps, 20)`` plus every
             ``eval_steps`` when ``eval_strategy="steps"``. Step 0 and the last step are always
             tracked.
-        log_dir: TensorBoard and raw-interaction directory; None =
-            ``$TENSORBOARD_LOGGING_DIR/concepts`` when that variable is set, else
-            ``<output_dir>/runs/concepts``.
+        log_dir: TensorBoard and raw-interaction directory; None = beside the Trainer's own
+            scalars: with ``report_to`` including "tensorboard", the folder the Trainer's
+            TensorBoard callback writes to (``$TENSORBOARD_LOGGING_DIR`` or
+            ``<output_dir>/runs/<date>_<host>``); else ``$TENSORBOARD_LOGGING_DIR/concepts``
+            or ``<output_dir>/runs/concepts``.
         seed: seed of the probe draw.
         stop_on_overfit: stop training once the phase boundary of SPEC §8 (high-order concept
             strength falls, then keeps rising) has been reported at ``patience + 1``
@@ -100,6 +109,12 @@ class ConceptTrackerCallback(TrainerCallback):
 
     Probe batches hold every tensor the collator returns except the labels, which become
     the targets (the model's prediction where a label is not one class per sample).
+
+    Causal language models (logits ``[B, T, vocabulary]`` on a probe, token players): the value
+    is ``"answer_log_prob"`` (unless ``value=`` is given), log p(answer | prompt) with the
+    answer read from the probes' supervised fine-tuning labels (positions not -100), whatever
+    the padding side. A probe without such labels gets its last token as the answer, and one
+    warning says so. See :mod:`concept_tracker.language_models`.
 
     Resuming: the state saved at a checkpoint is looked up in ``args.resume_from_checkpoint``
     when set, else in ``<output_dir>/checkpoint-<global_step>`` (what
@@ -144,7 +159,7 @@ class ConceptTrackerCallback(TrainerCallback):
     # ------------------------------------------------------------------------------ events
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, processing_class=None, **kwargs):
-        self.tracker = self._guard("set up", self._build, args, state, train_dataloader, processing_class)
+        self.tracker = self._guard("set up", self._build, args, state, train_dataloader, processing_class, model)
         if self.tracker is None:
             return
         if state.global_step > 0:
@@ -204,7 +219,7 @@ class ConceptTrackerCallback(TrainerCallback):
             raise ValueError("the Trainer passed no model to the callback event; is this a transformers Trainer?")
         return unwrap(model)
 
-    def _build(self, args, state, train_dataloader, processing_class) -> ConceptTracker:
+    def _build(self, args, state, train_dataloader, processing_class, model) -> ConceptTracker:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if isinstance(self.players, TokenPlayers) and self.players.tokenizer is None:
             self.players.tokenizer = tokenizer
@@ -212,10 +227,15 @@ class ConceptTrackerCallback(TrainerCallback):
             raise ValueError("the Trainer passed no train_dataloader; is this a transformers Trainer?")
         collate = train_dataloader.collate_fn
         source = train_dataloader.dataset if self.probe_dataset is None else self.probe_dataset
-        probe = _draw_probes(self.players, source, self.num_probe, collate, self.seed, "probe")
+        probe, sequence_labels = _draw_probes(self.players, source, self.num_probe, collate, self.seed, "probe")
+        options = dict(self.tracker_options)
+        answered = _language_model_probes(self._model(model), self.players, probe, sequence_labels)
+        if answered is not None:
+            probe = answered
+            options.setdefault("value", "answer_log_prob")
         held = None
         if self.heldout_dataset is not None:
-            held = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
+            held, _ = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
         period = state.eval_steps if args.eval_strategy == "steps" else None
         self._pending, self._boundary_run, self._last_tracked = {}, 0, None
         return ConceptTracker(
@@ -228,7 +248,7 @@ class ConceptTrackerCallback(TrainerCallback):
             heldout_ids=None if held is None else held.ids,
             log_dir=self.log_dir or _default_log_dir(args),
             schedule=run_schedule(self.schedule, state.max_steps, period),
-            **self.tracker_options,
+            **options,
         )
 
     def _track(self, model: nn.Module, step: int, last: bool = False) -> StepSummary | None:
@@ -278,10 +298,33 @@ class ConceptTrackerCallback(TrainerCallback):
 
 
 def _default_log_dir(args) -> str:
+    """Where the concepts go by default: beside the Trainer's own scalars.
+
+    With TensorBoard among ``report_to``, the folder that transformers' TensorBoard callback
+    writes to: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<date>_<host>``
+    (found from the event file this process opened there in the last minute, else named the
+    way the callback names it). One folder is one TensorBoard run, so the concept curves sit
+    beside the losses, and ``concept-tracker report`` reads both. Without TensorBoard
+    reporting: ``$TENSORBOARD_LOGGING_DIR/concepts`` or ``<output_dir>/runs/concepts``.
+    """
     root = os.getenv("TENSORBOARD_LOGGING_DIR")
+    if "tensorboard" not in (args.report_to or []):
+        return os.path.join(os.path.expanduser(root), "concepts") if root else os.path.join(args.output_dir, "runs", "concepts")
     if root:
-        return os.path.join(os.path.expanduser(root), "concepts")
-    return os.path.join(args.output_dir, "runs", "concepts")
+        return os.path.expanduser(root)
+    return _trainer_event_dir(os.path.join(args.output_dir, "runs")) or os.path.join(args.output_dir, default_logdir())
+
+
+def _trainer_event_dir(runs: str, recent: float = 60.0) -> str | None:
+    """The folder under ``runs`` holding the newest event file that this process opened in the
+    last ``recent`` seconds (event file names carry the creation time, host and process id)."""
+    host, pid, now = socket.gethostname(), os.getpid(), time.time()
+    best, best_time = None, now - recent
+    for path in glob.glob(os.path.join(glob.escape(runs), "*", f"events.out.tfevents.*.{host}.{pid}.*")):
+        created = float(os.path.basename(path).split(".")[3])
+        if created >= best_time:
+            best, best_time = os.path.dirname(path), created
+    return best
 
 
 def _class_label(item: Any) -> int | None:
@@ -304,10 +347,13 @@ def _for_players(players: Players, inputs: dict[str, Tensor], name: str) -> Any:
     return next(iter(inputs.values()))
 
 
-def _draw_probes(players: Players, dataset: Any, k: int, collate, seed: int, split: str) -> ProbeSet:
-    """``k`` items of ``dataset`` drawn stratified by label and collated: the tracker's
-    ``{split}_inputs``, ``{split}_targets`` (labels; None unless one class per sample) and
-    ``{split}_ids`` (dataset indices)."""
+def _draw_probes(
+    players: Players, dataset: Any, k: int, collate, seed: int, split: str
+) -> tuple[ProbeSet, Tensor | None]:
+    """``k`` items of ``dataset`` drawn stratified by label and collated: the probe set (labels
+    None unless one class per sample; ids are dataset indices) and, for the probe split with
+    token players and no class labels, the per-token labels ``[k, T]`` (read if the model is a
+    causal LM), else None."""
     name = f"{split}_dataset"
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise ValueError(
@@ -333,4 +379,42 @@ def _draw_probes(players: Players, dataset: Any, k: int, collate, seed: int, spl
     if not (isinstance(targets, Tensor) and targets.dim() == 1 and not targets.is_floating_point()):
         targets = None
     inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key not in ("labels", "label")}
-    return ProbeSet(_for_players(players, inputs, name), targets, ids)
+    sequence_labels = batch.get("labels")
+    if not (split == "probe" and isinstance(players, TokenPlayers) and targets is None):
+        sequence_labels = None  # per-token labels are kept only to be read if the model is a causal LM
+    probe = ProbeSet(_for_players(players, inputs, name), targets, ids)
+    return probe, sequence_labels if isinstance(sequence_labels, Tensor) else None
+
+
+def _language_model_probes(
+    model: nn.Module, players: Players, probe: ProbeSet, labels: Tensor | None
+) -> ProbeSet | None:
+    """If the model is a causal language model (its logits on a probe are ``[1, T, V]`` over its
+    vocabulary), the probe set with answer labels in its inputs (see
+    :func:`~concept_tracker.language_models.guess_answers`), with one warning when some are
+    guessed; else None (per-token labels of any other model are dropped)."""
+    inputs = probe.inputs
+    if not isinstance(players, TokenPlayers) or not isinstance(inputs.get("input_ids"), Tensor):
+        return None
+    ids = inputs["input_ids"]
+    if labels is not None and labels.shape != ids.shape:
+        labels = None
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embed = get_embeddings() if callable(get_embeddings) else None
+    vocab = getattr(embed, "num_embeddings", None)
+    first = {k: v[:1].to(model_device(model)) for k, v in inputs.items()}
+    with preserved_state(model), torch.no_grad():
+        logits = model_logits(model(**first), position=slice(None))
+    if not is_causal_lm(logits, first["input_ids"], vocab):
+        return None
+    answers, guessed = guess_answers(ids, inputs.get("attention_mask"), labels)
+    if guessed:
+        why = "have no labels" if labels is None else "have no answer in their labels (no -100 on the prompt)"
+        warnings.warn(
+            f"ConceptTrackerCallback: the model is a causal language model, but {guessed} of "
+            f"{ids.shape[0]} probes {why}, so the last token of each is taken as the answer and "
+            "the words before it as the prompt; the value is log p(answer | prompt). For your own "
+            "answers, give labels with -100 on the prompt (supervised fine-tuning layout).",
+            stacklevel=4,
+        )
+    return probe._replace(inputs={**inputs, "labels": answers})

@@ -350,3 +350,44 @@ def test_a_run_stopped_early_still_tracks_its_last_step(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 5
     assert scalar_steps(tmp_path / "runs" / "concepts")[tags.summary("num_concepts")] == [0, 3, 5]
+
+
+def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss(tmp_path, monkeypatch, capsys):
+    """With TensorBoard reporting (and nothing else set) the concept run is the folder of the
+    Trainer's own TensorBoard callback, so one TensorBoard run and `concept-tracker report`
+    hold both the losses and the concepts."""
+    from concept_tracker import cli
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    tokenizer = make_tokenizer()
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), figures=False)
+    trainer = Trainer(
+        model=make_model(tokenizer),
+        args=training_args(tmp_path, report_to=["tensorboard"], eval_strategy="steps", eval_steps=4, save_strategy="no"),
+        train_dataset=make_dataset(tokenizer, 64, seed=1),
+        eval_dataset=make_dataset(tokenizer, 16, seed=2),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.train()
+    log_dir = pathlib.Path(callback.tracker.log_dir)
+    assert log_dir.parent == tmp_path / "runs" and log_dir.name != "concepts"  # runs/<date>_<host>
+    steps = scalar_steps(log_dir)
+    assert steps["eval/loss"] == [4, 8] and steps[tags.summary("complex_ratio")] == [0, 4, 8]
+    assert cli.main(["report", str(log_dir)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("eval loss"))
+    last = [e for e in trainer.state.log_history if "eval_loss" in e][-1]["eval_loss"]
+    assert float(row.split()[-1]) == pytest.approx(last, abs=1e-3)
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), figures=False)
+    trainer = Trainer(
+        model=make_model(tokenizer),
+        args=training_args(tmp_path / "b", report_to=["tensorboard"], max_steps=1, save_strategy="no"),
+        train_dataset=make_dataset(tokenizer, 16, seed=1),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert callback.tracker.log_dir == str(tmp_path / "tb")  # the Trainer's folder itself
+    assert "train/loss" in scalar_steps(tmp_path / "tb")

@@ -1,0 +1,144 @@
+"""Supervised fine-tuning of a causal LM with the Trainer: which prompt words explain the answer?
+
+Prompts are six words followed by "->"; the answer is "yes ." when the prompt holds both "red"
+and "ball", else "no .". A tiny GPT-2 (built from a ``GPT2Config``, random init) with a
+word-level tokenizer built here from the vocabulary (no mask token, like GPT-2's own) learns
+this with the Hugging Face ``Trainer`` on batches in the usual supervised fine-tuning layout:
+``labels`` hold the answer's token ids at its positions and -100 on the prompt and padding.
+
+The callback needs no setting to see that the model is a causal language model: it reads the
+answers from the labels and tracks AND interactions of the value log p(answer | prompt) between
+the six prompt words (the answer is never masked). The concepts go to the folder of the
+Trainer's own TensorBoard scalars, so one TensorBoard run and ``concept-tracker report`` show
+them beside the losses.
+
+The one setting here is the mask. Without a mask token, masked words get the mean input
+embedding; a model trained from scratch on six-word prompts has never seen it and answers it
+arbitrarily (``--mask embedding``: after 300 steps, the strongest concepts were sets of four to
+six filler words, worth up to 30 nats). So the players mask a word by a filler word the model
+knows, "the" (``mask_token_id``): a masked word is then simply absent. A large pretrained
+model answers a mean embedding sensibly and needs no such setting.
+
+For a model that has learned the rule, on a "yes" prompt the value drops when "red" or "ball"
+is masked, and only then: the strongest concept should be {red, ball}.
+
+    python examples/causal_lm_sft.py              # 150 steps, well under a minute on an idle CPU
+    python examples/causal_lm_sft.py --steps 20   # smoke test
+    tensorboard --logdir runs/causal_lm_sft/runs
+    concept-tracker report runs/causal_lm_sft/runs/*
+
+Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    DataCollatorForSeq2Seq,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+)
+
+from concept_tracker import TokenPlayers
+from concept_tracker.integrations.transformers import ConceptTrackerCallback
+from concept_tracker.store import list_steps, load_step, step_path
+
+SPECIAL = ["<pad>", "<unk>", "<eos>"]
+RULE_WORDS = ("red", "ball")
+FILLERS = ["a", "the", "big", "small", "blue", "green", "box", "cup", "on", "table", "near", "old"]
+VOCAB = SPECIAL + list(RULE_WORDS) + FILLERS + ["->", "yes", "no", "."]
+WORDS = 6
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A fast word-level tokenizer over ``VOCAB``; like GPT-2's, it has no mask token."""
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+
+
+def example(rng: random.Random) -> tuple[str, str]:
+    """A prompt and its answer: "yes ." iff the prompt holds both rule words."""
+    words = rng.choices(FILLERS, k=WORDS)
+    slots = rng.sample(range(WORDS), 2)
+    for word, slot in zip(RULE_WORDS, slots):
+        if rng.random() < 0.6:
+            words[slot] = word
+    answer = "yes ." if all(w in words for w in RULE_WORDS) else "no ."
+    return " ".join(words) + " ->", answer
+
+
+def sft_dataset(tokenizer, size: int, seed: int) -> list[dict]:
+    """Items in the supervised fine-tuning layout: prompt + answer ids, labels -100 on the prompt."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(size):
+        prompt, answer = example(rng)
+        p = tokenizer(prompt)["input_ids"]
+        a = tokenizer(answer)["input_ids"]
+        items.append({"input_ids": p + a, "attention_mask": [1] * (len(p) + len(a)), "labels": [-100] * len(p) + a})
+    return items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--mask", choices=["word", "embedding"], default="word",
+                        help='word: mask by the filler word "the"; embedding: the mean input embedding')
+    parser.add_argument("--output-dir", default="runs/causal_lm_sft")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=2, n_positions=16,
+        bos_token_id=VOCAB.index("<eos>"), eos_token_id=VOCAB.index("<eos>"), pad_token_id=VOCAB.index("<pad>"),
+    )
+    model = GPT2LMHeadModel(config)
+    neutral = VOCAB.index("the") if args.mask == "word" else None
+    callback = ConceptTrackerCallback(TokenPlayers(n=WORDS, mask_token_id=neutral))
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=32,
+            learning_rate=5e-3, warmup_steps=min(20, args.steps // 5), logging_steps=10,
+            eval_strategy="steps", eval_steps=max(1, args.steps // 5), save_strategy="no",
+            report_to=["tensorboard"], use_cpu=True, seed=0, disable_tqdm=True,
+        ),
+        train_dataset=sft_dataset(tokenizer, 2000, seed=1),
+        eval_dataset=sft_dataset(tokenizer, 200, seed=2),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),  # pads labels with -100
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.train()
+
+    log_dir = Path(callback.tracker.log_dir)
+    last = list_steps(log_dir)[-1]
+    res, meta = load_step(step_path(log_dir, last))
+    print(f"\nconcepts and losses in {log_dir} (tensorboard --logdir {log_dir.parent}); step {last}")
+    hits = yes = 0
+    for b, names in enumerate(res.player_names):
+        effects = res.and_effects[b]
+        s = int(effects[1:].abs().argmax()) + 1
+        concept = {names[i] for i in range(res.n) if s >> i & 1}
+        says_yes = all(w in names for w in RULE_WORDS)
+        yes += says_yes
+        hits += says_yes and concept == set(RULE_WORDS)
+        print(
+            f"probe {meta['probe_ids'][b]:4d}: {' '.join(names):34s} log p(answer) = {float(res.outputs[b, -1]):6.2f}  "
+            f"strongest concept {sorted(concept)} ({float(effects[s]):+.2f})"
+        )
+    print(f"{hits} of {yes} probes with both rule words have {{red, ball}} as their strongest concept.")
+
+
+if __name__ == "__main__":
+    main()
