@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,10 +313,6 @@ def test_argument_errors(mlp_case):
 
 # ---------------------------------------------------------------- AND-OR (another module)
 
-HAS_AND_OR = (Path(ct.__file__).parent / "and_or.py").exists()
-
-
-@pytest.mark.skipif(not HAS_AND_OR, reason="concept_tracker/and_or.py is not written yet")
 def test_and_or_matches_values_up_to_bounded_noise(mlp_case):
     model, x, _ = mlp_case
     players = ct.TabularPlayers(features=[0, 2, 3, 5], baselines="mean")
