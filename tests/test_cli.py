@@ -220,6 +220,7 @@ def rewrite_metadata(path, **changes):
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    meta.pop("sha256", None)  # files from before the settings had no checksum either
     for key, value in changes.items():
         if value is None:
             meta.pop(key, None)
