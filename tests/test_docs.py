@@ -155,3 +155,11 @@ def test_blocks_left_out_are_few_and_say_why():
     for doc in DOCS:
         markers = len(re.findall(r"<!--\s*no-run", doc.read_text(encoding="utf-8")))
         assert markers == sum(why is not None for _, _, why in python_blocks(doc)), doc.name
+
+
+def test_docs_stand_on_their_own():
+    """User docs never send readers to the project's internal specification."""
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for needle in ("SPEC §", "SPEC.md", "../shared"):
+            assert needle not in text, (doc.name, needle)
