@@ -161,3 +161,35 @@ def tiny_bert(classes: int = 2, seed: int = 0) -> nn.Module:
         initializer_range=0.5,
     )
     return seeded(lambda: BertForSequenceClassification(config), seed).eval()
+
+
+WORDS = ["<unk>", "<pad>", "<eos>"] + (
+    "the a cat dog sat on mat red blue big small is was capital of france paris rome italy yes no , ."
+).split()
+
+
+def word_tokenizer():
+    """A word-level fast tokenizer over :data:`WORDS` with no mask token (like GPT-2's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+
+
+def tiny_lm(arch: str) -> nn.Module:
+    """A 2-layer causal LM over :data:`WORDS` from a config, ``arch`` "gpt2" or "llama"; random
+    weights (seed 0), so only what holds for any weights can be checked against it."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if arch == "gpt2":
+        gpt2 = GPT2Config(
+            vocab_size=len(WORDS), n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=2, eos_token_id=2
+        )
+        return seeded(lambda: GPT2LMHeadModel(gpt2), 0).eval()
+    llama = LlamaConfig(
+        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
+    )
+    return seeded(lambda: LlamaForCausalLM(llama), 0).eval()

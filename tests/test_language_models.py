@@ -8,44 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-transformers = pytest.importorskip("transformers")
+from models import WORDS, tiny_lm, word_tokenizer
 
-import concept_tracker as ct  # noqa: E402
-from concept_tracker.language_models import guess_answers, prompt_answer_batch  # noqa: E402
-from concept_tracker.transforms import coalition_matrix  # noqa: E402
-from concept_tracker.values import IGNORE_INDEX, answer_log_prob, log_odds  # noqa: E402
+import concept_tracker as ct
+from concept_tracker.language_models import guess_answers, prompt_answer_batch
+from concept_tracker.transforms import coalition_matrix
+from concept_tracker.values import IGNORE_INDEX, answer_log_prob, log_odds
 
-WORDS = ["<unk>", "<pad>", "<eos>"] + (
-    "the a cat dog sat on mat red blue big small is was capital of france paris rome italy yes no , ."
-).split()
 PROMPTS = ["the cat sat on the mat , red", "a dog is big", "capital of france is"]
 ANSWERS = {"single": ["yes", "no", "paris"], "multi": ["yes no", "red blue big", "paris ."]}
 
-
-def word_tokenizer():
-    """A word-level fast tokenizer over :data:`WORDS` with no mask token (like GPT-2's)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
-
-
-def tiny_lm(arch: str) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=len(WORDS), n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=2, eos_token_id=2
-        )
-        return GPT2LMHeadModel(config).eval()
-    config = LlamaConfig(
-        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
