@@ -6,8 +6,9 @@ is the empty set and index ``2**n - 1`` is the full set ``N``.
 
 The transforms are butterflies: one pass per player, each pass touching every entry once, so
 ``O(n * 2**n)`` time and ``O(2**n)`` memory per sample. No ``2**n x 2**n`` matrix is built.
-On a CPU they run on a thread count chosen from the batch size (one thread below 2**22
-elements; see :mod:`concept_tracker.threads`), and the caller's setting is restored afterwards.
+On a CPU they run on a thread count chosen from the batch size (one thread per 2**22
+elements, at least one; see :mod:`concept_tracker.threads`), and the caller's setting is
+restored afterwards.
 """
 
 from __future__ import annotations
