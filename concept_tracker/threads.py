@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["ELEMENTS_PER_THREAD", "threads_for"]
+__all__ = ["ELEMENTS_PER_THREAD", "thread_count", "threads_for"]
 
 ELEMENTS_PER_THREAD = 1 << 22
 """Elements of the working tensor (32 MiB of float64) per intra-op thread. Below it one thread
