@@ -16,17 +16,23 @@ so a tracker can store the schedule it ran with next to its cursor.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Iterable
 from typing import Any
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as a Python int (numpy and other integer types accepted), at least ``minimum``."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if isinstance(value, bool) or number is None:
         raise ValueError(f"{name}={value!r} must be an int >= {minimum}.")
-    if value < minimum:
+    if number < minimum:
         raise ValueError(f"{name}={value!r} must be >= {minimum}.")
-    return value
+    return number
 
 
 class Schedule:
@@ -36,7 +42,7 @@ class Schedule:
     """
 
     def fires(self, step: int) -> bool:
-        """True when ``step`` (a non-negative global step) should be tracked."""
+        """True when ``step`` (a non-negative global step, any integer type) should be tracked."""
         raise NotImplementedError(f"{type(self).__name__} must implement fires(step).")
 
     def to_config(self) -> dict[str, Any]:
@@ -84,6 +90,7 @@ class every(Schedule):
         self.n = _check_int("n", n, 1)
 
     def fires(self, step: int) -> bool:
+        step = operator.index(step)
         return step >= 0 and step % self.n == 0
 
     def to_config(self) -> dict[str, Any]:
@@ -101,15 +108,14 @@ class at_steps(Schedule):
     """
 
     def __init__(self, steps: Iterable[int]) -> None:
-        steps = list(steps)
-        for i, step in enumerate(steps):
-            _check_int(f"steps[{i}]", step, 0)
+        steps = [_check_int(f"steps[{i}]", step, 0) for i, step in enumerate(steps)]
         self.steps: tuple[int, ...] = tuple(sorted(set(steps)))
         # A set lookup: schedules are consulted at every training step.
         self._lookup = frozenset(self.steps)
 
     def fires(self, step: int) -> bool:
-        return step in self._lookup
+        # operator.index: a 0-dim tensor hashes by identity and would never be found.
+        return operator.index(step) in self._lookup
 
     def to_config(self) -> dict[str, Any]:
         return {"type": "at_steps", "steps": list(self.steps)}

@@ -1,4 +1,4 @@
-"""Sensitivity of concepts to input noise and to an adversarial step (SPEC §7).
+"""Sensitivity of concepts to input noise and to an adversarial step.
 
 Both functions call :func:`~concept_tracker.compute_interactions` on perturbed copies of the
 inputs; the model, its training flags, grad mode and the global RNG states are left as they
@@ -252,7 +252,7 @@ def adversarial_inconsistency(
         steps: signed-gradient steps; 1 is FGSM.
         step_size: per-step size; default ``epsilon`` for one step, else ``2.5 * epsilon / steps``.
         target: [B] or one int; None = the prediction on the clean inputs (kept for ``x'``).
-        ratio: salience threshold ratio (SPEC §5), AND and OR pooled.
+        ratio: salience threshold ratio, AND and OR pooled.
     Returns:
         :class:`AdversarialInconsistency` with [n + 1] tensors per order.
     """

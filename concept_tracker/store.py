@@ -15,15 +15,25 @@ ratio, ``null`` when the writer did not say), ``simple_max`` and ``complex_min``
 cut-offs, ``null`` for the defaults ``n // 3`` and ``n // 2 + 1``). Files written before these
 settings were recorded lack the three keys and still load; see :func:`tracked_settings`.
 
-Files are written to a temporary name and renamed, so a crash never leaves a half-written
-step file behind.
+Every file also carries ``sha256``: a SHA-256 checksum of its tensors (names, dtypes, shapes,
+bytes) and its other metadata entries. Readers that load the tensors verify it and name the
+file when it does not match; files written before checksums were recorded have none and still
+load. Reading the metadata alone (:func:`load_step_metadata`) does not verify it.
+
+Files are written to a temporary name (``.<name>.<pid>.tmp`` in the same directory) and
+renamed, so a crash never leaves a half-written step file behind. A temporary file left by a
+process killed during a save is removed by the first save into that directory of a later
+process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import operator
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +55,32 @@ _JSON_FIELDS = ("step", "n", "aligned", "player_names", "probe_ids", "ratio", "s
 SETTINGS = ("ratio", "simple_max", "complex_min")
 """Metadata keys of the settings a run was tracked with (absent from older files)."""
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.safetensors$")
+CHECKSUM = "sha256"
+"""Metadata key of the checksum every file written since it was introduced carries."""
+_TMP_FILE = re.compile(r"^\..+\.(\d+)\.tmp$")
+# A temporary file older than this process cannot belong to one of its saves.
+_STARTED = time.time()
+_swept: set[Path] = set()
+
+
+def as_step(step: Any, name: str = "step") -> int:
+    """``step`` as a Python int: any integer type (numpy, 0-dim integer tensor) is accepted.
+
+    Raises:
+        ValueError: if ``step`` is not an integer or is negative.
+    """
+    try:
+        value = operator.index(step)
+    except TypeError:
+        raise ValueError(f"{name}={step!r} is a {type(step).__name__}; pass a non-negative integer step.") from None
+    if isinstance(step, bool) or value < 0:
+        raise ValueError(f"{name}={step!r}; pass a non-negative integer step.")
+    return value
 
 
 def step_path(log_dir: str | os.PathLike, step: int, split: str = "probe") -> Path:
     """Where the interactions of ``step`` live: ``<log_dir>/interactions[/heldout]/step_{step:08d}.safetensors``."""
-    return _split_dir(log_dir, split) / f"step_{step:08d}.safetensors"
+    return _split_dir(log_dir, split) / f"step_{as_step(step):08d}.safetensors"
 
 
 def _split_dir(log_dir: str | os.PathLike, split: str) -> Path:
@@ -74,7 +105,7 @@ def save_step(
 
     Args:
         log_dir: the tracker's log directory.
-        step: global training step.
+        step: global training step, any non-negative integer type.
         res: interactions of ``B`` probe samples.
         probe_ids: ``B`` JSON-able ids of the probe samples (dataset indices), or None.
         split: "probe" or "heldout".
@@ -90,6 +121,7 @@ def save_step(
             f"probe_ids has {len(probe_ids)} entries but the interactions hold "
             f"{res.num_samples} samples; pass one id per probe sample."
         )
+    step = as_step(step)
     path = step_path(log_dir, step, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = interactions_state(res)
@@ -97,7 +129,7 @@ def save_step(
     meta = {k: v for k, v in state.items() if not isinstance(v, Tensor)}
     meta.update(format=FORMAT, step=step, probe_ids=probe_ids, split=split)
     meta.update(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
-    metadata = {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in meta.items()}
+    metadata = {k: _dumps(v) if k in _JSON_FIELDS else str(v) for k, v in meta.items()}
     _atomic_save(path, tensors, metadata)
     return path
 
@@ -112,7 +144,8 @@ def load_step(path: str | os.PathLike) -> tuple[Interactions, dict[str, Any]]:
         with :func:`tracked_settings`).
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if ``path`` is truncated, not a safetensors file, or not an interactions file.
+        ValueError: if ``path`` is truncated, not a safetensors file, not an interactions file,
+            or its checksum does not match its contents.
     """
     tensors, metadata = _read(path)
     meta = _decode(path, metadata)
@@ -141,7 +174,7 @@ def _decode(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, Any]
             f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})."
         )
     try:
-        return {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in metadata.items()}
+        return {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in metadata.items() if k != CHECKSUM}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} has incomplete or unreadable metadata: {err!r}.") from err
 
@@ -202,7 +235,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     skeleton = _split_tensors(state, tensors, "state")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(path, tensors, {"format": STATE_FORMAT, "state": json.dumps(skeleton)})
+    _atomic_save(path, tensors, {"format": STATE_FORMAT, "state": _dumps(skeleton)})
     return path
 
 
@@ -211,7 +244,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if ``path`` is truncated, corrupt or not a state file.
+        ValueError: if ``path`` is truncated, corrupt (checksum mismatch) or not a state file.
     """
     tensors, metadata = _read(path)
     if metadata.get("format") != STATE_FORMAT or "state" not in metadata:
@@ -246,6 +279,8 @@ def _split_tensors(obj: Any, tensors: dict[str, Tensor], where: str) -> Any:
         return [_split_tensors(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
+    if _is_scalar(obj):
+        return obj.item()
     raise ValueError(
         f"state entry {where} is a {type(obj).__name__}; only tensors, dicts, lists, str, "
         "int, float, bool and None can be saved."
@@ -262,10 +297,77 @@ def _join_tensors(obj: Any, tensors: dict[str, Tensor]) -> Any:
     return obj
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_scalar)
+
+
+def _is_scalar(obj: Any) -> bool:
+    # numpy scalars (np.int64 steps and ids, np.float32 ratios) and 0-dim arrays.
+    return getattr(obj, "ndim", None) == 0 and callable(getattr(obj, "item", None))
+
+
+def _json_scalar(obj: Any) -> Any:
+    if _is_scalar(obj):
+        return obj.item()
+    raise TypeError(f"a {type(obj).__name__} ({obj!r}) cannot be stored as JSON metadata; pass ints, floats or strings.")
+
+
+def _checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+
+    def feed(text: str) -> None:
+        data = text.encode()
+        digest.update(len(data).to_bytes(8, "little") + data)
+
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        feed(name)
+        feed(f"{t.dtype}{list(t.shape)}")
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        digest.update(len(raw).to_bytes(8, "little"))
+        digest.update(raw)
+    for key in sorted(k for k in metadata if k != CHECKSUM):
+        feed(key)
+        feed(metadata[key])
+    return digest.hexdigest()
+
+
+def _sweep_stale_tmp(folder: Path) -> None:
+    """Remove temporary files that processes killed during a save left in ``folder``."""
+    key = folder.resolve()
+    if key in _swept:
+        return
+    _swept.add(key)
+    for entry in folder.iterdir():
+        match = _TMP_FILE.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            stale = entry.stat().st_mtime < _STARTED and (pid == os.getpid() or not _alive(pid))
+        except FileNotFoundError:
+            continue
+        if stale:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        # Exists but belongs to someone else, or the platform cannot tell: keep its file.
+        return True
+    return True
+
+
 def _atomic_save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    _sweep_stale_tmp(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # safetensors refuses tensors that share storage; every entry gets its own buffer.
     tensors = {k: t.detach().cpu().clone(memory_format=torch.contiguous_format) for k, t in tensors.items()}
+    metadata = {**metadata, CHECKSUM: _checksum(tensors, metadata)}
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
@@ -283,4 +385,10 @@ def _read(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, Tens
             data = {name: fh.get_tensor(name) for name in fh.keys()} if tensors else {}
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is truncated or not a safetensors file: {err}") from err
+    stored = metadata.get(CHECKSUM)
+    if tensors and stored is not None and stored != _checksum(data, metadata):
+        raise ValueError(
+            f"{path} is damaged: its {CHECKSUM} checksum does not match its contents (the file "
+            "changed after it was written). Restore it from a copy or delete it and track that step again."
+        )
     return data, metadata

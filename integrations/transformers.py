@@ -91,7 +91,7 @@ class ConceptTrackerCallback(TrainerCallback):
             ``$TENSORBOARD_LOGGING_DIR/concepts`` when that variable is set, else
             ``<output_dir>/runs/concepts``.
         seed: seed of the probe draw.
-        stop_on_overfit: stop training once the phase boundary of SPEC §8 (high-order concept
+        stop_on_overfit: stop training once the phase boundary (high-order concept
             strength falls, then keeps rising) has been reported at ``patience + 1``
             consecutive tracked steps. Off by default.
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.

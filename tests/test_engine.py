@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,10 +313,6 @@ def test_argument_errors(mlp_case):
 
 # ---------------------------------------------------------------- AND-OR (another module)
 
-HAS_AND_OR = (Path(ct.__file__).parent / "and_or.py").exists()
-
-
-@pytest.mark.skipif(not HAS_AND_OR, reason="concept_tracker/and_or.py is not written yet")
 def test_and_or_matches_values_up_to_bounded_noise(mlp_case):
     model, x, _ = mlp_case
     players = ct.TabularPlayers(features=[0, 2, 3, 5], baselines="mean")
@@ -334,3 +329,40 @@ def test_value_with_one_number_for_all_rows_is_rejected():
     model = torch.nn.Linear(4, 3)
     with pytest.raises(ValueError, match="one scalar per row"):
         ct.compute_interactions(model, torch.randn(2, 4), ct.TabularPlayers(baselines="zero"), value=lambda out, t: out.sum())
+
+
+# ---------------------------------------------------------------- out of memory (simulated, runs on CPU)
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """Raises ``torch.OutOfMemoryError`` (what CUDA raises) for chunks of more than ``limit`` rows."""
+
+    def __init__(self, model: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit, self.chunks = model, limit, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.chunks.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("simulated")
+        return self.model(x)
+
+
+def test_out_of_memory_halves_the_chunk_and_warns_once():
+    x = torch.randn(4, 6, generator=gen(0), dtype=torch.float64)
+    players = zero_baseline_players()
+    reference = ct.compute_interactions(mlp().double(), x, players, batch_size=25)
+    flaky = OutOfMemoryAbove(mlp().double(), limit=30)
+    with pytest.warns(UserWarning, match="out of memory") as caught:
+        res = ct.compute_interactions(flaky, x, players, target=reference.targets, batch_size=100)
+    assert [str(w.message) for w in caught] == ["CUDA out of memory in compute_interactions; retrying with batch_size=50."]
+    # 100 -> 50 -> 25 rows, then every chunk at 25 (256 rows = 10 * 25 + 6).
+    assert flaky.chunks == [100, 50, *[25] * 10, 6]
+    torch.testing.assert_close(res.outputs, reference.outputs, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res.and_effects, reference.and_effects, rtol=0, atol=1e-12)
+
+
+def test_out_of_memory_on_single_rows_is_raised():
+    flaky = OutOfMemoryAbove(mlp().double(), limit=0)
+    with pytest.raises(torch.OutOfMemoryError), pytest.warns(UserWarning, match="batch_size=1"):
+        ct.compute_interactions(flaky, torch.randn(1, 6, dtype=torch.float64), zero_baseline_players(), target=0, batch_size=2)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from concept_tracker.schedules import Schedule, at_steps, every, log_spaced
 
@@ -76,6 +78,14 @@ def test_config_round_trip_through_json():
 def test_bad_arguments_name_the_parameter(build, name):
     with pytest.raises(ValueError, match=name):
         build()
+
+
+def test_numpy_and_tensor_integers_are_steps():
+    schedule = log_spaced(np.int64(0), np.int32(100), np.int64(5)) | every(np.int64(30)) | at_steps(np.array([4, 77]))
+    plain = log_spaced(0, 100, 5) | every(30) | at_steps([4, 77])
+    assert json.dumps(schedule.to_config()) == json.dumps(plain.to_config())
+    assert [int(t) for t in np.arange(201) if schedule(t)] == fired(plain, 200)
+    assert [t for t in range(201) if schedule(torch.tensor(t))] == fired(plain, 200)
 
 
 def test_from_config_rejects_unknown_types():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -11,6 +14,7 @@ from safetensors.torch import save_file
 
 from concept_tracker.interactions import Interactions
 from concept_tracker.store import (
+    CHECKSUM,
     FORMAT,
     list_steps,
     load_state,
@@ -90,11 +94,11 @@ def test_default_bands_are_recorded_as_null_and_a_missing_ratio_as_unknown(tmp_p
 
 
 def test_file_without_settings_still_loads(tmp_path):
-    """Files written before the settings were stored: same format, three keys fewer."""
+    """Files written before the settings (and checksums) were stored: same format, four keys fewer."""
     res = make_result("and")
     path = save_step(tmp_path, 9, res, probe_ids=[1, 2], ratio=0.1)
     with safe_open(str(path), framework="pt") as fh:
-        raw = {k: v for k, v in fh.metadata().items() if k not in ("ratio", "simple_max", "complex_min")}
+        raw = {k: v for k, v in fh.metadata().items() if k not in ("ratio", "simple_max", "complex_min", CHECKSUM)}
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     save_file(tensors, str(path), metadata=raw)
     loaded, meta = load_step(path)
@@ -183,3 +187,138 @@ def test_truncated_state_names_the_path(tmp_path):
     path.write_bytes(path.read_bytes()[:-50])
     with pytest.raises(ValueError, match="tracker.safetensors is truncated"):
         load_state(path)
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def flip_byte(path, offset_from_end: int = 5) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_tensor_byte_in_a_step_file_names_the_file(tmp_path):
+    path = save_step(tmp_path, 1, make_result("and_or"))
+    load_step(path)
+    flip_byte(path)  # the tensor data sits at the end of a safetensors file
+    with pytest.raises(ValueError, match="step_00000001.safetensors is damaged: its sha256 checksum"):
+        load_step(path)
+
+
+def test_flipped_tensor_byte_in_a_state_file_names_the_file(tmp_path):
+    path = save_state(tmp_path / "tracker.safetensors", {"t": torch.arange(16.0), "step": 3})
+    flip_byte(path, 20)
+    with pytest.raises(ValueError, match="tracker.safetensors is damaged"):
+        load_state(path)
+
+
+def test_edited_metadata_fails_the_checksum(tmp_path):
+    path = save_step(tmp_path, 2, make_result("and"))
+    with safe_open(str(path), framework="pt") as fh:
+        raw = fh.metadata()
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    save_file(tensors, str(path), metadata={**raw, "step": "3"})
+    with pytest.raises(ValueError, match="step_00000002.safetensors is damaged"):
+        load_step(path)
+
+
+def test_checksum_is_stable_and_state_without_one_still_loads(tmp_path):
+    first = save_step(tmp_path / "a", 4, make_result("and"))
+    second = save_step(tmp_path / "b", 4, make_result("and"))
+    with safe_open(str(first), framework="pt") as fa, safe_open(str(second), framework="pt") as fb:
+        assert len(fa.metadata()[CHECKSUM]) == 64 and fa.metadata()[CHECKSUM] == fb.metadata()[CHECKSUM]
+    path = tmp_path / "old.safetensors"
+    save_file({"t0": torch.ones(3)}, str(path), metadata={"format": "concept-tracker/state/1", "state": '{"x": {"__tensor__": "t0"}}'})
+    assert torch.equal(load_state(path)["x"], torch.ones(3))
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def failing_replace(src, dst):
+    raise OSError(28, "No space left on device (simulated)")
+
+
+def test_failed_rename_leaves_no_step_file_and_no_temp_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        save_step(tmp_path, 6, make_result("and"))
+    assert not step_path(tmp_path, 6).exists()
+    assert list((tmp_path / "interactions").iterdir()) == []
+
+
+def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    old = make_result("and")
+    path = save_step(tmp_path, 6, old)
+    before = path.read_bytes()
+    new = make_result("and", samples=2)
+    new.outputs.add_(1.0)
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        save_step(tmp_path, 6, new)
+    with pytest.raises(OSError, match="simulated"):
+        save_state(tmp_path / "tracker.safetensors", {"x": 1})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and torch.equal(load_step(path)[0].outputs, old.outputs)
+    assert not (tmp_path / "tracker.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "interactions").iterdir()) == [path.name]
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def dead_pid() -> int:
+    for pid in range(2**22 - 1, 2**21, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    pytest.fail("no unused process id found")
+
+
+def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path):
+    folder = tmp_path / "interactions"
+    folder.mkdir()
+    past = time.time() - 3600
+    stale = [folder / f".step_00000003.safetensors.{os.getpid()}.tmp", folder / f".step_00000004.safetensors.{dead_pid()}.tmp"]
+    # A save in flight in another live process, and a file that is not ours at all.
+    live = folder / f".step_00000005.safetensors.{os.getppid()}.tmp"
+    other = folder / "notes.tmp"
+    for path in [*stale, live, other]:
+        path.write_bytes(b"x" * 1000)
+    for path in [*stale, other]:
+        os.utime(path, (past, past))
+    save_step(tmp_path, 1, make_result("and"))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, other.name, "step_00000001.safetensors"])
+    state_dir = tmp_path / "ckpt"
+    state_dir.mkdir()
+    leftover = state_dir / f".tracker.safetensors.{os.getpid()}.tmp"
+    leftover.write_bytes(b"x")
+    os.utime(leftover, (past, past))
+    save_state(state_dir / "tracker.safetensors", {"x": 1})
+    assert [p.name for p in state_dir.iterdir()] == ["tracker.safetensors"]
+
+
+# ---------------------------------------------------------------- integer types
+
+
+def test_numpy_integers_as_steps_ids_and_settings(tmp_path):
+    res = make_result("and")
+    for step in np.arange(2, 4):
+        path = save_step(tmp_path, step, res, probe_ids=list(np.array([7, 9])), ratio=np.float32(0.25), simple_max=np.int64(1))
+        assert path == step_path(tmp_path, int(step))
+    assert list_steps(tmp_path) == [2, 3]
+    _, meta = load_step(step_path(tmp_path, np.int32(3)))
+    assert meta["step"] == 3 and meta["probe_ids"] == [7, 9]
+    assert tracked_settings(meta) == {"ratio": 0.25, "simple_max": 1, "complex_min": None}
+    save_step(tmp_path, torch.tensor(8), res)
+    assert list_steps(tmp_path) == [2, 3, 8]
+    state = load_state(save_state(tmp_path / "s.safetensors", {"step": np.int64(5), "lr": np.float32(0.5), "ok": np.bool_(True)}))
+    assert state == {"step": 5, "lr": 0.5, "ok": True} and type(state["step"]) is int
+
+
+@pytest.mark.parametrize("step", [-1, 2.0, "3", True, None])
+def test_bad_step_names_the_parameter(tmp_path, step):
+    with pytest.raises(ValueError, match="step="):
+        save_step(tmp_path, step, make_result("and"))

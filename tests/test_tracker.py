@@ -7,7 +7,6 @@ what was logged, exact resume of the dynamics, the overhead budget, and failure 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import warnings
@@ -32,12 +31,6 @@ from models import seeded
 
 N_FEATURES = 6
 CLASSES = 3
-AND_OR = pytest.param(
-    "and_or",
-    marks=pytest.mark.skipif(
-        importlib.util.find_spec("concept_tracker.and_or") is None, reason="concept_tracker.and_or not there yet"
-    ),
-)
 
 
 def make_data(size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +175,7 @@ def test_tensorboard_and_raw_interactions(tmp_path):
         assert held_meta["probe_ids"] == sets["heldout_ids"] and held_meta["split"] == "heldout"
 
 
-@pytest.mark.parametrize("kind", ["and", AND_OR])
+@pytest.mark.parametrize("kind", ["and", "and_or"])
 def test_resume_continues_dynamics_exactly(tmp_path, kind):
     schedule = at_steps([0, 1, 2, 4, 6, 7, 9])
     kinds = ["and"] if kind == "and" else ["and", "or"]
@@ -399,7 +392,7 @@ def test_heldout_needs_aligned_players(tmp_path):
         ConceptTracker(TokenPlayers(n=3), ids, log_dir=tmp_path, heldout_inputs=ids)
 
 
-@pytest.mark.parametrize("kind", ["or", AND_OR])
+@pytest.mark.parametrize("kind", ["or", "and_or"])
 def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
     import concept_tracker.tracker as tracker_module
 

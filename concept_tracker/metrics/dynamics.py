@@ -1,4 +1,4 @@
-"""Learning dynamics of concepts across tracked steps: detours, flips, phases (SPEC §8).
+"""Learning dynamics of concepts across tracked steps: detours, flips, phases.
 
 A *series* stacks the effects of the same probe samples at tracked steps ``t_0 < ... < t_k``:
 ``[T, B, 2**n]``, or ``[T, B, K, 2**n]`` to treat ``K`` kinds (AND and OR) as one concept set
@@ -144,7 +144,7 @@ def sign_flips(series: Tensor, ratio: float = 0.05) -> Tensor:
 
     Args:
         series: [T, B, 2**n] (or [T, B, K, 2**n]) effects over steps.
-        ratio: salience threshold ratio (SPEC §5).
+        ratio: salience threshold ratio.
     Returns:
         [n + 1] int64 flips summed over samples and coalitions of each order.
     """
@@ -355,7 +355,7 @@ class Trajectory:
     of the same name on the full series.
 
     Args:
-        ratio: salience threshold ratio (SPEC §5).
+        ratio: salience threshold ratio.
         simple_max, complex_min: band cut-offs for the high-order strength H(t).
 
     Example:

@@ -1,4 +1,4 @@
-"""Salient concepts and their statistics per order and per band (SPEC §5).
+"""Salient concepts and their statistics per order and per band.
 
 Every coalition tensor has its last dimension of size ``2**n``, indexed by the bitmask ``s`` of
 the coalition (bit ``i`` set iff player ``i`` is in ``S``). Results per order are ``[n + 1]``
@@ -58,7 +58,7 @@ def salient_mask(effects: Tensor, ratio: float = 0.05, *, pool_kinds: bool = Fal
         effects: [..., 2**n] I(S), or [..., K, 2**n] with ``pool_kinds=True``.
         ratio: threshold as a fraction of the sample's largest non-empty effect.
         pool_kinds: take one threshold per sample over the ``K`` kinds together (AND and OR
-            pooled, SPEC §5) instead of one per row of the last dimension.
+            pooled) instead of one per row of the last dimension.
     Returns:
         bool tensor of the shape of ``effects``.
     """
@@ -133,7 +133,7 @@ def order_profile(res: Interactions, ratio: float = 0.05, kind: str | None = Non
     """Per-order counts and strengths of the salient concepts of a result.
 
     The salience threshold is always taken over every kind of effect in ``res`` (for an
-    "and_or" result, AND and OR pooled: SPEC §5), so the "and" and "or" profiles of one result
+    "and_or" result, AND and OR pooled), so the "and" and "or" profiles of one result
     add up to its pooled profile in ``count``, ``positive`` and ``negative``.
 
     Args:
@@ -181,7 +181,7 @@ def order_profile(res: Interactions, ratio: float = 0.05, kind: str | None = Non
 
 @dataclass(frozen=True)
 class Bands:
-    """Orders of the simple, medium and complex bands (SPEC §5).
+    """Orders of the simple, medium and complex bands.
 
     Attributes:
         n: number of players.
@@ -197,7 +197,7 @@ class Bands:
 
     @property
     def high(self) -> tuple[int, ...]:
-        """Medium and complex orders together (the high-order strength H of SPEC §8)."""
+        """Medium and complex orders together (the high-order strength H)."""
         return self.medium + self.complex
 
 

@@ -1,4 +1,4 @@
-"""Similarity of interaction sets: generalization, reference agreement, stability (SPEC §6).
+"""Similarity of interaction sets: generalization, reference agreement, stability.
 
 The similarity of two effect vectors ``a`` and ``b`` over a set of coalitions is the Jaccard
 index of their positive and negative parts:

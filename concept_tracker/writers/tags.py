@@ -1,6 +1,6 @@
 """Every TensorBoard tag the tracker writes, built in one place.
 
-The scalar tags of SPEC §10 are a contract (``m`` is the order, zero-padded to two digits;
+The scalar tags below are a stable contract (``m`` is the order, zero-padded to two digits;
 ``kind`` is "and" or "or")::
 
     concepts/{kind}/order_{m:02d}/count | positive | negative
@@ -12,13 +12,13 @@ The scalar tags of SPEC §10 are a contract (``m`` is the order, zero-padded to 
     dynamics/sign_flips
     perf/seconds
 
-Tags beyond the spec (same families, so TensorBoard groups them with the spec's)::
+Tags beyond the contract (same families, so TensorBoard groups them with the contract's)::
 
     concepts/summary/medium_strength          salient strength of the medium band
     dynamics/order_{m:02d}/forgotten           concepts of order m salient once, no longer
     dynamics/forgotten                         the same over all orders
     dynamics/order_{m:02d}/emergence_step      mean emergence step of order-m concepts
-    dynamics/high_order_strength               H(t), medium + complex strength (SPEC §8)
+    dynamics/high_order_strength               H(t), medium + complex strength
     dynamics/phase_boundary_step               step where smoothed H(t) bottoms out (once found)
     perf/forwards_per_second                   masked rows per second of the engine
     perf/skipped_steps                         scheduled steps skipped for max_overhead
@@ -112,7 +112,7 @@ def order_profile_figure(kind: str) -> str:
 
 
 def spec_scalar_tags(n: int, kinds: list[str], generalization: bool) -> list[str]:
-    """Every scalar tag of SPEC §10 written at each tracked step.
+    """Every contract scalar tag (module docstring) written at each tracked step.
 
     Args:
         n: number of players (orders 1..n).

@@ -8,6 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,6 +33,18 @@ def make_model() -> nn.Module:
 
 def make_inputs() -> torch.Tensor:
     return torch.randn(NUM_SAMPLES, N_FEATURES, generator=torch.Generator().manual_seed(1))
+
+
+def assert_close_float32(got, single) -> None:
+    """Values and AND effects equal up to float32 rounding of the model's rows.
+
+    The ranks run their rows in batches of other shapes than one process does, and BLAS may
+    round a 3-row and a 5-row product differently (one float32 ulp per logit). Each value
+    gets a few ulps of the largest value; an effect sums ``2**n`` values.
+    """
+    ulps = 16 * torch.finfo(torch.float32).eps * single.outputs.abs().max().item()
+    torch.testing.assert_close(got.outputs, single.outputs, rtol=0, atol=ulps)
+    torch.testing.assert_close(got.and_effects, single.and_effects, rtol=0, atol=(1 << N_FEATURES) * ulps)
 
 
 def nudge(model: nn.Module) -> None:
@@ -93,8 +106,7 @@ def test_sharded_values_equal_single_process(two_ranks, rows):
     _, seen = two_ranks
     single = compute_interactions(make_model(), make_inputs(), TabularPlayers(baselines="zero"), batch_size=rows)
     for s in seen:  # gathered to every rank, padding trimmed
-        torch.testing.assert_close(s[f"outputs_{rows}"], single.outputs, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(s[f"and_{rows}"], single.and_effects, rtol=1e-12, atol=1e-12)
+        assert_close_float32(SimpleNamespace(outputs=s[f"outputs_{rows}"], and_effects=s[f"and_{rows}"]), single)
         assert torch.equal(s[f"targets_{rows}"], single.targets)
 
 
@@ -126,14 +138,11 @@ def test_only_rank_zero_writes_and_stores_single_process_interactions(two_ranks)
     for step, single in ((0, first), (2, later)):
         stored, meta = load_step(os.path.join(log0, "interactions", f"step_{step:08d}.safetensors"))
         assert meta["step"] == step
-        torch.testing.assert_close(stored.outputs, single.outputs, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(stored.and_effects, single.and_effects, rtol=1e-12, atol=1e-12)
+        assert_close_float32(stored, single)
 
 
 def test_accelerate_example_runs_on_two_processes(tmp_path):
     """The example under torchrun: Accelerate's multi-CPU data parallel plus sharded tracking."""
-    pytest.importorskip("accelerate")
-    pytest.importorskip("sklearn")
     example = pathlib.Path(__file__).parents[2] / "examples" / "accelerate_loop.py"
     log_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(example)]

@@ -12,11 +12,10 @@ import warnings
 
 import pytest
 import torch
+import transformers
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
-
-transformers = pytest.importorskip("transformers")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from transformers import (  # noqa: E402
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertTokenizer,
@@ -27,12 +26,12 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from concept_tracker import TabularPlayers, TokenPlayers  # noqa: E402
-from concept_tracker.integrations._common import unwrap  # noqa: E402
-from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback  # noqa: E402
-from concept_tracker.schedules import at_steps, every  # noqa: E402
-from concept_tracker.store import load_step  # noqa: E402
-from concept_tracker.writers import tags  # noqa: E402
+from concept_tracker import TabularPlayers, TokenPlayers
+from concept_tracker.integrations._common import unwrap
+from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback
+from concept_tracker.schedules import at_steps, every
+from concept_tracker.store import load_step
+from concept_tracker.writers import tags
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CUES = ["good", "great", "not"]

@@ -1,0 +1,165 @@
+"""Every python code block of README.md and docs/*.md runs, on tiny data, so the docs cannot drift.
+
+The blocks of one document run in order in one namespace (a later block may use what an
+earlier one defined), in a fresh working directory. New documents under docs/ are picked up
+automatically.
+
+A block that is not meant to run (it needs a pretrained model, a real dataset or thousands of
+training steps) is preceded by a comment ``<!-- no-run: why -->``; keep those few.
+
+Fixture namespace, what the blocks may use without defining it:
+
+- ``ct`` (``concept_tracker``), ``torch``, ``nn``, ``np``
+- images: ``x_train`` ``[64, 1, 8, 8]`` with labels ``y_train`` ``[64]`` (10 classes),
+  ``x_test`` ``[32, 1, 8, 8]`` with ``y_test``; ``train_images`` (= ``x_train``),
+  ``data`` (= ``x_train``), ``k = 8``
+- ``model``: an MLP on those images (``[B, 1, 8, 8] -> [B, 10]`` logits), ``loss_fn``,
+  ``optimizer``, ``loader`` (one batch of 32 training images), ``accelerator`` (Accelerate, CPU)
+- ``players``: ``ImagePatchPlayers(grid=(2, 2), baselines="zero")`` (n = 4 players), ``n = 4``;
+  ``inputs`` (2 images), ``probe_inputs`` / ``probe_x`` (4 images), ``probe_targets`` / ``probe_y``
+- ``values`` ``[2, 16]`` float64 coalition values; ``effects``, ``prev_effects``, ``a``, ``b``
+  ``[2, 16]`` AND effects; ``train_res`` / ``test_res`` with ``train_targets`` /
+  ``test_targets``; ``res_a`` / ``res_b`` (two models, same samples)
+- ``sigma = 0.1``, ``draws = 2``, ``epsilon = 0.05``, ``step = 0``, ``global_step = 1000``
+  (a step the default schedule tracks), ``eval_losses`` / ``train_losses`` (``{step: loss}``)
+- tabular: ``rows_train`` ``[64, 10]``, ``feature_names`` (10 column names)
+- text: ``tokenizer`` (a fast WordPiece tokenizer built in code), ``texts`` (2 sentences)
+- files: ``runs/demo/clean`` and ``runs/demo/noisy``, two small tracked runs with held-out probes
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from models import wordpiece_tokenizer
+from torch import nn
+
+import concept_tracker as ct
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.S | re.M)
+NO_RUN = re.compile(r"<!--\s*no-run:\s*(?P<why>\S.*?)\s*-->\s*\Z", re.S)
+MAX_NO_RUN = 5
+
+
+def python_blocks(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line of the opening fence, code, no-run reason or None)`` of every python block."""
+    text = path.read_text(encoding="utf-8")
+    blocks = []
+    for match in FENCE.finditer(text):
+        if match.group("lang") != "python":
+            continue
+        before = text[: match.start()].rstrip("\n")
+        marker = NO_RUN.search(before.rsplit("\n", 1)[-1] if before else "")
+        line = text.count("\n", 0, match.start()) + 1
+        blocks.append((line, match.group("code"), marker.group("why") if marker else None))
+    return blocks
+
+
+def tiny_run(log_dir: Path, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x, held = torch.rand(6, 1, 8, 8, generator=gen), torch.rand(6, 1, 8, 8, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
+    with ct.ConceptTracker(
+        ct.ImagePatchPlayers(grid=(2, 2), baselines="zero"), x, labels, heldout_inputs=held, heldout_targets=labels,
+        log_dir=log_dir, schedule=ct.at_steps([0, 1, 2]), figures=False, strict=True,
+    ) as tracker:
+        for step in range(3):
+            tracker.step(model, step)
+            with torch.no_grad():
+                model[1].weight.mul_(1.2)
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("docs_runs")
+    for seed, name in enumerate(("clean", "noisy")):
+        tiny_run(root / name, seed)
+    return root
+
+
+def image_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def fixture_namespace() -> dict:
+    gen = torch.Generator().manual_seed(0)
+    x_train, y_train = torch.rand(64, 1, 8, 8, generator=gen), torch.arange(64) % 10
+    x_test, y_test = torch.rand(32, 1, 8, 8, generator=gen), torch.arange(32) % 10
+    model = image_model(0)
+    players = ct.ImagePatchPlayers(grid=(2, 2), baselines="zero")
+    train_res = ct.compute_interactions(model, x_train[:4], players, target=y_train[:4])
+    test_res = ct.compute_interactions(model, x_test[:4], players, target=y_test[:4])
+    values = train_res.outputs[:2].clone()
+    effects = ct.and_transform(values)
+    return {
+        "ct": ct, "torch": torch, "nn": nn, "np": np,
+        "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+        "train_images": x_train, "data": x_train, "k": 8,
+        "model": model, "loss_fn": nn.CrossEntropyLoss(),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train[:32], y_train[:32]), batch_size=32),
+        "accelerator": Accelerator(cpu=True),
+        "players": players, "n": players.n, "inputs": x_train[:2],
+        "probe_inputs": x_train[:4], "probe_targets": y_train[:4], "probe_x": x_train[:4], "probe_y": y_train[:4],
+        "values": values, "effects": effects, "prev_effects": ct.and_transform(test_res.outputs[:2]),
+        "a": effects[0], "b": ct.and_transform(test_res.outputs[0]),
+        "train_res": train_res, "train_targets": y_train[:4], "test_res": test_res, "test_targets": y_test[:4],
+        "res_a": train_res, "res_b": ct.compute_interactions(image_model(1), x_train[:4], players, target=y_train[:4]),
+        "sigma": 0.1, "draws": 2, "epsilon": 0.05, "step": 0, "global_step": 1000,
+        "eval_losses": {0: 2.3, 1: 2.1}, "train_losses": {0: 2.3, 1: 2.0},
+        "rows_train": torch.randn(64, 10, generator=gen), "feature_names": [f"f{i}" for i in range(10)],
+        "tokenizer": wordpiece_tokenizer(), "texts": ["the cat is very happy today .", "a dog was running ."],
+    }
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_run(doc, demo_runs, tmp_path, monkeypatch):
+    blocks = [(line, code) for line, code, why in python_blocks(doc) if why is None]
+    if not blocks:
+        return
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(demo_runs, target_is_directory=True)
+    namespace = fixture_namespace()
+    try:
+        for line, code in blocks:
+            # Padding puts the block's lines at their line numbers in the document's tracebacks.
+            compiled = compile("\n" * line + code, str(doc), "exec")
+            try:
+                exec(compiled, namespace)
+            except Exception as err:
+                raise AssertionError(f"the python block at {doc.relative_to(ROOT)}:{line} fails: {err!r}") from err
+    finally:
+        for value in namespace.values():
+            if isinstance(value, ct.ConceptTracker):
+                value.close()
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_blocks_left_out_are_few_and_say_why():
+    skipped = [(doc.name, line, why) for doc in DOCS for line, _, why in python_blocks(doc) if why is not None]
+    assert len(skipped) <= MAX_NO_RUN, skipped
+    assert all(why.strip() for _, _, why in skipped)
+    # A marker must sit right above a python block; anywhere else it silently does nothing.
+    for doc in DOCS:
+        markers = len(re.findall(r"<!--\s*no-run", doc.read_text(encoding="utf-8")))
+        assert markers == sum(why is not None for _, _, why in python_blocks(doc)), doc.name
+
+
+def test_docs_stand_on_their_own():
+    """User docs never send readers to the project's internal specification."""
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for needle in ("SPEC §", "SPEC.md", "../shared"):
+            assert needle not in text, (doc.name, needle)
