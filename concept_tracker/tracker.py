@@ -414,7 +414,8 @@ class ConceptTracker(DeclaredState):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`: steps up to the saved cursor are not tracked again.
 
-        The saved probe sets replace those given to the constructor.
+        Build the tracker as the saved run was (players, n, kind, value and probe inputs are
+        compared, by a fingerprint saved with the state); the saved targets are used.
 
         Raises:
             ValueError: if the state is from another version, ratio or run (players, n, kind,
