@@ -164,9 +164,9 @@ class StepTally:
             f"{skipped} skipped (max_overhead), {self.failed} failed."
         )
         if self.called and not self.tracked:
-            warnings.warn(line + " Nothing was tracked; see the warnings above, or the schedule.", stacklevel=3)
+            warnings.warn(line + " Nothing was tracked; see the warnings above, or the schedule.", stacklevel=4)
         elif self.failed:
-            warnings.warn(line, stacklevel=3)
+            warnings.warn(line, stacklevel=4)
         else:
             logging.getLogger("concept_tracker").info(line)
         return line
@@ -207,12 +207,15 @@ class RunGuard:
                 f"step() called after close() on the tracker of {self.log_dir!r}; build a new tracker "
                 "(with load() to continue this run)."
             )
-        if not self._started:
-            self._started = True
-            if self._main:
-                self._lock.acquire(owner)
+        if not self._started and self._main:
+            self._lock.acquire(owner)
+            try:
                 if not self.resumed:
                     check_new_run(self.log_dir, self._stored_steps())
+            except ValueError:
+                self._lock.release()  # refused: the folder stays free for the run it holds
+                raise
+        self._started = True
         self.tally.called = True
         if cursor is not None and step < cursor:
             self.tally.warn_once(
