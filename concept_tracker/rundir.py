@@ -35,14 +35,15 @@ object, so two trackers of one process are told apart here)."""
 
 
 def new_run_dir(root: str | os.PathLike = "runs/concepts") -> str:
-    """A fresh run folder ``<root>/<YYYYmmdd-HHMMSS>_<host>``, the naming of ``SummaryWriter``'s
-    default folders, so that TensorBoard pointed at ``root`` shows each run as its own line.
+    """A fresh run folder ``<root>/<Mon><DD>_<HH>-<MM>-<SS>_<host>``, named as ``SummaryWriter``
+    and the Hugging Face ``Trainer`` name their default run folders, so that TensorBoard pointed
+    at ``root`` shows each run as its own line.
 
     Returns:
         The path (not created; the tracker creates it on its first write). A suffix ``_2``,
         ``_3``, ... keeps it fresh when two runs start within one second.
     """
-    base = Path(root) / f"{datetime.now():%Y%m%d-%H%M%S}_{socket.gethostname()}"
+    base = Path(root) / f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
     path, k = base, 1
     while path.exists():
         k += 1

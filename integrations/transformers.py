@@ -40,6 +40,7 @@ from concept_tracker.checks import check_int, check_players, check_schedule
 from concept_tracker.distributed import main_process_flag
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.probes import ProbeSet, select_probes
+from concept_tracker.rundir import new_run_dir
 from concept_tracker.schedules import Schedule
 from concept_tracker.store import load_state, save_state
 from concept_tracker.summary import StepSummary
@@ -278,10 +279,11 @@ class ConceptTrackerCallback(TrainerCallback):
 
 
 def _default_log_dir(args) -> str:
+    # One folder per launch (a resumed run too), as the Trainer's own TensorBoard logs.
     root = os.getenv("TENSORBOARD_LOGGING_DIR")
     if root:
-        return os.path.join(os.path.expanduser(root), "concepts")
-    return os.path.join(args.output_dir, "runs", "concepts")
+        return new_run_dir(os.path.join(os.path.expanduser(root), "concepts"))
+    return new_run_dir(os.path.join(args.output_dir, "runs", "concepts"))
 
 
 def _class_label(item: Any) -> int | None:
