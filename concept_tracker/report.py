@@ -215,7 +215,7 @@ def stored_settings(log_dir: str | os.PathLike) -> dict[str, Any] | None:
             runs: the message names both files).
     """
     found = first = None
-    runs: dict[str, Any] = {}  # run id -> its first file
+    runs: dict[str | None, Path] = {}  # run id -> its first file
     for split in store.SPLITS:
         for step in store.list_steps(log_dir, split):
             path = store.step_path(log_dir, step, split)

@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .distributed import is_main_process
+
 LOCK_NAME = "concept_tracker.lock"
 
 _held: dict[str, weakref.ref[Any]] = {}
@@ -180,10 +182,12 @@ class RunGuard:
         log_dir: the run folder.
         stored_steps: returns the steps already stored in ``log_dir`` (checked at the first
             ``step()``, so that a :meth:`resume` in between can allow them).
-        main: whether this process writes (global rank 0); only it locks and checks the folder.
+
+    Only global rank 0, the process that writes, locks and checks the folder (asked at the first
+    ``step()``: a process group may start after the tracker is built).
     """
 
-    def __init__(self, log_dir: str, stored_steps: Any, main: bool) -> None:
+    def __init__(self, log_dir: str, stored_steps: Any) -> None:
         self.log_dir = log_dir
         self.tally = StepTally()
         self.id = uuid.uuid4().hex[:16]
@@ -191,7 +195,7 @@ class RunGuard:
         self.resumed = False
         self.closed = False
         self._stored_steps = stored_steps
-        self._main = main
+        self._main = False
         self._lock = RunLock(log_dir)
         self._started = False
 
@@ -208,6 +212,7 @@ class RunGuard:
                 f"step() called after close() on the tracker of {self.log_dir!r}; build a new tracker "
                 "(with load() to continue this run)."
             )
+        self._main = self._main or (not self._started and is_main_process())
         if not self._started and self._main:
             self._lock.acquire(owner)
             try:

@@ -77,11 +77,10 @@ class ConceptTracker(DeclaredState):
       ``interactions/heldout/...``), when ``store=True``.
 
     Tracking never changes training: the engine restores training flags, grad mode and RNG
-    states, and the tracker draws no random numbers. Mistakes in the arguments raise at
-    construction; a failure of the first scheduled step raises; later failures warn once per
-    distinct message and return None (``strict=True`` re-raises). One run per ``log_dir`` (see
-    :mod:`concept_tracker.rundir`): :meth:`close` reports the tracked / scheduled / skipped /
-    failed steps, with a warning when nothing was tracked.
+    states, and the tracker draws no random numbers. Bad arguments raise at construction, a
+    failing first scheduled step raises, later failures warn once per distinct message and
+    return None (``strict=True`` re-raises); :meth:`close` reports the step counts. One run
+    per ``log_dir``: see :mod:`concept_tracker.rundir`.
 
     Memory: besides the engine, the tracker keeps ``O(B * 2**n)`` running dynamics state and,
     for the trajectory figure, the effects of probe sample 0 at every tracked step
@@ -170,7 +169,7 @@ class ConceptTracker(DeclaredState):
         self.writer = TensorBoardWriter(self.log_dir, writer)
         self._undrawn: tuple[int, Interactions, StepSummary] | None = None  # figures due at close
         self._renderer: FigureRenderer | None = None  # started with the first figure
-        self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir), is_main_process())
+        self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
         probe = probe_set("probe", probe_inputs, probe_targets, probe_ids)
