@@ -25,6 +25,8 @@ Fixture namespace, what the blocks may use without defining it:
 - tabular: ``rows_train`` ``[64, 10]``, ``feature_names`` (10 column names)
 - text: ``tokenizer`` (a fast WordPiece tokenizer built in code), ``texts`` (2 sentences)
 - files: ``runs/demo/clean`` and ``runs/demo/noisy``, two small tracked runs with held-out probes
+
+AND-OR solves left at the default settings are capped at 50 iterations here, for speed.
 """
 
 from __future__ import annotations
@@ -129,6 +131,14 @@ def test_python_blocks_run(doc, demo_runs, tmp_path, monkeypatch):
     if not blocks:
         return
     monkeypatch.chdir(tmp_path)
+    # The numbers are not checked, only that the code runs: AND-OR solves the blocks leave at
+    # the default settings stop after 50 iterations (1,000 would dominate the suite's time).
+    full_init = ct.AndOrConfig.__init__
+
+    def quick_init(self, *args, max_iter: int = 50, **kwargs) -> None:
+        full_init(self, *args, max_iter=max_iter, **kwargs)
+
+    monkeypatch.setattr(ct.AndOrConfig, "__init__", quick_init)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "demo").symlink_to(demo_runs, target_is_directory=True)
     namespace = fixture_namespace()
