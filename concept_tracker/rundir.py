@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 import warnings
 import weakref
@@ -95,16 +97,18 @@ class RunLock:
     def _break_if_stale(self, key: str, me: dict[str, Any]) -> None:
         try:
             holder = json.loads(self.path.read_text() or "{}")
+            age = time.time() - self.path.stat().st_mtime
         except (OSError, json.JSONDecodeError):
-            holder = {}  # a lock written halfway by a killed process
+            holder, age = {}, math.inf  # gone meanwhile, or written halfway by a killed process
         same_host = holder.get("host") == me["host"]
         pid = holder.get("pid")
-        if same_host and pid == me["pid"]:
+        if not holder:
+            live = age < 10  # an empty lock is either being written right now or left by a crash
+        elif same_host and pid == me["pid"]:
             owner = _held.get(key)
             live = owner is not None and owner() is not None
         else:
             live = not same_host or (isinstance(pid, int) and _pid_alive(pid))
-            live = live and bool(holder)
         if live:
             where = "this process" if pid == me["pid"] and same_host else f"process {pid} on {holder.get('host')}"
             raise ValueError(

@@ -99,6 +99,15 @@ def test_a_tracker_in_another_live_process_holds_the_lock(tmp_path):
     assert list_steps(tmp_path) == [0]
 
 
+def test_a_half_written_lock_is_taken_over_once_old(tmp_path):
+    lock = tmp_path / rundir.LOCK_NAME
+    lock.write_text("")  # a process killed between creating and writing its lock
+    os.utime(lock, (0, 0))
+    with tracker(tmp_path) as t:
+        assert t.step(model(), 0) is not None
+    assert not lock.exists()
+
+
 def test_a_rerun_into_an_old_log_dir_is_refused_unless_resumed(tmp_path):
     with tracker(tmp_path) as t:
         t.step(model(), 0)
