@@ -20,6 +20,7 @@ from .metrics import (
 )
 from .players import FeatureMaskPlayers, ImagePatchPlayers, Players, TabularPlayers, TokenPlayers, word_ids
 from .probes import ProbeSet, select_probes
+from .rundir import new_run_dir
 from .schedules import Schedule, at_steps, every, log_spaced
 from .sensitivity import adversarial_inconsistency, noise_sensitivity
 from .store import list_steps, load_step
@@ -56,6 +57,7 @@ __all__ = [
     "list_steps",
     "load_step",
     "log_spaced",
+    "new_run_dir",
     "noise_sensitivity",
     "or_inverse",
     "or_transform",

@@ -7,7 +7,13 @@ argument and fails at construction rather than mid-training.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
 
 from .interactions import KINDS
 from .players import Players
@@ -78,3 +84,112 @@ def check_band_cutoffs(simple_max: Any, complex_min: Any) -> None:
             f"simple_max={simple_max} is not below complex_min={complex_min}; a concept cannot be "
             "both simple and complex, so pass simple_max < complex_min."
         )
+
+
+def check_targets(name: str, targets: Any, size: int) -> Tensor | None:
+    """Class targets: integer values, one per sample, as [size] int64 on the CPU (None stays None).
+
+    Float targets are refused rather than truncated: ``[0.9, 1.6]`` would silently become
+    classes ``[0, 1]``.
+    """
+    if targets is None:
+        return None
+    if isinstance(targets, (str, bytes)) or (
+        isinstance(targets, Sequence)
+        and not isinstance(targets, Tensor)
+        and any(isinstance(t, (str, bytes)) for t in targets)
+    ):
+        raise ValueError(f"{name}={targets!r} holds strings; pass integer class indices (e.g. map names to 0..C-1).")
+    try:
+        tensor = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"{name} cannot be read as a tensor of class indices ({err}); pass a list or Tensor of ints."
+        ) from None
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        shown = [round(v, 4) for v in tensor.reshape(-1)[:4].double().tolist()]
+        raise ValueError(
+            f"{name} has dtype {tensor.dtype} (first values {shown}); pass integer class indices, e.g. "
+            f"{name}.long() if the values are whole numbers."
+        )
+    tensor = tensor.reshape(-1).long().cpu()
+    if tensor.numel() != size:
+        raise ValueError(f"{name} has {tensor.numel()} entries for {size} samples; pass one class per sample.")
+    if tensor.numel() and int(tensor.min()) < 0:
+        raise ValueError(f"{name} holds the class {int(tensor.min())}; classes are indices 0..C-1.")
+    return tensor
+
+
+def _first(inputs: Any, rows: int = 1) -> Any:
+    if isinstance(inputs, Tensor):
+        return inputs[:rows]
+    return {k: v[:rows] for k, v in inputs.items() if isinstance(v, Tensor)}
+
+
+def check_players_fit(players: Players, inputs: Any, name: str) -> int:
+    """Dry-run the players on ``inputs`` [B, ...] (prepared on the batch, then sample 0 masked
+    by the empty and the full coalition and its players named): the number of players ``n``.
+
+    Raises:
+        ValueError: naming ``name`` when the batch is empty or the players cannot mask it
+            (a column or key it lacks, baselines of another shape, ...).
+    """
+    sizes = (
+        [inputs.shape[0]]
+        if isinstance(inputs, Tensor)
+        else [v.shape[0] for v in inputs.values() if isinstance(v, Tensor)]
+    )
+    if not sizes or min(sizes) == 0:
+        raise ValueError(f"{name} holds no samples; pass at least one probe sample [B >= 1, ...].")
+    try:
+        players.prepare(inputs)
+        n = players.n
+        sample = _first(inputs)
+        sample = sample[0] if isinstance(sample, Tensor) else {k: v[0] for k, v in sample.items()}
+        players.masker(sample)(torch.arange(2)[:, None].expand(2, n).bool())
+        players.names(sample)
+    except Exception as err:
+        raise ValueError(
+            f"{type(players).__name__} cannot mask {name} ({_shape(inputs)}): {err} Fix the players' arguments "
+            f"(features, baselines, patch size, ...) or the inputs so that they match."
+        ) from None
+    return n
+
+
+def _shape(inputs: Any) -> Any:
+    if isinstance(inputs, Tensor):
+        return tuple(inputs.shape)
+    return {k: tuple(v.shape) for k, v in inputs.items() if isinstance(v, Tensor)}
+
+
+def check_same_width(probe_inputs: Any, heldout_inputs: Any) -> None:
+    """Held-out samples must have the probe samples' shape (their coalitions are compared)."""
+    if isinstance(probe_inputs, Tensor) and isinstance(heldout_inputs, Tensor):
+        if probe_inputs.shape[1:] != heldout_inputs.shape[1:]:
+            raise ValueError(
+                f"heldout_inputs has samples of shape {tuple(heldout_inputs.shape[1:])} but probe_inputs has "
+                f"{tuple(probe_inputs.shape[1:])}; pass held-out samples of the same shape."
+            )
+
+
+def check_log_dir(log_dir: str | os.PathLike) -> str:
+    """``log_dir`` must be a directory, or creatable as one, that this process can write to.
+
+    Nothing is created: the nearest existing ancestor is checked instead.
+    """
+    path = Path(log_dir)
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(
+            f"log_dir={str(log_dir)!r} cannot be a directory: {str(existing)!r} is a file; pass a directory path."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"log_dir={str(log_dir)!r} is not writable ({str(existing)!r} is read-only for this user); "
+            "pass a directory you can write to."
+        )
+    return str(log_dir)

@@ -103,6 +103,21 @@ def to_device(inputs: Inputs, device: torch.device) -> Inputs:
     return {k: v.to(device) for k, v in inputs.items() if isinstance(v, Tensor)}
 
 
+def to_model_dtype(inputs: Inputs, model: nn.Module) -> Inputs:
+    """Floating-point inputs cast to the model's floating dtype (float32 probes for a float64 or
+    bfloat16 model) when all its floating parameters share one; integer inputs (token ids) and
+    models of mixed precision are left as they are."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1:
+        return inputs
+    dtype = dtypes.pop()
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return cast(inputs) if isinstance(inputs, Tensor) else {k: cast(v) for k, v in inputs.items()}
+
+
 def split_samples(inputs: Inputs) -> list[Any]:
     """The batch as a list of samples without the batch dimension."""
     size = batch_size_of(inputs)
@@ -113,6 +128,35 @@ def split_samples(inputs: Inputs) -> list[Any]:
 
 def _call(model: nn.Module, batch: Any) -> Any:
     return model(**batch) if isinstance(batch, Mapping) else model(batch)
+
+
+def _checked_call(model: nn.Module, batch: Any, rows: int) -> Any:
+    """:func:`_call` on ``rows`` masked rows, refusing outputs that do not give one row per input
+    row: a model that reduces over the batch would otherwise be broadcast into every row."""
+    try:
+        output = _call(model, batch)
+    except RuntimeError as err:
+        if "dtype" not in str(err) and "scalar type" not in str(err):
+            raise
+        parts = [batch] if isinstance(batch, Tensor) else list(batch.values())
+        got = sorted({str(t.dtype) for t in parts if isinstance(t, Tensor)})
+        raise ValueError(
+            f"the model's forward failed on inputs of dtype {', '.join(got)} ({err}); floating inputs are "
+            "cast only to a model whose floating parameters share one dtype: make the model and the probe "
+            "inputs agree (model.to(dtype) or inputs.to(dtype))."
+        ) from err
+    z = output if isinstance(output, Tensor) else getattr(output, "logits", None)
+    if z is None and isinstance(output, Mapping):
+        z = output.get("logits")
+    if z is None and isinstance(output, (tuple, list)) and output:
+        z = output[0]
+    if isinstance(z, Tensor) and (z.dim() == 0 or z.shape[0] != rows):
+        raise ValueError(
+            f"the model returned outputs of shape {tuple(z.shape)} for a batch of {rows} inputs; expected "
+            f"[{rows}, ...], one output row per input row. Make the forward keep the batch dimension "
+            "(no mean/sum over dim 0, no squeeze)."
+        )
+    return output
 
 
 def _row_elements(sample: Any) -> int:
@@ -225,7 +269,7 @@ def _value_block(
 
     for first in range(0, size, rows):
         last = min(size, first + rows)
-        output = _call(model, _slice_rows(inputs, first, last))
+        output = _checked_call(model, _slice_rows(inputs, first, last), last - first)
         buffer = _output_buffer(buffers, output, size)
         if pending is not None and buffer is not pending:
             flush(first)
@@ -330,8 +374,9 @@ def default_targets(model: nn.Module, samples: list[Any], players: Players, batc
     preds = []
     with torch.inference_mode():
         for start in range(0, len(samples), rows):
-            batch = concat_inputs([players.model_inputs(s) for s in samples[start : start + rows]])
-            preds.append(predicted_targets(_call(model, batch)))
+            chunk = samples[start : start + rows]
+            batch = concat_inputs([players.model_inputs(s) for s in chunk])
+            preds.append(predicted_targets(_checked_call(model, batch, len(chunk))))
     return torch.cat(preds).clone()
 
 
@@ -492,7 +537,7 @@ def compute_interactions(
     check_players(players)
     num_samples = batch_size_of(inputs)
     device = model_device(model)
-    batch = to_device(inputs, device)
+    batch = to_model_dtype(to_device(inputs, device), model)
     players.prepare(batch)
     n = players.n
     if n > MAX_PLAYERS:

@@ -7,6 +7,7 @@ with :func:`probe_set` and keeps it in its saved state.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from .checks import check_targets
 from .engine import batch_size_of
 from .metrics.similarity import ALIGNED_HINT
 from .players import Players
@@ -137,7 +139,8 @@ def _collate(items: list[Any]) -> Inputs:
 
 def probe_set(split: str, inputs: Inputs, labels: Any, ids: Sequence[Any] | None) -> ProbeSet:
     """A checked :class:`ProbeSet`, the tracker's ``{split}_inputs``, ``{split}_targets`` and
-    ``{split}_ids``: one label and one id per sample, labels as [B] int64 on the CPU.
+    ``{split}_ids``: one label and one id per sample, labels as [B] int64 on the CPU, the
+    inputs copied.
 
     Raises:
         ValueError: naming the ``{split}_*`` argument whose size does not match the inputs.
@@ -148,13 +151,13 @@ def probe_set(split: str, inputs: Inputs, labels: Any, ids: Sequence[Any] | None
         raise ValueError(f"{split}_inputs: {err}") from None
     if ids is not None and len(ids) != size:
         raise ValueError(f"{split}_ids has {len(ids)} entries for {size} samples; pass one id per sample.")
-    if labels is not None:
-        labels = torch.as_tensor(labels).reshape(-1).long().cpu()
-        if labels.numel() != size:
-            raise ValueError(
-                f"{split}_targets has {labels.numel()} entries for {size} samples; pass one class per sample."
-            )
-    return ProbeSet(inputs, labels, None if ids is None else list(ids))
+    labels = check_targets(f"{split}_targets", labels, size)
+    # A copy: the caller may reuse its tensors in place (a buffer, an augmentation).
+    if isinstance(inputs, Tensor):
+        inputs = inputs.detach().clone()
+    else:
+        inputs = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in inputs.items()}
+    return ProbeSet(inputs, None if labels is None else labels.clone(), None if ids is None else list(ids))
 
 
 def heldout_set(players: Players, inputs: Inputs | None, labels: Any, ids: Sequence[Any] | None) -> ProbeSet | None:
@@ -181,3 +184,37 @@ def probe_state(probes: ProbeSet | None) -> dict[str, Any] | None:
 def probe_from_state(state: Mapping[str, Any] | None) -> ProbeSet | None:
     """The inverse of :func:`probe_state`."""
     return None if state is None else ProbeSet(state["inputs"], state["targets"], state["ids"])
+
+
+def _digest(inputs: Inputs | None) -> str | None:
+    if inputs is None:
+        return None
+    h = hashlib.sha256()
+    parts = [("", inputs)] if isinstance(inputs, Tensor) else sorted(inputs.items())
+    for key, t in parts:
+        if isinstance(t, Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{key}{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(
+    players: Players, kind: str, value: str, probe: ProbeSet, heldout: ProbeSet | None
+) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: the players (kind, n, names of the
+    first probe), the interaction kind, the value function and the probe inputs (a digest);
+    targets are not part of it (None targets are fixed from predictions at the first step).
+
+    The players must be prepared (see ``checks.check_players_fit``).
+    """
+    first = probe.inputs[0] if isinstance(probe.inputs, Tensor) else {k: v[0] for k, v in probe.inputs.items()}
+    return {
+        "players": type(players).__name__,
+        "n": players.n,
+        "player_names": players.names(first),
+        "kind": kind,
+        "value": value,
+        "probe_inputs": _digest(probe.inputs),
+        "heldout_inputs": None if heldout is None else _digest(heldout.inputs),
+    }

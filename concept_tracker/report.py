@@ -219,13 +219,24 @@ def stored_settings(log_dir: str | os.PathLike) -> dict[str, Any] | None:
         ``{"ratio", "simple_max", "complex_min"}`` (see :func:`store.tracked_settings`), or None
         when no file records them.
     Raises:
-        ValueError: if two files record different settings (the message names both).
+        ValueError: if two files record different settings or different runs (interleaved
+            runs: the message names both files).
     """
     found = first = None
+    runs: dict[str | None, Path] = {}  # run id -> its first file
     for split in store.SPLITS:
         for step in store.list_steps(log_dir, split):
             path = store.step_path(log_dir, step, split)
-            settings = store.tracked_settings(store.load_step_metadata(path))
+            meta = store.load_step_metadata(path)
+            runs.setdefault(meta.get("run"), path)
+            named = [first_file for run, first_file in runs.items() if run is not None]
+            if len(named) > 1:
+                a, b = named[:2]
+                raise ValueError(
+                    f"{log_dir} holds interleaved runs: {a} and {b} were written by different trackers. "
+                    "Give each run its own folder (concept_tracker.new_run_dir()) and report them side by side."
+                )
+            settings = store.tracked_settings(meta)
             if settings is None:
                 continue
             if found is None:

@@ -34,6 +34,7 @@ import operator
 import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ STATE_FORMAT = "concept-tracker/state/1"
 
 _TENSOR_FIELDS = ("outputs", "and_effects", "or_effects", "gamma", "q", "targets")
 # Metadata values that are JSON; the others are stored as plain strings.
-_JSON_FIELDS = ("step", "n", "aligned", "player_names", "probe_ids", "ratio", "simple_max", "complex_min")
+_JSON_FIELDS = ("step", "n", "aligned", "player_names", "probe_ids", "ratio", "simple_max", "complex_min", "run")
 SETTINGS = ("ratio", "simple_max", "complex_min")
 """Metadata keys of the settings a run was tracked with (absent from older files)."""
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.safetensors$")
@@ -100,6 +101,7 @@ def save_step(
     ratio: float | None = None,
     simple_max: int | None = None,
     complex_min: int | None = None,
+    run: str | None = None,
 ) -> Path:
     """Write the interactions of one tracked step.
 
@@ -113,6 +115,8 @@ def save_step(
             a report then falls back to 0.05.
         simple_max, complex_min: band cut-offs the run is tracked with; None records the
             defaults ``n // 3`` and ``n // 2 + 1``.
+        run: the id of the tracked run (one per tracker, kept on resume); a report refuses a
+            folder whose files name different runs.
     Returns:
         The path written (see ``step_path``).
     """
@@ -128,7 +132,7 @@ def save_step(
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     meta = {k: v for k, v in state.items() if not isinstance(v, Tensor)}
     meta.update(format=FORMAT, step=step, probe_ids=probe_ids, split=split)
-    meta.update(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
+    meta.update(ratio=ratio, simple_max=simple_max, complex_min=complex_min, run=run)
     metadata = {k: _dumps(v) if k in _JSON_FIELDS else str(v) for k, v in meta.items()}
     _atomic_save(path, tensors, metadata)
     return path
@@ -214,6 +218,16 @@ def interactions_from_state(state: dict[str, Any]) -> Interactions:
         aligned=state["aligned"],
         player_names=state["player_names"],
     )
+
+
+def warm_state(warm: dict[str, Interactions | None]) -> dict[str, Any]:
+    """``{split: Interactions or None}`` (a tracker's "and_or" warm starts) as saved state."""
+    return {split: None if res is None else interactions_state(res.to("cpu")) for split, res in warm.items()}
+
+
+def warm_from_state(state: Mapping[str, Any]) -> dict[str, Interactions | None]:
+    """The inverse of :func:`warm_state`."""
+    return {split: None if s is None else interactions_from_state(s) for split, s in state.items()}
 
 
 def list_steps(log_dir: str | os.PathLike, split: str = "probe") -> list[int]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
+from . import checks
 from . import store as storage
 from .and_or import AndOrConfig, decompose
 from .checks import check_band_cutoffs, check_fraction, check_int, check_kind, check_players, check_schedule, check_type
@@ -36,11 +37,12 @@ from .interactions import Interactions
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, check_ratio, stack_effects
 from .players import Players
-from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state
+from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, run_fingerprint
+from .rundir import RunGuard
 from .schedules import OverheadBudget, Schedule, every, log_spaced
 from .state import DeclaredState, stack_list, unstack_list
 from .summary import StepSummary, summarize_step
-from .values import resolve_value
+from .values import resolve_value, value_name
 from .writers import tags
 from .writers.figures import strongest_series
 from .writers.render import FigureRenderer
@@ -53,14 +55,6 @@ concepts change fastest) plus every 1,000th step for long runs."""
 STATE_VERSION = 1
 TRAJECTORY_CONCEPTS = 3
 """Concepts per band drawn in the trajectory figure."""
-
-
-def _warm_state(warm: dict[str, Interactions | None]) -> dict[str, Any]:
-    return {split: None if res is None else storage.interactions_state(res.to("cpu")) for split, res in warm.items()}
-
-
-def _warm_from_state(state: Mapping[str, Any]) -> dict[str, Interactions | None]:
-    return {split: None if s is None else storage.interactions_from_state(s) for split, s in state.items()}
 
 
 class ConceptTracker(DeclaredState):
@@ -83,8 +77,10 @@ class ConceptTracker(DeclaredState):
       ``interactions/heldout/...``), when ``store=True``.
 
     Tracking never changes training: the engine restores training flags, grad mode and RNG
-    states, and the tracker draws no random numbers. A failure inside :meth:`step` warns once
-    per exception type and returns None (``strict=True`` re-raises).
+    states, and the tracker draws no random numbers. Bad arguments raise at construction, a
+    failing first scheduled step raises, later failures warn once per distinct message and
+    return None (``strict=True`` re-raises); :meth:`close` reports the step counts. One run
+    per ``log_dir``: see :mod:`concept_tracker.rundir`.
 
     Memory: besides the engine, the tracker keeps ``O(B * 2**n)`` running dynamics state and,
     for the trajectory figure, the effects of probe sample 0 at every tracked step
@@ -97,7 +93,9 @@ class ConceptTracker(DeclaredState):
             first tracked step, then fixed.
         heldout_inputs: held-out probes for ``generalization/*`` (needs aligned players).
         heldout_targets: their classes; None = predictions at the first tracked step.
-        log_dir: directory of the event file and the raw interactions.
+        log_dir: directory of the event file and the raw interactions; one run per directory
+            (e.g. ``new_run_dir()``): one holding another run's interactions is refused unless
+            :meth:`load` / :meth:`load_state_dict` resumes it before the first step.
         schedule: a :class:`~concept_tracker.schedules.Schedule`; None = ``DEFAULT_SCHEDULE``,
             ``log_spaced(0, 10000, 20) | every(1000)``.
         kind: "and", "or" or "and_or".
@@ -159,7 +157,7 @@ class ConceptTracker(DeclaredState):
         self.and_or = check_type("and_or", and_or, AndOrConfig, "an AndOrConfig or None for the defaults")
         check_type("writer", writer, SummaryWriter, "a torch SummaryWriter or None")
         check_band_cutoffs(simple_max, complex_min)
-        self.log_dir = str(log_dir)
+        self.log_dir = checks.check_log_dir(log_dir)
         self.value = value
         self.strict = strict
         self.store = store
@@ -171,18 +169,23 @@ class ConceptTracker(DeclaredState):
         self.writer = TensorBoardWriter(self.log_dir, writer)
         self._undrawn: tuple[int, Interactions, StepSummary] | None = None  # figures due at close
         self._renderer: FigureRenderer | None = None  # started with the first figure
-        self._warned: set[type] = set()
+        self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
         probe = probe_set("probe", probe_inputs, probe_targets, probe_ids)
         self._probe: ProbeSet = self._add_state("probe", probe, probe_state, probe_from_state)
         held = heldout_set(players, heldout_inputs, heldout_targets, heldout_ids)
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
+        # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
+        band_orders(checks.check_players_fit(players, probe.inputs, "probe_inputs"), simple_max, complex_min)
+        if held is not None:
+            checks.check_same_width(probe.inputs, held.inputs)
+            checks.check_players_fit(players, held.inputs, "heldout_inputs")
         self._cursor: int | None = self._add_state("cursor", None)  # last step tracked, skipped or failed
         trajectory = Trajectory(ratio=self.ratio, simple_max=simple_max, complex_min=complex_min)
         self._trajectory = self._add_state("trajectory", trajectory)
         warm: dict[str, Interactions | None] = {"probe": None, "heldout": None}
-        self._warm_start = self._add_state("warm_start", warm, _warm_state, _warm_from_state)
+        self._warm_start = self._add_state("warm_start", warm, storage.warm_state, storage.warm_from_state)
         self._shares: list[Tensor] = self._add_state("shares", [], stack_list, unstack_list)  # [n + 1] per step
         # [K, 2**n] effects of probe sample 0 at every tracked step, for the trajectory figure.
         self._sample_effects: list[Tensor] = self._add_state("sample_effects", [], stack_list, unstack_list)
@@ -203,26 +206,20 @@ class ConceptTracker(DeclaredState):
         """
         now = time.perf_counter()
         self._timing.start(now)
-        if not self.schedule(global_step) or (self._cursor is not None and global_step <= self._cursor):
+        if not self._run.enter(self, global_step, self._cursor) or not self.schedule(global_step):
             return None
         self._cursor = global_step
+        self._run.tally.scheduled += 1
         try:
             # Rank 0 decides for all ranks: the engine's forwards are collective.
             if self.max_overhead is not None and main_process_flag(self._timing.refuses(now)):
                 self._skip(global_step)
                 return None
-            return self._track(model, global_step, now)
+            summary = self._track(model, global_step, now)
+            self._run.tally.tracked += 1
+            return summary
         except Exception as err:
-            if self.strict:
-                raise
-            if type(err) not in self._warned:
-                self._warned.add(type(err))
-                warnings.warn(
-                    f"ConceptTracker could not track step {global_step}: {type(err).__name__}: {err} "
-                    "Training continues; later errors of this type are not reported. Pass "
-                    "strict=True to raise instead.",
-                    stacklevel=2,
-                )
+            self._run.failed(global_step, err, self.strict)
             return None
         finally:
             self._timing.spent += time.perf_counter() - now
@@ -288,10 +285,13 @@ class ConceptTracker(DeclaredState):
         summary = summarize_step(step, res, self._trajectory, held=held, ids=self._probe.ids, **self._settings)
         self._shares.append(cast(OrderProfile, summary.profile).share)
         self._sample_effects.append(effects[0].float())
-        if self.store:
+        failure = None  # a storage failure is raised once the scalars are written
+        try:
             for split, part, probes in (("probe", res, self._probe), ("heldout", held, self._heldout)):
-                if part is not None and probes is not None:
-                    storage.save_step(self.log_dir, step, part, probes.ids, split=split, **self._settings)
+                if self.store and part is not None and probes is not None:
+                    storage.save_step(self.log_dir, step, part, probes.ids, split, run=self._run.id, **self._settings)
+        except Exception as err:
+            failure = err
         self._write(step, res, summary)
         rows = res.outputs.numel() + (held.outputs.numel() if held is not None else 0)
         self.writer.scalar(tags.FORWARDS_PER_SECOND, rows / max(engine_seconds, 1e-9), step)
@@ -299,6 +299,8 @@ class ConceptTracker(DeclaredState):
         self.writer.scalar(tags.PERF_SECONDS, self._timing.last_cost, step)
         self.writer.flush()
         self._log_figures(wait=False)
+        if failure is not None:
+            raise failure
         return summary
 
     # ------------------------------------------------------------------------------ writing
@@ -345,9 +347,8 @@ class ConceptTracker(DeclaredState):
                 self.writer.png(tag, png, step)
             elif self.strict:
                 raise png
-            elif type(png) not in self._warned:
-                self._warned.add(type(png))
-                warnings.warn(f"ConceptTracker could not draw {tag!r} of step {step}: {png}", stacklevel=3)
+            else:
+                self._run.tally.warn_once(f"ConceptTracker could not draw {tag!r} of step {step}: {png}", key=str(png))
 
     def _trajectory_series(self, res: Interactions) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
         """The strongest simple and complex concepts of probe sample 0 and the title, for
@@ -385,6 +386,7 @@ class ConceptTracker(DeclaredState):
                 self._renderer.close()
                 self._renderer = None
             self.writer.close()
+            self._run.close(self._timing.skipped)
 
     def __enter__(self) -> ConceptTracker:
         return self
@@ -402,15 +404,21 @@ class ConceptTracker(DeclaredState):
             it with :meth:`save` or inside a training checkpoint.
         """
         settings = {"version": STATE_VERSION, "kind": self.kind, "ratio": self.ratio}
+        settings.update(fingerprint=self._fingerprint(), run=self._run.id)
         return {**settings, "schedule": self.schedule.to_config(), **self._declared_state()}
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`: steps up to the saved cursor are not tracked again.
 
-        The saved probe sets replace those given to the constructor.
+        Build the tracker as the saved run was (players, n, kind, value and probe inputs are
+        compared, by a fingerprint saved with the state); the saved targets are used.
 
         Raises:
-            ValueError: if the state is from another version, kind or ratio.
+            ValueError: if the state is from another version, ratio or run (players, n, kind,
+                value or probe inputs differ).
         """
         if state.get("version") != STATE_VERSION:
             raise ValueError(
@@ -423,11 +431,7 @@ class ConceptTracker(DeclaredState):
                     f"state was saved with {name}={state[name]!r} but this tracker has "
                     f"{name}={getattr(self, name)!r}; build the tracker with the saved {name}."
                 )
-        if (state["heldout"] is None) != (self._heldout is None):
-            raise ValueError(
-                "state and tracker disagree on held-out probes; pass heldout_inputs exactly when "
-                "the saved run had them."
-            )
+        self._run.resume(state.get("fingerprint"), self._fingerprint(), state.get("run"))
         if state["schedule"] != self.schedule.to_config():
             warnings.warn(
                 f"resuming with schedule {self.schedule!r}, which differs from the saved "

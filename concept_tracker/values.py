@@ -142,7 +142,10 @@ def _flat_targets(z: Tensor, target: Tensor) -> Tensor:
     if target.numel():
         low, high = (int(v) for v in torch.aminmax(target))
         if low < 0 or high >= z.shape[1]:
-            raise ValueError(f"target holds classes {low}..{high}, but the model gives {z.shape[1]} logits per row.")
+            raise ValueError(
+                f"target holds classes {low}..{high}, but the model gives {z.shape[1]} logits per row; pass "
+                f"classes in 0..{z.shape[1] - 1} (a tracker's probe_targets / heldout_targets)."
+            )
     return torch.arange(0, z.numel(), z.shape[1], device=z.device) + target
 
 

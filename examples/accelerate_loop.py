@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from concept_tracker import ConceptTracker, ImagePatchPlayers, log_spaced, select_probes
+from concept_tracker import ConceptTracker, ImagePatchPlayers, log_spaced, new_run_dir, select_probes
 from concept_tracker.integrations.accelerate import track_step
 
 
@@ -44,9 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    parser.add_argument("--log-dir", default="runs/accelerate_loop")
+    parser.add_argument("--log-dir", default=None, help="default: a fresh runs/accelerate_loop/<date>_<host>")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.log_dir = args.log_dir or new_run_dir("runs/accelerate_loop")  # one folder per run
     if args.steps < 1 or args.grad_accum < 1:
         parser.error("--steps and --grad-accum must be at least 1.")
 

@@ -82,7 +82,7 @@ def main() -> None:
         players, probes.inputs, probes.labels, heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
         kind="and",
     )
-    logger = TensorBoardLogger(args.log_dir, name="", version="")
+    logger = TensorBoardLogger(args.log_dir, name="")  # version_0, version_1, ...: one folder per run
     trainer = L.Trainer(
         max_steps=args.steps, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
         val_check_interval=max(1, min(args.steps, 63) // 3), check_val_every_n_epoch=None,

@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from concept_tracker import ConceptTracker, ImagePatchPlayers, every, log_spaced, select_probes
+from concept_tracker import ConceptTracker, ImagePatchPlayers, every, log_spaced, new_run_dir, select_probes
 
 
 def load_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,9 +50,10 @@ def make_model() -> nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    parser.add_argument("--log-dir", default="runs/plain_loop")
+    parser.add_argument("--log-dir", default=None, help="default: a fresh runs/plain_loop/<date>_<host>")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.log_dir = args.log_dir or new_run_dir("runs/plain_loop")  # one folder per run
     if args.steps < 1:
         parser.error(f"--steps={args.steps} must be at least 1.")
 

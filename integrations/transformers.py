@@ -46,6 +46,7 @@ from concept_tracker.engine import model_device, preserved_state
 from concept_tracker.language_models import guess_answers, is_causal_lm
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.probes import ProbeSet, select_probes
+from concept_tracker.rundir import new_run_dir
 from concept_tracker.schedules import Schedule
 from concept_tracker.store import load_state, save_state
 from concept_tracker.summary import StepSummary
@@ -298,18 +299,19 @@ class ConceptTrackerCallback(TrainerCallback):
 
 
 def _default_log_dir(args) -> str:
-    """Where the concepts go by default: beside the Trainer's own scalars.
+    """Where the concepts go by default: beside the Trainer's own scalars, one folder per launch.
 
     With TensorBoard among ``report_to``, the folder that transformers' TensorBoard callback
     writes to: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<date>_<host>``
     (found from the event file this process opened there in the last minute, else named the
     way the callback names it). One folder is one TensorBoard run, so the concept curves sit
     beside the losses, and ``concept-tracker report`` reads both. Without TensorBoard
-    reporting: ``$TENSORBOARD_LOGGING_DIR/concepts`` or ``<output_dir>/runs/concepts``.
+    reporting: a fresh ``<root>/concepts/<date>_<host>``, ``<root>`` being
+    ``$TENSORBOARD_LOGGING_DIR`` or ``<output_dir>/runs``.
     """
     root = os.getenv("TENSORBOARD_LOGGING_DIR")
     if "tensorboard" not in (args.report_to or []):
-        return os.path.join(os.path.expanduser(root), "concepts") if root else os.path.join(args.output_dir, "runs", "concepts")
+        return new_run_dir(os.path.join(os.path.expanduser(root) if root else os.path.join(args.output_dir, "runs"), "concepts"))
     if root:
         return os.path.expanduser(root)
     return _trainer_event_dir(os.path.join(args.output_dir, "runs")) or os.path.join(args.output_dir, default_logdir())

@@ -200,11 +200,8 @@ def test_resume_continues_dynamics_exactly(tmp_path, kind):
     with tracker(tmp_path / "first") as first:
         train(run, range(5), first)
         first.save(tmp_path / "tracker.safetensors")
-    x, _ = make_data()
-    resumed = ConceptTracker(
-        TabularPlayers(), x[:3], log_dir=tmp_path / "second", schedule=schedule, kind=kind, figures=False,
-        strict=True, heldout_inputs=x[64:67],
-    )
+    # The checkpoint's log_dir moved: the resumed run continues in its new folder.
+    resumed = tracker(tmp_path / "second")
     resumed.load(tmp_path / "tracker.safetensors")
     assert resumed.step(model, 4) is None  # already tracked before the checkpoint
     with resumed:
@@ -270,35 +267,45 @@ def test_under_a_budget_close_draws_no_figures(tmp_path):
 
 
 def test_failures_warn_once_and_training_goes_on(tmp_path):
+    """After a tracked first step, a failing step warns once per distinct message, training is
+    untouched, and close() counts the failed steps."""
+    from concept_tracker.values import log_odds
+
     x, y = make_data()
-    broken = TabularPlayers(features=[0, 99])  # no column 99: every tracked step fails
-    tracker = ConceptTracker(broken, x[:4], y[:4], log_dir=tmp_path, schedule=every(2), figures=False)
+    broken = {"now": False}
+
+    def value(out, t):
+        if broken["now"]:
+            raise ValueError("the value broke")
+        return log_odds(out, t)
+
+    tracker = ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, schedule=every(2), value=value, figures=False)
     model, _ = run = make_run()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         torch.manual_seed(0)
-        train(run, range(5), tracker)
-    failures = [w for w in record if "could not track step" in str(w.message)]
-    assert len(failures) == 1 and "features=[0, 99]" in str(failures[0].message)
+        train(run, range(1), tracker)
+        broken["now"] = True
+        train(run, range(1, 5), tracker)
+        tracker.close()
+    failures = [str(w.message) for w in record if "could not track step" in str(w.message)]
+    assert failures == [failures[0]] and "step 2: ValueError: the value broke" in failures[0]
+    assert any("1 steps tracked of 3 scheduled, 0 skipped (max_overhead), 2 failed" in str(w.message) for w in record)
 
     torch.manual_seed(0)
     plain, _ = run = make_run()
     train(run, range(5))
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
-    assert list_steps(tmp_path) == []
-
-    strict = ConceptTracker(broken, x[:4], y[:4], log_dir=tmp_path, schedule=every(2), strict=True)
-    with pytest.raises(ValueError, match="features"):
-        strict.step(model, 0)
+    assert list_steps(tmp_path) == [0]
 
 
-def test_bad_value_function_warns(tmp_path):
+def test_bad_value_function_raises_at_the_first_step(tmp_path):
     x, y = make_data()
     tracker = ConceptTracker(
         TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, value=lambda out, t: out[:, CLASSES], figures=False
     )
-    with pytest.warns(UserWarning, match="could not track step 0: IndexError"):
-        assert tracker.step(make_model(), 0) is None
+    with pytest.raises(IndexError, match="out of bounds"):
+        tracker.step(make_model(), 0)
 
 
 def test_targets_default_to_first_predictions_then_stay(tmp_path):

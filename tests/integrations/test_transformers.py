@@ -7,6 +7,7 @@ rule over words, so AND/OR concepts between word players are what the model has 
 import ast
 import pathlib
 import random
+import re
 import shutil
 import warnings
 
@@ -106,6 +107,14 @@ class LogRecorder(TrainerCallback):
         self.logs.append(dict(logs))
 
 
+def concepts_dir(root, under: str = "runs/concepts"):
+    """The one run folder the callback made under ``root / under``: ``<Mon><DD>_<HH>-<MM>-<SS>_<host>``,
+    one per launch, as the Trainer names its own TensorBoard folders."""
+    runs = sorted((root / under).iterdir())
+    assert len(runs) == 1 and re.fullmatch(r"[A-Z][a-z]{2}\d{2}_\d{2}-\d{2}-\d{2}_.+", runs[0].name), runs
+    return runs[0]
+
+
 def scalar_steps(log_dir) -> dict[str, list[int]]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -145,7 +154,7 @@ def unbroken(tmp_path_factory):
 
 def test_callback_writes_spec_tags_at_first_scheduled_and_last_step(unbroken):
     out, trainer, _, _ = unbroken
-    steps = scalar_steps(out / "runs" / "concepts")
+    steps = scalar_steps(concepts_dir(out))
     expected = tags.spec_scalar_tags(N_PLAYERS, ["and"], generalization=False)
     assert expected and set(expected) <= set(steps)
     for tag in expected:
@@ -181,15 +190,15 @@ def test_resume_from_checkpoint_continues_the_dynamics(unbroken, tmp_path):
     trainer, _, _ = run(tmp_path, resume=True)  # finds <output_dir>/checkpoint-4
     assert trainer.state.global_step == 8
 
-    resumed = scalar_steps(tmp_path / "runs" / "concepts")
+    resumed = scalar_steps(concepts_dir(tmp_path))
     assert resumed[tags.summary("complex_ratio")] == [8]  # nothing before the checkpoint again
     # Detour ratios and sign flips at step 8 need the path through steps 0 and 3.
     for tag in (tags.band_detour_ratio("simple"), tags.detour_ratio(1), tags.SIGN_FLIPS):
-        a = scalar_values(out / "runs" / "concepts", tag)[8]
-        b = scalar_values(tmp_path / "runs" / "concepts", tag)[8]
+        a = scalar_values(concepts_dir(out), tag)[8]
+        b = scalar_values(concepts_dir(tmp_path), tag)[8]
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6), tag
-    a, _ = load_step(out / "runs" / "concepts" / "interactions" / "step_00000008.safetensors")
-    b, _ = load_step(tmp_path / "runs" / "concepts" / "interactions" / "step_00000008.safetensors")
+    a, _ = load_step(concepts_dir(out) / "interactions" / "step_00000008.safetensors")
+    b, _ = load_step(concepts_dir(tmp_path) / "interactions" / "step_00000008.safetensors")
     torch.testing.assert_close(a.outputs, b.outputs, rtol=1e-4, atol=1e-5)
 
 
@@ -217,7 +226,7 @@ def test_defaults_probes_tokenizer_schedule_and_log_dir(tmp_path, monkeypatch):
     )
     tracker = callback.tracker
     assert players.tokenizer is tokenizer
-    assert tracker.log_dir == str(tmp_path / "runs" / "concepts")
+    assert tracker.log_dir == str(concepts_dir(tmp_path))  # <output_dir>/runs/concepts/<date>_<host>
     fired = [t for t in range(1001) if tracker.schedule(t)]
     assert {0, 1, 300, 600, 900, 1000} <= set(fired) and len(fired) < 40
     state_dict = tracker.state_dict()
@@ -231,7 +240,7 @@ def test_defaults_probes_tokenizer_schedule_and_log_dir(tmp_path, monkeypatch):
     callback.on_train_begin(
         args, state, TrainerControl(), model=make_model(tokenizer), train_dataloader=loader, processing_class=tokenizer
     )
-    assert callback.tracker.log_dir == str(tmp_path / "tb" / "concepts")
+    assert callback.tracker.log_dir == str(concepts_dir(tmp_path, "tb/concepts"))
     assert [t for t in range(1001) if callback.tracker.schedule(t)] == list(range(0, 1001, 50))
     callback.on_train_end(args, state, TrainerControl(), model=make_model(tokenizer))
 
@@ -298,7 +307,7 @@ def test_stop_on_overfit_stops_after_the_phase_boundary(tmp_path, caplog):
             trainer.train()
     finally:
         transformers.utils.logging.disable_propagation()
-    boundary = scalar_values(tmp_path / "runs" / "concepts", tags.PHASE_BOUNDARY)
+    boundary = scalar_values(concepts_dir(tmp_path), tags.PHASE_BOUNDARY)
     assert set(boundary.values()) == {3.0}
     first = min(boundary)
     assert trainer.state.global_step == first + 1 < 12  # patience=1: one more tracked step
@@ -348,7 +357,7 @@ def test_a_run_stopped_early_still_tracks_its_last_step(tmp_path):
     )
     trainer.train()
     assert trainer.state.global_step == 5
-    assert scalar_steps(tmp_path / "runs" / "concepts")[tags.summary("num_concepts")] == [0, 3, 5]
+    assert scalar_steps(concepts_dir(tmp_path))[tags.summary("num_concepts")] == [0, 3, 5]
 
 
 def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss(tmp_path, monkeypatch, capsys):
