@@ -188,3 +188,15 @@ def test_detour_intervals_recompute_the_detour_ratio(interactions):
     assert bool((got["by_order"].low[1:] <= point[1:]).all() and (point[1:] <= got["by_order"].high[1:]).all())
     with pytest.raises(ValueError, match="displacement"):
         detour_intervals(path, disp[:3])
+
+
+def test_train_test_intervals_do_not_depend_on_the_chunk_size(interactions, monkeypatch):
+    import concept_tracker.metrics.bootstrap as bootstrap
+
+    train, test = interactions
+    whole = train_test_similarity_intervals(train, test, resamples=50)
+    monkeypatch.setattr(bootstrap, "_CHUNK_ELEMENTS", 7 * 64)  # 7 resamples per chunk
+    chunked = train_test_similarity_intervals(train, test, resamples=50)
+    for key in whole:
+        torch.testing.assert_close(chunked[key].low, whole[key].low, equal_nan=True)
+        torch.testing.assert_close(chunked[key].high, whole[key].high, equal_nan=True)

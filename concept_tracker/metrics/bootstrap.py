@@ -32,16 +32,18 @@ from torch import Tensor
 
 from ..interactions import Interactions
 from ..transforms import num_players
+from ..transforms import orders as coalition_orders
 from .phase import high_order_share
 from .profile import band_orders, check_ratio, salient_mask, stack_effects, sum_by_order
-from .similarity import ALIGNED_HINT, _class_labels, _pooled_by_order
+from .similarity import ALIGNED_HINT, _class_labels
 
 Statistic = Callable[[Tensor], Tensor]
 """Maps resampled data ``[R, B, ...]`` (dim 1 runs over the samples of one resample) to one
 value per resample ``[R, ...]``."""
 
-# Elements of the [R, F] class-mean tensors built at once (float64: 32 MiB).
-_CHUNK_ELEMENTS = 1 << 22
+# Elements of each [chunk, F] scratch tensor of the class-mean Jaccard (float64: 2 MiB, so the
+# three stay in cache; measured about 2x faster than one [R, F] block).
+_CHUNK_ELEMENTS = 1 << 18
 
 
 class Interval(NamedTuple):
@@ -265,6 +267,28 @@ def band_intervals(
     return {name: Interval(low[i], high[i]) for i, name in enumerate(names)}
 
 
+def _segment_sums(x: Tensor, lengths: list[int]) -> Tensor:
+    """[R, F] with columns grouped by order -> [R, len(lengths)] sum of each group."""
+    return torch.stack([part.sum(1) for part in x.split(lengths, dim=1)], dim=1)
+
+
+def _jaccard_by_order_(a: Tensor, b: Tensor, diff: Tensor, lengths: list[int]) -> Tensor:
+    """[R, F] pairs of effects with columns grouped by order (``lengths[m]`` columns of order
+    ``m``, kinds pooled) -> [R, n + 1] Jaccard per order.
+
+    Same value as :func:`~concept_tracker.metrics.similarity_by_order` over the concatenated
+    kinds, in fewer passes over the data: for real ``a, b``,
+    ``min(a+, b+) + min(a-, b-) = (|a| + |b| - |a - b|) / 2`` and the matching max terms are
+    ``(|a| + |b| + |a - b|) / 2``. Overwrites ``a``, ``b`` and the scratch buffer ``diff``
+    (large tensors are reused rather than allocated: allocation dominates the cost).
+    """
+    apart = _segment_sums(torch.sub(a, b, out=diff).abs_(), lengths)
+    both = _segment_sums(a.abs_().add_(b.abs_()), lengths)
+    num, den = (both - apart) / 2, (both + apart) / 2
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, num / safe, torch.ones_like(den))
+
+
 def train_test_similarity_intervals(
     train_res: Interactions,
     test_res: Interactions,
@@ -310,8 +334,11 @@ def train_test_similarity_intervals(
     n = train_res.n
     labels = (_class_labels(train_res, train_targets, "train_targets"), _class_labels(test_res, test_targets, "test_targets"))
     effects = [stack_effects(r).to("cpu", torch.float64) for r in (train_res, test_res)]
-    shape = effects[0].shape[1:]  # [K, 2**n]
-    flat = [e.reshape(e.shape[0], -1) for e in effects]
+    # Columns grouped by order (kinds pooled), so per-order sums are sums of contiguous blocks.
+    column_orders = coalition_orders(n, torch.device("cpu")).repeat(effects[0].shape[1])
+    grouped = torch.argsort(column_orders, stable=True)
+    lengths = torch.bincount(column_orders, minlength=n + 1).tolist()
+    flat = [e.reshape(e.shape[0], -1)[:, grouped] for e in effects]
     shared = sorted(set(labels[0].tolist()) & set(labels[1].tolist()))
     if not shared:
         raise ValueError(
@@ -332,17 +359,19 @@ def train_test_similarity_intervals(
             per_set.append((rows[members], weights / len(members)))
         draws.append(per_set)
 
-    chunk = max(1, _CHUNK_ELEMENTS // flat[0].shape[1])
+    chunk = min(resamples, max(1, _CHUNK_ELEMENTS // flat[0].shape[1]))
+    buffers = [torch.empty(chunk, flat[0].shape[1], dtype=torch.float64) for _ in range(3)]
     parts = []
     for start in range(0, resamples, chunk):
         stop = min(start + chunk, resamples)
+        mean_train, mean_test, diff = (buf[: stop - start] for buf in buffers)
         total = torch.zeros(stop - start, n + 1, dtype=torch.float64)
         weight = 0
         for (train_rows, train_w), (test_rows, test_w) in draws:
-            mean_train = (train_w[start:stop] @ train_rows).reshape(-1, *shape)
-            mean_test = (test_w[start:stop] @ test_rows).reshape(-1, *shape)
+            torch.matmul(train_w[start:stop], train_rows, out=mean_train)
+            torch.matmul(test_w[start:stop], test_rows, out=mean_test)
             count = train_rows.shape[0] + test_rows.shape[0]
-            total += count * _pooled_by_order(mean_train, mean_test)
+            total += count * _jaccard_by_order_(mean_train, mean_test, diff, lengths)
             weight += count
         parts.append(total / weight)
     replicates = torch.cat(parts)  # [R, n + 1]
