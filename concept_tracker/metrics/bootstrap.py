@@ -46,6 +46,13 @@ value per resample ``[R, ...]``."""
 _CHUNK_ELEMENTS = 1 << 18
 
 
+BAND_READINGS = (
+    "simple_strength", "medium_strength", "complex_strength", "complex_ratio", "num_concepts",
+    "simple_share", "medium_share", "high_share",
+)
+"""The readings :func:`band_intervals` returns, in order."""
+
+
 class Interval(NamedTuple):
     """A confidence interval; each bound has the shape of the reading (0-d for a scalar)."""
 
@@ -198,7 +205,9 @@ def per_sample_profile(effects: Tensor | Interactions, ratio: float = 0.05) -> t
 
 
 def _band_sum(by_order: Tensor, band: tuple[int, ...]) -> Tensor:
-    return by_order[..., list(band)].sum(-1) if band else torch.zeros(by_order.shape[:-1], dtype=by_order.dtype)
+    if not band:
+        return torch.zeros(by_order.shape[:-1], dtype=by_order.dtype, device=by_order.device)
+    return by_order[..., list(band)].sum(-1)
 
 
 def _share(part: Tensor, total: Tensor) -> Tensor:
@@ -244,27 +253,21 @@ def band_intervals(
         by_order, concepts = mean[:, :-1], mean[:, -1]
         simple, medium, complex_ = (_band_sum(by_order, b) for b in (bands.simple, bands.medium, bands.complex))
         total = by_order[:, 1:].sum(-1)
-        return torch.stack(
-            [
-                simple,
-                medium,
-                complex_,
-                _share(complex_, total),
-                concepts,
-                _share(simple, total),
-                _share(medium, total),
-                high_order_share(by_order, len(bands.simple)),
-            ],
-            dim=-1,
-        )
+        values = {
+            "simple_strength": simple,
+            "medium_strength": medium,
+            "complex_strength": complex_,
+            "complex_ratio": _share(complex_, total),
+            "num_concepts": concepts,
+            "simple_share": _share(simple, total),
+            "medium_share": _share(medium, total),
+            "high_share": high_order_share(by_order, len(bands.simple)),
+        }
+        return torch.stack([values[name] for name in BAND_READINGS], dim=-1)
 
-    names = (
-        "simple_strength", "medium_strength", "complex_strength", "complex_ratio", "num_concepts",
-        "simple_share", "medium_share", "high_share",
-    )
     replicates = bootstrap_replicates(rows, readings, resamples=resamples, seed=seed)
     low, high = _interval(replicates, level, rows.shape[0])
-    return {name: Interval(low[i], high[i]) for i, name in enumerate(names)}
+    return {name: Interval(low[i], high[i]) for i, name in enumerate(BAND_READINGS)}
 
 
 def _segment_sums(x: Tensor, lengths: list[int]) -> Tensor:
