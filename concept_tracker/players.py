@@ -733,3 +733,32 @@ def word_ids(encoding: Any) -> Tensor:
     batch = encoding["input_ids"].shape[0] if hasattr(encoding["input_ids"], "shape") else len(encoding["input_ids"])
     rows = [[-1 if w is None else w for w in encoding.word_ids(b)] for b in range(batch)]
     return torch.tensor(rows, dtype=torch.long)
+
+
+def mean_unfitted(players: Players) -> bool:
+    """True when the players use a "mean" baseline that is not fitted yet."""
+    if not isinstance(players, _MapPlayers) or players._mean is not None:
+        return False
+    return isinstance(players.baselines, str) and players.baselines == "mean"
+
+
+def fit_mean_baseline(players: Players, data: Any) -> bool:
+    """Fit the players' "mean" baseline on ``data`` when they use one and are not fitted yet.
+
+    The tracker and the framework callbacks call it with a training sample larger than the
+    probe set: the mean of a few probes is a noisy baseline. Players fitted by the user keep
+    their fit; players without a "mean" baseline are left alone.
+
+    Args:
+        players: any players.
+        data: [N, ...] samples in the players' input format (N >= 2), or anything else (then
+            nothing is fitted: the probe inputs give the mean at the first tracked step).
+    Returns:
+        True when the baseline was fitted on ``data``.
+    """
+    if not mean_unfitted(players) or not isinstance(players, _MapPlayers):
+        return False
+    if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 2:
+        return False
+    players.fit(data)
+    return True

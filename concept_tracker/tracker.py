@@ -91,7 +91,8 @@ class ConceptTracker(DeclaredState):
     (``T * K * 2**n`` floats for ``T`` steps and ``K`` kinds).
 
     Args:
-        players: how each sample splits into players (``TabularPlayers``, ...).
+        players: how each sample splits into players (``TabularPlayers``, ...). A "mean" baseline
+            not fitted yet (``players.fit(train_x)``) becomes the mean of the probe inputs.
         probe_inputs: Tensor [B, ...] or dict of tensors [B, ...]; fixed for the whole run.
         probe_targets: [B] target classes (labels); None = the model's predictions at the
             first tracked step, then fixed.
@@ -291,7 +292,8 @@ class ConceptTracker(DeclaredState):
         if self.store:
             for split, part, probes in (("probe", res, self._probe), ("heldout", held, self._heldout)):
                 if part is not None and probes is not None:
-                    storage.save_step(self.log_dir, step, part, probes.ids, split=split, **self._settings)
+                    meta = {**self._settings, "baseline": self.players.baseline_description}
+                    storage.save_step(self.log_dir, step, part, probes.ids, split=split, **meta)
         self._write(step, res, summary)
         rows = res.outputs.numel() + (held.outputs.numel() if held is not None else 0)
         self.writer.scalar(tags.FORWARDS_PER_SECOND, rows / max(engine_seconds, 1e-9), step)

@@ -38,6 +38,7 @@ from transformers.utils import logging
 
 from concept_tracker.checks import check_int, check_players, check_schedule
 from concept_tracker.distributed import main_process_flag
+from concept_tracker.metrics.dynamics import loss_gap_step
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.probes import ProbeSet, select_probes
 from concept_tracker.schedules import Schedule
@@ -46,7 +47,7 @@ from concept_tracker.summary import StepSummary
 from concept_tracker.tracker import ConceptTracker
 from concept_tracker.writers import tags
 
-from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
+from ._common import check_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
 
 logger = logging.get_logger(__name__)
 
@@ -91,9 +92,14 @@ class ConceptTrackerCallback(TrainerCallback):
             ``$TENSORBOARD_LOGGING_DIR/concepts`` when that variable is set, else
             ``<output_dir>/runs/concepts``.
         seed: seed of the probe draw.
-        stop_on_overfit: stop training once the phase boundary of SPEC §8 (high-order concept
-            strength falls, then keeps rising) has been reported at ``patience + 1``
-            consecutive tracked steps. Off by default.
+        stop_on_overfit: stop training once the phase boundary has been reported at
+            ``patience + 1`` consecutive tracked steps. The boundary is read off the *share* of
+            salient strength above the simple band (``dynamics/high_order_share``): the step
+            where its smoothed series is lowest before a sustained rise, when the model starts
+            to learn ever more complex concepts. Absolute high-order strength is not used: it
+            grows with the model's output through training. When the Trainer logs evaluation
+            losses, the stop message also gives the step where the eval-train loss gap started
+            to grow. Off by default.
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
         **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
             ``batch_size``, ``max_overhead``, ``strict``, ...).
@@ -140,6 +146,7 @@ class ConceptTrackerCallback(TrainerCallback):
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
         self._last_tracked: int | None = None
+        self._losses: dict[str, dict[int, float]] = {"train": {}, "eval": {}}  # {split: {step: loss}}
 
     # ------------------------------------------------------------------------------ events
 
@@ -161,7 +168,12 @@ class ConceptTrackerCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self._pending or logs is None:
+        if logs is None:
+            return
+        for key, split in (("loss", "train"), ("eval_loss", "eval")):
+            if isinstance(logs.get(key), numbers.Real):
+                self._losses[split][state.global_step] = float(logs[key])
+        if not self._pending:
             return
         logs.update(self._pending)
         if state.log_history:  # Trainer.log appended this entry just before on_log
@@ -216,8 +228,13 @@ class ConceptTrackerCallback(TrainerCallback):
         held = None
         if self.heldout_dataset is not None:
             held = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
+        # A "mean" baseline is fitted on a larger training sample than the probes.
+        fit_baseline_on_dataset(
+            self.players, train_dataloader.dataset, collate, lambda batch: _batch_inputs(self.players, batch), probe.inputs, self.seed
+        )
         period = state.eval_steps if args.eval_strategy == "steps" else None
         self._pending, self._boundary_run, self._last_tracked = {}, 0, None
+        self._losses = {"train": {}, "eval": {}}
         return ConceptTracker(
             self.players,
             probe.inputs,
@@ -250,12 +267,29 @@ class ConceptTrackerCallback(TrainerCallback):
         self._boundary_run = 0 if boundary is None else self._boundary_run + 1
         if boundary is None or self._boundary_run <= self.patience:
             return False
+        gap = self._loss_gap_step()
+        beside = "" if gap is None else f" The eval-train loss gap started to grow at step {gap}."
         logger.warning(
-            f"ConceptTrackerCallback stops training at step {step} (stop_on_overfit=True): high-order "
-            f"concept strength bottomed out at step {int(boundary)} and has kept rising for "
-            f"{self._boundary_run} tracked steps, the sign of the over-fitting phase (patience={self.patience})."
+            f"ConceptTrackerCallback stops training at step {step} (stop_on_overfit=True): the "
+            f"high-order share of concept strength bottomed out at step {int(boundary)} and has kept "
+            f"rising for {self._boundary_run} tracked steps, the sign of the over-fitting phase "
+            f"(patience={self.patience}).{beside}"
         )
         return True
+
+    def _loss_gap_step(self) -> int | None:
+        """Step where the eval-train loss gap starts to grow, from the losses logged so far.
+
+        Each evaluation is paired with the last training loss logged at or before its step
+        (the Trainer logs the two at different intervals).
+        """
+        train = sorted(self._losses["train"].items())
+        evals, paired = {}, {}
+        for step, loss in self._losses["eval"].items():
+            before = [value for s, value in train if s <= step]
+            if before:
+                evals[step], paired[step] = loss, before[-1]
+        return loss_gap_step(evals, paired) if evals else None
 
     def _resume(self, tracker: ConceptTracker, args, state) -> None:
         folders = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
@@ -302,6 +336,13 @@ def _for_players(players: Players, inputs: dict[str, Tensor], name: str) -> Any:
             f"{sorted(inputs)}; use TokenPlayers for text, or a dataset with one input column."
         )
     return next(iter(inputs.values()))
+
+
+def _batch_inputs(players: Players, batch: Any) -> Any:
+    """The players' inputs of a collated training batch (None for a batch that is not a dict)."""
+    if not isinstance(batch, Mapping):
+        return None
+    return _for_players(players, {k: v for k, v in batch.items() if isinstance(v, Tensor) and k not in ("labels", "label")}, "train_dataset")
 
 
 def _draw_probes(players: Players, dataset: Any, k: int, collate, seed: int, split: str) -> ProbeSet:

@@ -228,10 +228,12 @@ def rewrite_metadata(path, **changes):
     save_file(tensors, str(path), metadata=meta)
 
 
-def row(out, label):
-    """The cells of one row of a printed summary table."""
+def row(out, label, intervals=False):
+    """The cells of one row of a printed summary table (columns are 2+ spaces apart); the
+    value alone unless ``intervals`` (a cell reads ``value [low, high]``)."""
     line = next(line for line in out.splitlines() if line.startswith(label))
-    return line[len(label):].split()
+    cells = re.split(r"\s{2,}", line[len(label):].strip())
+    return cells if intervals else [cell.split(" [")[0] for cell in cells]
 
 
 def concepts_per_sample(run, step, ratio):
