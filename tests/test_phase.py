@@ -147,3 +147,44 @@ def test_trajectory_share_survives_state_dict_and_old_states_load():
 
 def test_smooth_is_shared_with_the_loss_gap_rule():
     torch.testing.assert_close(smooth(f64([1, 2, 6, 3])), f64([1.5, 3, 11 / 3, 4.5]))
+
+
+class _Planted(torch.nn.Module):
+    """Log-odds ``b * x0 + a * x0 x1 x2 x3``: on all-ones probes with zero baselines the AND
+    effects are I({0}) = b and I({0,1,2,3}) = a, so share_H = a / (a + b) and H = a."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(1.0))
+        self.b = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.b * x[:, 0] + self.a * x.prod(1)
+        return torch.stack([-z / 2, z / 2], 1)
+
+
+def test_the_tracker_reads_the_boundary_off_the_share_not_absolute_strength(tmp_path):
+    from concept_tracker import ConceptTracker, every
+    from concept_tracker.writers import tags
+
+    # H(t) = a doubles at every step (the output scale grows), while the share dips to its
+    # lowest (smoothed) at step 3 and then rises for good.
+    share = [0.5, 0.3, 0.2, 0.1, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9]
+    model = _Planted()
+    logged = {}
+    with ConceptTracker(
+        TabularPlayers(baselines="zero"), torch.ones(2, 4), [1, 1], log_dir=tmp_path, schedule=every(1),
+        figures=False, strict=True,
+    ) as tracker:
+        for step, s in enumerate(share):
+            with torch.no_grad():
+                model.a.fill_(2.0**step)
+                model.b.fill_(2.0**step * (1 - s) / s)
+            logged[step] = tracker.step(model, step)
+    strength = [logged[t][tags.HIGH_ORDER_STRENGTH] for t in logged]
+    assert strength == pytest.approx([2.0**t for t in range(10)])  # monotone: no valley in H(t)
+    assert phase_boundary(list(logged), strength) is None
+    assert [logged[t][tags.HIGH_ORDER_SHARE] for t in logged] == pytest.approx(share)
+    # Found once two smoothed rises follow step 3 (the last point is smoothed over the two
+    # available), then reported at every later step.
+    assert [logged[t].get(tags.PHASE_BOUNDARY) for t in logged] == [None] * 5 + [3.0] * 5

@@ -9,6 +9,7 @@ import pathlib
 import random
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -350,3 +351,47 @@ def test_a_run_stopped_early_still_tracks_its_last_step(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 5
     assert scalar_steps(tmp_path / "runs" / "concepts")[tags.summary("num_concepts")] == [0, 3, 5]
+
+
+def test_stop_message_gives_the_loss_gap_step_from_unaligned_logs():
+    """The Trainer logs train and eval losses at different steps: each evaluation is paired with
+    the last training loss before it, and the gap's valley (step 50) is found."""
+    callback = ConceptTrackerCallback(TabularPlayers())
+    gap = [0.5, 0.4, 0.3, 0.2, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    for i, g in enumerate(gap):
+        step = 10 * (i + 1)
+        train = 1.0 - 0.01 * i
+        callback.on_log(None, SimpleNamespace(global_step=step - 3, log_history=[]), None, logs={"loss": train})
+        callback.on_log(None, SimpleNamespace(global_step=step, log_history=[]), None, logs={"eval_loss": train + g})
+    assert callback._loss_gap_step() == 50
+    assert ConceptTrackerCallback(TabularPlayers())._loss_gap_step() is None
+
+
+class TabularModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(4, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def test_mean_baseline_is_fitted_on_the_training_set(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=gen)
+    data = [{"x": x[i], "labels": int(x[i, 0] > 0)} for i in range(40)]
+    players = TabularPlayers()  # "mean" by default
+    callback = ConceptTrackerCallback(players, num_probe=4, schedule=at_steps([1]))
+    trainer = Trainer(
+        model=TabularModel(), args=training_args(tmp_path, max_steps=2, save_strategy="no"), train_dataset=data,
+        callbacks=[callback],
+    )
+    trainer.train()
+    torch.testing.assert_close(players._mean, x.mean(0))  # the training set's 40 rows, not the 4 probes
+    _, meta = load_step(tmp_path / "runs" / "concepts" / "interactions" / "step_00000001.safetensors")
+    assert meta["baseline"] == "mean (fit on 40 samples)"
