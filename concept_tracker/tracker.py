@@ -333,7 +333,8 @@ class ConceptTracker(DeclaredState):
             title = f"{kind.upper()} concepts by order, step {step}"
             submit((tags.order_profile_figure(kind), step), "order_profile_figure", profile, title)
         steps = self._trajectory.steps
-        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, torch.stack(self._shares))
+        shares, boundary = torch.stack(self._shares), summary.get(tags.PHASE_BOUNDARY)
+        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, shares, self.simple_max, boundary)
         submit((tags.TRAJECTORY_FIGURE, step), "trajectory_figure", steps, *self._trajectory_series(res))
 
     def _log_figures(self, wait: bool) -> None:

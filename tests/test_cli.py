@@ -423,6 +423,10 @@ def test_demo_runs_end_to_end_small(tmp_path):
     for name in ("band_strength", "complex_ratio", "train_test_similarity", "detour_ratio", "phase_boundary", "loss"):
         assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "report.html").is_file()
+    # The clean-vs-noisy comparison says whether the two runs' intervals overlap.
+    line = next(line for line in lines if "final complex ratio" in line)
+    overlap = report.intervals_overlap(clean, noisy, tags.summary("complex_ratio"))
+    assert overlap is not None and ("intervals overlap" in line) == overlap and ("intervals apart" in line) != overlap
     # A rerun replaces the earlier demo runs instead of mixing two runs in one directory.
     run_demo(config, echo=lines.append)
     assert len(list((tmp_path / "demo" / "clean").glob("events.out.tfevents*"))) == 1

@@ -556,8 +556,14 @@ def test_figures_are_pure_matplotlib():
     figures = [
         order_profile_figure(profile, "AND"),
         order_heatmap_figure([0, 10, 100], torch.rand(3, 4, generator=torch.Generator().manual_seed(0))),
+        order_heatmap_figure([0, 10, 100], torch.rand(3, 4), simple_max=1, boundary=10.0),
         trajectory_figure([0, 10, 100], {"{p1}": torch.tensor([0.0, 1.0, 2.0])}, {}, "sample 0"),
     ]
+    marked = figures[2].axes[0]
+    assert marked.get_title().endswith("phase boundary at step 10")
+    # The boundary's column (index 1) and the simple band's upper edge are drawn.
+    assert [tuple(line.get_xdata()) for line in marked.lines][-1] == (1, 1)
+    assert tuple(marked.lines[0].get_ydata()) == (1.5, 1.5)
     for fig in figures:
         assert isinstance(fig, Figure)
         png = figure_png(fig)
