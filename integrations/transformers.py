@@ -19,7 +19,9 @@ What happens at each Trainer event:
   optimizer step, so gradient accumulation is respected).
 - ``on_save``: the tracker state goes to ``<checkpoint>/concept_tracker/state.safetensors``.
 - ``on_log``: the headline scalars of newly tracked steps (read from the summaries
-  ``tracker.step`` returns) join the Trainer's logs.
+  ``tracker.step`` returns) join the Trainer's logs; the training and evaluation losses are
+  kept (for ``stop_on_overfit``'s loss-gap step) and written beside the concepts as
+  ``train/loss`` and ``eval/loss``, so that ``concept-tracker report`` finds them.
 - ``on_train_end``: the last step is tracked (also after an early stop) and the writer closed.
 """
 
@@ -60,6 +62,7 @@ HEADLINE_TAGS = (
     tags.summary("simple_strength"),
     tags.summary("complex_strength"),
     tags.band_detour_ratio("complex"),
+    tags.HIGH_ORDER_SHARE,
 )
 """Scalars copied into the Trainer's logs, so that every reporter (W&B, MLflow, ...) sees them."""
 
@@ -173,6 +176,10 @@ class ConceptTrackerCallback(TrainerCallback):
         for key, split in (("loss", "train"), ("eval_loss", "eval")):
             if isinstance(logs.get(key), numbers.Real):
                 self._losses[split][state.global_step] = float(logs[key])
+                if self.tracker is not None:
+                    # Beside the concepts, under the Trainer's own TensorBoard names, so that
+                    # ``concept-tracker report`` finds the loss gap in the same directory.
+                    self.tracker.writer.scalar(f"{split}/loss", logs[key], state.global_step)
         if not self._pending:
             return
         logs.update(self._pending)

@@ -28,7 +28,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from concept_tracker import TabularPlayers, TokenPlayers  # noqa: E402
+from concept_tracker import TabularPlayers, TokenPlayers, report  # noqa: E402
 from concept_tracker.integrations._common import unwrap  # noqa: E402
 from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback  # noqa: E402
 from concept_tracker.schedules import at_steps, every  # noqa: E402
@@ -381,17 +381,26 @@ class TabularModel(nn.Module):
         return out
 
 
-def test_mean_baseline_is_fitted_on_the_training_set(tmp_path):
+def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report(tmp_path):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(40, 4, generator=gen)
     data = [{"x": x[i], "labels": int(x[i, 0] > 0)} for i in range(40)]
     players = TabularPlayers()  # "mean" by default
     callback = ConceptTrackerCallback(players, num_probe=4, schedule=at_steps([1]))
     trainer = Trainer(
-        model=TabularModel(), args=training_args(tmp_path, max_steps=2, save_strategy="no"), train_dataset=data,
-        callbacks=[callback],
+        model=TabularModel(),
+        args=training_args(tmp_path, max_steps=3, save_strategy="no", eval_strategy="steps", eval_steps=1),
+        train_dataset=data, eval_dataset=data[:8], callbacks=[callback],
     )
     trainer.train()
     torch.testing.assert_close(players._mean, x.mean(0))  # the training set's 40 rows, not the 4 probes
     _, meta = load_step(tmp_path / "runs" / "concepts" / "interactions" / "step_00000001.safetensors")
     assert meta["baseline"] == "mean (fit on 40 samples)"
+    # The Trainer's losses are written beside the concepts, where the report reads them.
+    run = report.summarize_run(tmp_path / "runs" / "concepts")
+    for split, key in (("train", "loss"), ("eval", "eval_loss")):
+        series = dict(run.scalars[f"{split}/loss"])
+        assert sorted(series) == [1, 2, 3]
+        for step, value in series.items():
+            logged = next(e[key] for e in trainer.state.log_history if e["step"] == step and key in e)
+            assert value == pytest.approx(logged)
