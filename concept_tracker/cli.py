@@ -18,6 +18,7 @@ import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -390,12 +391,8 @@ def prepare_log_dir(log_dir: Path, force: bool) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
-    from .players import TokenPlayers
     from .probes import ProbeSet, select_probes
-    from .schedules import at_steps
-    from .tracker import ConceptTracker
 
     checkpoints = find_checkpoints(args.checkpoints)
     factory = load_factory(args.model_factory) if args.model_factory else None
@@ -407,19 +404,71 @@ def _run_analyze(args: argparse.Namespace) -> int:
             )
         check_readable(path)
     data = load_probe_data(args.data)
-    players = parse_players(args.players, args.baseline, args.mask_token_id)
+    baselines = _baseline_list(args)
+    parse_players(args.players, baselines[0], args.mask_token_id)  # a bad spec fails before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     probes = ProbeSet(data["inputs"], data["labels"], None)
     if args.probes is not None:
         probes = select_probes(probes.inputs, args.probes, labels=probes.labels, seed=args.seed)
-    if isinstance(players, TokenPlayers):
-        # Word grouping, special tokens and the default mask token come from the tokenizer.
-        players.tokenizer = _tokenizer_for(checkpoints[0][1])
-    elif players.baselines == "mean" and isinstance(probes.inputs, Tensor):
-        players.fit(probes.inputs)
 
     log_dir = Path(args.log_dir)
     prepare_log_dir(log_dir, args.force)
+    if args.baselines is None:
+        summary = _analyze_one(args, checkpoints, factory, data, probes, device, args.baseline, log_dir)
+        print(report.summary_table([summary]))
+        print(f"\nWrote {log_dir}: tensorboard --logdir {log_dir}")
+        return 0
+    # One run per baseline, side by side: do the conclusions depend on the baseline?
+    names = [str(b) for b in baselines]
+    runs = []
+    for baseline in names:
+        sub = log_dir / f"{report.BASELINE_DIR_PREFIX}{baseline}"
+        runs.append(_analyze_one(args, checkpoints, factory, data, probes, device, baseline, sub, name=f"baseline {baseline}"))
+    print(report.summary_table(runs))
+    print("\nAcross baselines:")
+    for line in report.baseline_agreement({b: [r] for b, r in zip(names, runs)}):
+        print(f"  {line}")
+    print(f"\nWrote {log_dir}/{report.BASELINE_DIR_PREFIX}*: tensorboard --logdir {log_dir}")
+    return 0
+
+
+def _baseline_list(args: argparse.Namespace) -> list[str | None]:
+    """The baselines to analyze under: ``--baselines`` split at commas, else ``[--baseline]``."""
+    if args.baselines is None:
+        return [args.baseline]
+    if args.baseline is not None:
+        raise InputError("--baseline and --baselines exclude each other; pass one of them.")
+    names = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InputError(f"--baselines={args.baselines!r}; pass two or more different baselines, e.g. zero,mean.")
+    return list(names)
+
+
+def _analyze_one(
+    args: argparse.Namespace,
+    checkpoints: list[tuple[int, Path]],
+    factory: Callable[[], nn.Module] | None,
+    data: dict[str, Any],
+    probes: Any,
+    device: torch.device,
+    baseline: str | None,
+    log_dir: Path,
+    name: str | None = None,
+) -> report.RunSummary:
+    """Track every checkpoint under one baseline into ``log_dir`` and summarize the run."""
+    from tqdm.auto import tqdm
+
+    from .players import TokenPlayers, fit_mean_baseline
+    from .schedules import at_steps
+    from .tracker import ConceptTracker
+
+    players = parse_players(args.players, baseline, args.mask_token_id)
+    if isinstance(players, TokenPlayers):
+        # Word grouping, special tokens and the default mask token come from the tokenizer.
+        players.tokenizer = _tokenizer_for(checkpoints[0][1])
+    else:
+        # A "mean" baseline is the mean of every input in --data, not only the --probes drawn.
+        fit_mean_baseline(players, data["inputs"])
     tracker = ConceptTracker(
         players,
         probes.inputs,
@@ -438,10 +487,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     with tracker:
         for step, path in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
             tracker.step(load_model(path, factory, device), step)
-    summary = report.summarize_run(log_dir, ratio=args.ratio)
-    print(report.summary_table([summary]))
-    print(f"\nWrote {log_dir}: tensorboard --logdir {log_dir}")
-    return 0
+    return report.summarize_run(log_dir, name=name, ratio=args.ratio)
 
 
 # ------------------------------------------------------------------------------- report
@@ -456,15 +502,37 @@ def _run_report(args: argparse.Namespace) -> int:
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
-    runs = [
-        report.summarize_run(d, name=name, ratio=args.ratio, simple_max=args.simple_max, complex_min=args.complex_min)
-        for d, name in zip(dirs, names)
-    ]
+    options = {"ratio": args.ratio, "simple_max": args.simple_max, "complex_min": args.complex_min}
+    grouped = [report.baseline_runs(d) for d in dirs]
+    if all(grouped):
+        return _report_baselines(grouped, names, options, html)
+    runs = [report.summarize_run(d, name=name, **options) for d, name in zip(dirs, names)]
     print(report.summary_table(runs))
     print("\nTrain-test similarity by order (last tracked step):")
     print(report.similarity_table(runs))
     if html is not None:
         report.write_html(runs, html)
+        print(f"\nWrote {html}")
+    return 0
+
+
+def _report_baselines(grouped: list[dict[str, Path]], names: list[str], options: dict[str, Any], html: Path | None) -> int:
+    """Report runs written by ``analyze --baselines``: a table per baseline, then whether the
+    band ordering and the ordering of the runs agree across the baselines they share."""
+    shared = [b for b in grouped[0] if all(b in g for g in grouped)]
+    if not shared:
+        raise InputError(f"the runs share no baseline ({[sorted(g) for g in grouped]}); analyze them with the same --baselines.")
+    by_baseline = {b: [report.summarize_run(g[b], name=name, **options) for g, name in zip(grouped, names)] for b in shared}
+    for baseline, runs in by_baseline.items():
+        print(f"Baseline {baseline}:")
+        print(report.summary_table(runs))
+        print()
+    print("Across baselines:")
+    for line in report.baseline_agreement(by_baseline):
+        print(f"  {line}")
+    if html is not None:
+        flat = [replace(r, name=f"{r.name} ({b})") for b, runs in by_baseline.items() for r in runs]
+        report.write_html(flat, html)
         print(f"\nWrote {html}")
     return 0
 
@@ -512,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--kind", choices=("and", "or", "and_or"), default="and", help="interaction kind (default and)")
     analyze.add_argument("--value", default="log_odds", choices=("log_odds", "logit", "log_prob", "output"), help="value function (default log_odds)")
     analyze.add_argument("--ratio", type=float, default=0.05, help="salience threshold ratio (default 0.05)")
-    analyze.add_argument("--baseline", help="baseline of masked players: zero, mean (of the probe inputs) or a number (default: the player kind's)")
+    analyze.add_argument("--baseline", help="baseline of masked players: zero, mean (of the inputs in --data) or a number (default: the player kind's)")
+    analyze.add_argument("--baselines", help="comma-separated baselines, e.g. zero,mean: one run per baseline in <log-dir>/baseline-<name>, and whether the band ordering agrees across them")
     analyze.add_argument("--probes", type=int, help="use K probes drawn stratified by label (default: every sample in --data)")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the --probes draw (default 0)")
     analyze.add_argument("--mask-token-id", type=int, help="token id of masked words (tokens players; default the tokenizer's)")

@@ -93,6 +93,12 @@ class Players:
         """Number of players."""
         raise NotImplementedError
 
+    @property
+    def baseline_description(self) -> str | None:
+        """What masked players become, in words, for stored metadata and reports; None when
+        the player kind does not say."""
+        return None
+
     def prepare(self, inputs: Any) -> None:
         """Called once with the whole batch before masking (e.g. to bind the input width or
         compute "mean" baselines when :meth:`fit` was not called). Default: nothing."""
@@ -172,14 +178,20 @@ class _MapPlayers(Players):
             )
         self.baselines = baselines
         self._mean: Tensor | None = None
+        self._mean_source = ""
         self._background_keep = background_keep
         self._layouts: dict[tuple[tuple[int, ...], torch.device], tuple[Tensor, bool, tuple[int, ...]]] = {}
 
     def fit(self, data: Tensor) -> _MapPlayers:
-        """Fit the "mean" baseline: the mean sample over ``data`` [N, ...]."""
+        """Fit the "mean" baseline: the mean sample over ``data`` [N, ...].
+
+        Fit on as much training data as you have: without a fit, the first batch of inputs
+        analysed (the probe samples, for a tracker) gives the mean.
+        """
         if not isinstance(data, Tensor) or data.dim() < 2:
             raise ValueError("fit(data) needs a tensor [N, ...] of samples to average.")
         self._mean = data.float().mean(0).to(data.dtype)
+        self._mean_source = f"fit on {data.shape[0]} samples"
         return self
 
     def prepare(self, inputs: Any) -> None:
@@ -187,9 +199,21 @@ class _MapPlayers(Players):
             if not isinstance(inputs, Tensor) or inputs.shape[0] < 2:
                 raise ValueError(
                     'baselines="mean" needs data: call players.fit(train_data) first, or pass '
-                    "a batch of several samples."
+                    'a batch of several samples (or choose baselines="zero").'
                 )
             self.fit(inputs)
+            self._mean_source = f"{inputs.shape[0]} probe inputs"
+
+    @property
+    def baseline_description(self) -> str:
+        """``"zero"``, ``"mean (fit on N samples)"``, ``"mean (N probe inputs)"``, ``"mean (not
+        fitted yet)"``, ``"constant 0.5"`` or ``"tensor [C, H, W]"``."""
+        b = self.baselines
+        if isinstance(b, str):
+            return "zero" if b == "zero" else f"mean ({self._mean_source or 'not fitted yet'})"
+        if isinstance(b, Tensor):
+            return f"tensor {list(b.shape)}"
+        return f"constant {float(b):g}"
 
     def player_map(self, sample: Tensor) -> Tensor:
         """[...] int64 player id of each element (broadcastable to ``sample``), -1 = background."""
@@ -331,7 +355,8 @@ class TabularPlayers(_MapPlayers):
 
     Args:
         features: column indices that become players 0..n-1 (at most 20); None = every column.
-        baselines: "mean" (per-column mean of the data given to :meth:`fit` or of the batch),
+        baselines: "mean" (per-column mean of the data given to :meth:`fit`, else of the first
+            batch analysed),
             "zero", a float, or a tensor ``[d]`` (all columns, even when ``features`` picks fewer).
         names: feature names, either one per input column ``[d]`` or one per player ``[n]``.
 
@@ -417,8 +442,9 @@ class ImagePatchPlayers(_MapPlayers):
             players 0..n-1; an int k = k patches drawn without replacement by
             ``torch.randperm(rows*cols, generator=torch.Generator().manual_seed(seed))[:k]``,
             sorted by patch id (the same patches in every sample).
-        baselines: "zero", "mean" (mean image of the data given to :meth:`fit` or the batch),
-            a float, or a tensor broadcastable to ``[C, H, W]``.
+        baselines: "mean" (mean image of the data given to :meth:`fit`, else of the first
+            batch analysed, such as the probe images), "zero", a float, or a tensor
+            broadcastable to ``[C, H, W]``.
         background: "keep" (pixels of unselected patches keep their values) or "baseline"
             (they always take the baseline).
         seed: seed of the rule used when ``select`` is an int.
@@ -428,7 +454,7 @@ class ImagePatchPlayers(_MapPlayers):
         self,
         grid: tuple[int, int],
         select: int | Sequence[int] | None = None,
-        baselines: Baselines = "zero",
+        baselines: Baselines = "mean",
         background: str = "keep",
         seed: int = 0,
     ) -> None:
@@ -488,11 +514,12 @@ class FeatureMaskPlayers(_MapPlayers):
         feature_mask: int tensor broadcastable to one sample (a leading batch dim of 1, as in
             Captum, is allowed); ids ``0..n-1`` are players (each must occur), ``-1`` is
             background (keeps its values).
-        baselines: "zero", "mean", a float, or a tensor broadcastable to one sample.
+        baselines: "mean" (mean sample of the data given to :meth:`fit`, else of the first
+            batch analysed), "zero", a float, or a tensor broadcastable to one sample.
         names: optional ``n`` player names.
     """
 
-    def __init__(self, feature_mask: Tensor, baselines: Baselines = "zero", names: Sequence[str] | None = None) -> None:
+    def __init__(self, feature_mask: Tensor, baselines: Baselines = "mean", names: Sequence[str] | None = None) -> None:
         super().__init__(baselines)
         if not isinstance(feature_mask, Tensor) or feature_mask.is_floating_point():
             raise ValueError("feature_mask must be an integer tensor of player ids (-1 = background).")
@@ -867,3 +894,32 @@ def word_ids(encoding: Any) -> Tensor:
     batch = encoding["input_ids"].shape[0] if hasattr(encoding["input_ids"], "shape") else len(encoding["input_ids"])
     rows = [[-1 if w is None else w for w in encoding.word_ids(b)] for b in range(batch)]
     return torch.tensor(rows, dtype=torch.long)
+
+
+def mean_unfitted(players: Players) -> bool:
+    """True when the players use a "mean" baseline that is not fitted yet."""
+    if not isinstance(players, _MapPlayers) or players._mean is not None:
+        return False
+    return isinstance(players.baselines, str) and players.baselines == "mean"
+
+
+def fit_mean_baseline(players: Players, data: Any) -> bool:
+    """Fit the players' "mean" baseline on ``data`` when they use one and are not fitted yet.
+
+    The tracker and the framework callbacks call it with a training sample larger than the
+    probe set: the mean of a few probes is a noisy baseline. Players fitted by the user keep
+    their fit; players without a "mean" baseline are left alone.
+
+    Args:
+        players: any players.
+        data: [N, ...] samples in the players' input format (N >= 2), or anything else (then
+            nothing is fitted: the probe inputs give the mean at the first tracked step).
+    Returns:
+        True when the baseline was fitted on ``data``.
+    """
+    if not mean_unfitted(players) or not isinstance(players, _MapPlayers):
+        return False
+    if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 2:
+        return False
+    players.fit(data)
+    return True

@@ -17,7 +17,7 @@ import base64
 import html
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import store
 from .interactions import Interactions
-from .metrics.dynamics import Trajectory, loss_gap_step, phase_boundary
+from .metrics.dynamics import Trajectory, loss_gap_step
 from .metrics.profile import Bands, OrderProfile, band_orders, stack_effects
 from .metrics.similarity import train_test_similarity
 from .summary import summarize_step
@@ -80,12 +80,14 @@ class RunSummary:
             concept set did not move).
         detour_simple, detour_complex: detour ratio of the simple and complex bands.
         sign_flips: sign flips of salient concepts over the run.
-        high_order_strength: H(t), medium + complex salient strength.
-        phase_boundary: step where smoothed H(t) is lowest before a sustained rise, or None.
-        share_boundary: the same rule applied to the high-order *share* of the salient
-            strength, H(t) / total strength. Early in training the output scale grows by
-            orders of magnitude and lifts every band at once, which can hide the valley of H(t)
-            itself; the share removes that scale.
+        high_order_strength: H(t), medium + complex salient strength (absolute; shown for
+            reference, it grows with the model's output scale).
+        high_order_share: share_H(t), H(t) / salient strength of all orders (NaN at a step
+            without concepts).
+        phase_boundary: step where the smoothed share_H(t) is lowest before a sustained rise,
+            or None (as logged under ``dynamics/phase_boundary_step``).
+        baseline: what masked players became, as the stored interactions record it (None when
+            they do not).
         loss_gap_step: step where the eval-train loss gap starts to grow, or None (no losses
             logged, or no sustained growth).
         scalars: every TensorBoard scalar of the run, ``{tag: [(step, value), ...]}``.
@@ -113,12 +115,13 @@ class RunSummary:
     detour_complex: float
     sign_flips: int
     high_order_strength: list[float]
+    high_order_share: list[float]
     phase_boundary: int | None
-    share_boundary: int | None
     loss_gap_step: int | None
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     defaulted: tuple[str, ...] = ()
     readings: dict[int, dict[str, float]] = field(default_factory=dict)
+    baseline: str | None = None
 
     @property
     def settings_note(self) -> str | None:
@@ -136,10 +139,14 @@ class RunSummary:
             f"the report used the default {', '.join(defaults[k] for k in self.defaulted)}."
         )
 
-    @property
-    def high_share(self) -> list[float]:
-        """(medium + complex) / total salient strength at each tracked step."""
-        return _high_share(self.simple_strength, self.medium_strength, self.complex_strength)
+    def reading(self, tag: str, step: int | None = None) -> float:
+        """The value of ``tag`` at ``step`` (default the last tracked step); NaN when absent."""
+        return self.readings[self.steps[-1] if step is None else step].get(tag, math.nan)
+
+    def interval(self, tag: str, step: int | None = None) -> tuple[float, float]:
+        """The 95% bootstrap interval ``(low, high)`` of ``tag`` at ``step`` (default the last
+        tracked step), as logged beside it; NaN bounds when it has none."""
+        return self.reading(tags.ci_low(tag), step), self.reading(tags.ci_high(tag), step)
 
     @property
     def early_step(self) -> int:
@@ -175,11 +182,6 @@ class RunSummary:
         if self.train_test is None or not orders:
             return math.nan
         return float(self.train_test[orders].mean())
-
-
-def _high_share(simple: list[float], medium: list[float], complex_: list[float]) -> list[float]:
-    totals = [s + m + c for s, m, c in zip(simple, medium, complex_)]
-    return [(m + c) / t if t > 0 else 0.0 for m, c, t in zip(medium, complex_, totals)]
 
 
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -303,9 +305,9 @@ def summarize_run(
     readings: dict[int, dict[str, float]] = {}
     for step in steps:
         path = store.step_path(log_dir, step)
-        res, _ = store.load_step(path)
+        res, meta = store.load_step(path)
         if step == steps[0]:
-            first = res
+            first, baseline = res, store.stored_baseline(meta)
         elif (res.n, res.kind, res.num_samples) != (first.n, first.kind, first.num_samples):
             raise ValueError(
                 f"{path} holds n={res.n}, kind={res.kind!r}, {res.num_samples} samples but the "
@@ -353,12 +355,13 @@ def summarize_run(
         detour_complex=last[tags.band_detour_ratio("complex")],
         sign_flips=int(last[tags.SIGN_FLIPS]),
         high_order_strength=series[tags.HIGH_ORDER_STRENGTH],
+        high_order_share=series[tags.HIGH_ORDER_SHARE],
         phase_boundary=None if tags.PHASE_BOUNDARY not in last else int(last[tags.PHASE_BOUNDARY]),
-        share_boundary=phase_boundary(steps, _high_share(simple, medium, complex_)),
         loss_gap_step=gap,
         scalars=scalars,
         defaulted=defaulted,
         readings=readings,
+        baseline=baseline,
     )
 
 
@@ -375,6 +378,23 @@ def _fmt(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
+def _fmt_interval(value: float, interval: tuple[float, float]) -> str:
+    """``value [low, high]``, or the value alone when the interval is undefined."""
+    low, high = interval
+    if math.isnan(value) or math.isnan(low) or math.isnan(high):
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def intervals_overlap(a: RunSummary, b: RunSummary, tag: str) -> bool | None:
+    """Whether the 95% intervals of ``tag`` at the last steps of two runs overlap (None when
+    either is undefined). Overlapping intervals do not show the runs differ on that reading."""
+    (low_a, high_a), (low_b, high_b) = a.interval(tag), b.interval(tag)
+    if any(math.isnan(x) for x in (low_a, high_a, low_b, high_b)):
+        return None
+    return low_a <= high_b and low_b <= high_a
+
+
 def _shared_orders(runs: Sequence[RunSummary], band: str) -> tuple[int, ...] | None:
     """The orders of ``band`` when every run has the same, else None (runs with another n or
     other stored cut-offs)."""
@@ -389,6 +409,10 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
     def row(label: str, values: list) -> tuple[str, list[str]]:
         return label, [_fmt(v) for v in values]
 
+    def with_interval(label: str, tag: str) -> tuple[str, list[str]]:
+        """The reading at the last step with its 95% bootstrap interval."""
+        return label, [_fmt_interval(r.reading(tag), r.interval(tag)) for r in runs]
+
     def band_label(band: str) -> str:
         orders = _shared_orders(runs, band)
         if orders is None:
@@ -399,35 +423,39 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
 
     rows = [
         ("last tracked step", [str(r.steps[-1]) for r in runs]),
+        ("baseline", [r.baseline or "unknown" for r in runs]),
         row("test accuracy", [r.test_accuracy for r in runs]),
         row("eval loss", [r.eval_loss for r in runs]),
     ]
-    for band in ("simple", "medium", "complex"):
-        rows.append(row(f"{band_label(band)} strength", [getattr(r, f"{band}_strength")[-1] for r in runs]))
+    for band, tag in zip(tags.BANDS, tags.band_strength_tags()):
+        rows.append(with_interval(f"{band_label(band)} strength", tag))
     rows += [
-        row("complex ratio", [r.complex_ratio[-1] for r in runs]),
-        row("concepts per sample", [r.num_concepts[-1] for r in runs]),
+        with_interval("simple share", tags.share("simple_share")),
+        with_interval("medium share", tags.share("medium_share")),
+        with_interval("complex ratio (complex share)", tags.summary("complex_ratio")),
+        with_interval("high-order share (medium + complex)", tags.HIGH_ORDER_SHARE),
+        with_interval("concepts per sample", tags.summary("num_concepts")),
         (
             "simple strength early (step)",
             [f"{_fmt(r.early_simple_strength)} ({r.early_step})" for r in runs],
         ),
     ]
-    for band in ("simple", "medium", "complex"):
-        rows.append(row(f"train-test similarity, {band}", [r.band_similarity(band) for r in runs]))
+    for band in tags.BANDS:
+        rows.append(with_interval(f"train-test similarity, {band}", tags.band_train_test_similarity(band)))
     rows += [
-        row("detour ratio, simple", [r.detour_simple for r in runs]),
-        row("detour ratio, complex", [r.detour_complex for r in runs]),
+        with_interval("detour ratio, simple", tags.band_detour_ratio("simple")),
+        with_interval("detour ratio, complex", tags.band_detour_ratio("complex")),
         row("sign flips", [r.sign_flips for r in runs]),
-        row("phase boundary step (H valley)", [r.phase_boundary for r in runs]),
-        row("phase boundary step (H share valley)", [r.share_boundary for r in runs]),
+        row("phase boundary step (high-order share valley)", [r.phase_boundary for r in runs]),
         row("loss gap starts growing (step)", [r.loss_gap_step for r in runs]),
     ]
     return rows
 
 
 def summary_table(runs: Sequence[RunSummary]) -> str:
-    """A plain-text table, one column per run (see :func:`summary_rows`), followed by the
-    :attr:`RunSummary.settings_note` of each run that used default settings."""
+    """A plain-text table, one column per run (see :func:`summary_rows`; averaged readings as
+    ``value [95% interval]``), followed by the :attr:`RunSummary.settings_note` of each run
+    that used default settings."""
     if not runs:
         raise ValueError("runs is empty; pass at least one RunSummary.")
     rows = [("", [r.name for r in runs]), *summary_rows(runs)]
@@ -438,6 +466,73 @@ def summary_table(runs: Sequence[RunSummary]) -> str:
         lines.append("  ".join([label.ljust(label_width), *(c.rjust(w) for c, w in zip(cells, widths))]))
     notes = [r.settings_note for r in runs if r.settings_note]
     return "\n".join(lines + (["", *notes] if notes else []))
+
+
+BASELINE_DIR_PREFIX = "baseline-"
+"""``analyze --baselines`` writes one run per baseline into ``<log_dir>/baseline-<name>``."""
+
+ORDERING_READINGS = (
+    ("complex ratio", tags.summary("complex_ratio")),
+    ("high-order share", tags.HIGH_ORDER_SHARE),
+    ("simple share", tags.share("simple_share")),
+    ("train-test similarity, simple", tags.band_train_test_similarity("simple")),
+)
+"""Readings whose ordering of runs (clean vs noisy, ...) is compared across baselines."""
+
+
+def baseline_runs(log_dir: str | os.PathLike) -> dict[str, Path]:
+    """``{baseline: run directory}`` of the per-baseline runs under ``log_dir`` (empty when
+    it holds none)."""
+    found = sorted(p for p in Path(log_dir).glob(f"{BASELINE_DIR_PREFIX}*") if p.is_dir())
+    return {p.name[len(BASELINE_DIR_PREFIX) :]: p for p in found}
+
+
+def _ordering(names: Sequence[str], values: Sequence[float]) -> str:
+    """``"a > b > c"`` by decreasing value (no NaN); ties joined with ``=``."""
+    ranked = sorted(zip(values, names), key=lambda vn: -vn[0])
+    text = ranked[0][1]
+    for (before, _), (value, name) in zip(ranked, ranked[1:]):
+        text += f" {'=' if value == before else '>'} {name}"
+    return text
+
+
+def baseline_agreement(runs_by_baseline: Mapping[str, Sequence[RunSummary]]) -> list[str]:
+    """Whether the conclusions hold across baselines, one line each.
+
+    For every run: is the ordering of the simple, medium and complex bands by salient strength
+    at the last step the same under every baseline? With two runs or more (a clean and a noisy
+    run, say, in the same order under every baseline): is the ordering of the runs by each of
+    :data:`ORDERING_READINGS` the same under every baseline?
+
+    Args:
+        runs_by_baseline: ``{baseline: [RunSummary, ...]}``, the same runs in the same order
+            under each baseline.
+    Returns:
+        Lines of text, each saying "agrees" or "differs" and giving the orderings.
+    """
+    if len(runs_by_baseline) < 1 or len({len(runs) for runs in runs_by_baseline.values()}) != 1:
+        raise ValueError("runs_by_baseline must hold the same number of runs (at least one) under every baseline.")
+    lines = []
+
+    def verdict(what: str, orderings: dict[str, str]) -> str:
+        agree = len(set(orderings.values())) == 1
+        detail = next(iter(orderings.values())) if agree else "; ".join(f"{b}: {o}" for b, o in orderings.items())
+        return f"{what} {'agrees' if agree else 'differs'} across baselines ({detail})"
+
+    first = next(iter(runs_by_baseline.values()))
+    for i, run in enumerate(first):
+        orderings = {
+            b: _ordering(tags.BANDS, [runs[i].reading(t) for t in tags.band_strength_tags()])
+            for b, runs in runs_by_baseline.items()
+        }
+        lines.append(verdict(f"{run.name}: band ordering by salient strength", orderings))
+    if len(first) > 1:
+        names = [r.name for r in first]
+        for label, tag in ORDERING_READINGS:
+            values = {b: [r.reading(tag) for r in runs] for b, runs in runs_by_baseline.items()}
+            if not any(math.isnan(v) for vs in values.values() for v in vs):  # e.g. no held-out probes
+                lines.append(verdict(f"run ordering by {label}", {b: _ordering(names, vs) for b, vs in values.items()}))
+    return lines
 
 
 def similarity_table(runs: Sequence[RunSummary]) -> str:
@@ -554,32 +649,31 @@ def detour_figure(runs: Sequence[RunSummary]) -> Figure:
 
 
 def phase_figure(runs: Sequence[RunSummary]) -> Figure:
-    """Two-phase dynamics, one panel per run: high-order strength H(t) (log scale) and its share
-    of the salient strength (right axis), with the phase boundaries of both (dashed) and the
-    step where the loss gap starts growing (dotted)."""
-    fig, axes = _figure(5.5 * len(runs), panels=len(runs), height=3.8, left=0.07, right=0.94, wspace=0.3)
+    """Two-phase dynamics, one panel per run: the high-order share share_H(t) with its 95%
+    interval and the phase boundary read off it (dashed), the step where the loss gap starts
+    growing (dotted), and absolute H(t) on a log-scaled right axis for reference (it grows with
+    the output scale and does not locate the boundary)."""
+    fig, axes = _figure(5.5 * len(runs), panels=len(runs), height=3.8, left=0.07, right=0.92, wspace=0.35)
     for ax, r in zip(axes, runs):
-        ax.plot(r.steps, r.high_order_strength, marker="o", markersize=3, color="tab:purple", label="H(t)")
+        ax.plot(r.steps, r.high_order_share, marker="o", markersize=3, color="tab:green", label="share_H(t)")
+        low, high = zip(*(r.interval(tags.HIGH_ORDER_SHARE, step) for step in r.steps))
+        ax.fill_between(r.steps, low, high, color="tab:green", alpha=0.2, label="95% interval")
+        ax.set_ylim(0, 1)
+        absolute = ax.twinx()
+        absolute.plot(r.steps, r.high_order_strength, color="tab:gray", linewidth=0.8, label="H(t), absolute")
         if min(r.high_order_strength) > 0:
-            ax.set_yscale("log")
-        share = ax.twinx()
-        share.plot(r.steps, r.high_share, marker="s", markersize=3, color="tab:green", label="H share")
-        share.set_ylim(0, 1)
-        marks = [
-            (r.phase_boundary, "tab:purple", "--", "H valley"),
-            (r.share_boundary, "tab:green", "--", "share valley"),
-            (r.loss_gap_step, "tab:red", ":", "loss gap grows"),
-        ]
+            absolute.set_yscale("log")
+        marks = [(r.phase_boundary, "tab:green", "--", "phase boundary"), (r.loss_gap_step, "tab:red", ":", "loss gap grows")]
         for step, color, style, label in marks:
             if step is not None:
                 ax.axvline(step, color=color, linestyle=style, label=f"{label} {step}")
-        _label(ax, f"{r.name}: medium + complex concepts", legend=None)
+        _label(ax, f"{r.name}: share of medium + complex concepts", legend=None)
         # One legend for both y axes: the twin's lines are not among ax's handles.
         lines = ax.get_legend_handles_labels()
-        more = share.get_legend_handles_labels()
+        more = absolute.get_legend_handles_labels()
         ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="x-small", loc="upper left")
-    axes[0].set_ylabel("H(t), salient strength")
-    share.set_ylabel("share of salient strength")
+    axes[0].set_ylabel("share of salient strength")
+    absolute.set_ylabel("H(t), salient strength")
     return fig
 
 
@@ -666,7 +760,8 @@ def render_html(
     )
     sources = "".join(
         f"<li>{esc(r.name)}: <code>{esc(r.log_dir)}</code>, n={r.n}, kind={esc(r.kind)}, "
-        f"{len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}"
+        f"{len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}, "
+        f"baseline {esc(r.baseline or 'unknown')}"
         f"{f'. {esc(r.settings_note)}' if r.settings_note else ''}</li>"
         for r in runs
     )
@@ -692,7 +787,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
 <ul>{sources}</ul>
-<h2>Summary (last tracked step unless stated)</h2>
+<h2>Summary (last tracked step unless stated; [95% bootstrap interval over probe samples])</h2>
 <table><tr><th></th>{head}</tr>{body}</table>
 <h2>Train-test similarity by order (last tracked step)</h2>
 <table><tr><th>order</th>{sim_head}</tr>{sim_body}</table>

@@ -15,6 +15,7 @@ from typing import Any, cast
 from torch import Tensor
 
 from .interactions import Interactions
+from .metrics.bootstrap import Interval, band_intervals, detour_intervals, train_test_similarity_intervals
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, band_summary, order_profile, stack_effects
 from .metrics.similarity import train_test_similarity
@@ -70,8 +71,14 @@ def summarize_step(
     simple_max: int | None = None,
     complex_min: int | None = None,
     ids: Sequence[Any] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> StepSummary:
     """The readings of tracked step ``step``.
+
+    Every averaged reading (:func:`~concept_tracker.writers.tags.interval_tags`) comes with its
+    95% percentile bootstrap interval over the probe samples, ``{tag}_ci_low`` /
+    ``{tag}_ci_high`` (see :func:`interval_scalars`).
 
     Args:
         step: the training step; ``trajectory`` must already hold it as its last step.
@@ -81,6 +88,8 @@ def summarize_step(
         ratio: salience threshold ratio.
         simple_max, complex_min: band cut-offs (None: ``n // 3`` and ``n // 2 + 1``).
         ids: B ids of the probe samples for the table (None: positions).
+        resamples: bootstrap resamples of the intervals.
+        seed: seed of the bootstrap's private generator (the same seed, the same bounds).
     Returns:
         :class:`StepSummary`.
     """
@@ -95,7 +104,13 @@ def summarize_step(
     if held is not None:
         similarity = train_test_similarity(res, res.targets, held, held.targets)
         scalars.update({tags.train_test_similarity(m): float(similarity[m]) for m in range(1, res.n + 1)})
+        bands = band_orders(res.n, simple_max, complex_min)
+        for band in tags.BANDS:
+            orders = list(getattr(bands, band))
+            value = float(similarity[orders].mean()) if orders else math.nan
+            scalars[tags.band_train_test_similarity(band)] = value
     scalars.update(dynamics_scalars(trajectory))
+    scalars.update(interval_scalars(res, trajectory, held, ratio, simple_max, complex_min, resamples=resamples, seed=seed))
     return StepSummary(
         step=step,
         scalars=scalars,
@@ -123,12 +138,74 @@ def concept_scalars(
     summary = band_summary(profile, simple_max, complex_min)
     out.update({tags.summary(stat): getattr(summary, stat) for stat in tags.SUMMARY_STATS})
     out[tags.MEDIUM_STRENGTH] = summary.medium_strength
+    # Every order >= 1 lies in exactly one band, so the three strengths sum to the total.
+    total = summary.simple_strength + summary.medium_strength + summary.complex_strength
+    for stat, part in zip(tags.SHARE_STATS, (summary.simple_strength, summary.medium_strength)):
+        out[tags.share(stat)] = part / total if total > 0 else 0.0
+    return out
+
+
+def _bounds(tag: str, interval: Interval) -> dict[str, float]:
+    return {tags.ci_low(tag): float(interval.low), tags.ci_high(tag): float(interval.high)}
+
+
+def interval_scalars(
+    res: Interactions,
+    trajectory: Trajectory,
+    held: Interactions | None = None,
+    ratio: float = 0.05,
+    simple_max: int | None = None,
+    complex_min: int | None = None,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``{tag}_ci_low`` / ``{tag}_ci_high`` for every tag of
+    :func:`~concept_tracker.writers.tags.interval_tags`: 95% percentile bootstrap intervals
+    over the probe samples (:mod:`concept_tracker.metrics.bootstrap`).
+
+    Band readings resample the probe samples; the train-test similarity resamples training
+    and held-out probes within each class; the detour ratio resamples the probe samples'
+    paths through the trajectory. NaN bounds where the reading is undefined on every resample
+    (a detour ratio before any concept moved, an empty band) or with fewer than 2 samples.
+
+    Args:
+        res: probe interactions of the step (effects [B, 2**n] per kind).
+        trajectory: the probe effects' trajectory up to this step.
+        held: held-out interactions (aligned players), or None.
+        ratio, simple_max, complex_min: salience ratio and band cut-offs.
+        resamples, seed: bootstrap resamples and seed.
+    """
+    options: dict[str, Any] = {"resamples": resamples, "level": tags.INTERVAL_LEVEL, "seed": seed}
+    names = {
+        "simple_strength": tags.summary("simple_strength"),
+        "medium_strength": tags.MEDIUM_STRENGTH,
+        "complex_strength": tags.summary("complex_strength"),
+        "complex_ratio": tags.summary("complex_ratio"),
+        "num_concepts": tags.summary("num_concepts"),
+        "simple_share": tags.share("simple_share"),
+        "medium_share": tags.share("medium_share"),
+        "high_share": tags.HIGH_ORDER_SHARE,
+    }
+    out: dict[str, float] = {}
+    for name, interval in band_intervals(res, ratio, simple_max, complex_min, **options).items():
+        out.update(_bounds(names[name], interval))
+    if held is not None:
+        similarity = train_test_similarity_intervals(
+            res, held, res.targets, held.targets, simple_max, complex_min, **options
+        )
+        for band in tags.BANDS:
+            out.update(_bounds(tags.band_train_test_similarity(band), similarity[band]))
+    path, displacement = trajectory.detour_terms()
+    detour = detour_intervals(path, displacement, trajectory.simple_max, trajectory.complex_min, **options)
+    for band in tags.DETOUR_BANDS:
+        out.update(_bounds(tags.band_detour_ratio(band), detour[band]))
     return out
 
 
 def dynamics_scalars(trajectory: Trajectory) -> dict[str, float]:
-    """Detour ratios, sign flips, forgotten concepts, emergence steps, H(t) and the phase
-    boundary, as of the trajectory's last step."""
+    """Detour ratios, sign flips, forgotten concepts, emergence steps, H(t), the high-order
+    share share_H(t) and the phase boundary (on the share), as of the trajectory's last step."""
     n = trajectory.n
     if n is None:
         raise ValueError("the trajectory is empty; append a step's effects first.")
@@ -150,7 +227,10 @@ def dynamics_scalars(trajectory: Trajectory) -> dict[str, float]:
         # Mean emergence step over the concepts of order m salient now (NaN when there are none).
         chosen_steps = emergence[salient & (order == m)]
         out[tags.emergence_step(m)] = float(chosen_steps.double().mean()) if chosen_steps.numel() else math.nan
+    # Absolute H(t) is logged for reference only: it scales with the model's output, so the
+    # phase boundary is read off the share.
     out[tags.HIGH_ORDER_STRENGTH] = float(trajectory.high_order_strength()[1][-1])
+    out[tags.HIGH_ORDER_SHARE] = float(trajectory.high_order_share()[1][-1])
     boundary = trajectory.phase_boundary()
     if boundary is not None:
         out[tags.PHASE_BOUNDARY] = float(boundary)

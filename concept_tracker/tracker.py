@@ -87,7 +87,8 @@ class ConceptTracker(DeclaredState):
     (``T * K * 2**n`` floats for ``T`` steps and ``K`` kinds).
 
     Args:
-        players: how each sample splits into players (``TabularPlayers``, ...).
+        players: how each sample splits into players (``TabularPlayers``, ...). A "mean" baseline
+            not fitted yet (``players.fit(train_x)``) becomes the mean of the probe inputs.
         probe_inputs: Tensor [B, ...] or dict of tensors [B, ...]; fixed for the whole run.
         probe_targets: [B] target classes (labels); None = the model's predictions at the
             first tracked step, then fixed.
@@ -289,7 +290,8 @@ class ConceptTracker(DeclaredState):
         try:
             for split, part, probes in (("probe", res, self._probe), ("heldout", held, self._heldout)):
                 if self.store and part is not None and probes is not None:
-                    storage.save_step(self.log_dir, step, part, probes.ids, split, run=self._run.id, **self._settings)
+                    meta = {**self._settings, "baseline": self.players.baseline_description}
+                    storage.save_step(self.log_dir, step, part, probes.ids, split, run=self._run.id, **meta)
         except Exception as err:
             failure = err
         self._write(step, res, summary)
@@ -333,7 +335,8 @@ class ConceptTracker(DeclaredState):
             title = f"{kind.upper()} concepts by order, step {step}"
             submit((tags.order_profile_figure(kind), step), "order_profile_figure", profile, title)
         steps = self._trajectory.steps
-        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, torch.stack(self._shares))
+        shares, boundary = torch.stack(self._shares), summary.get(tags.PHASE_BOUNDARY)
+        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, shares, self.simple_max, boundary)
         submit((tags.TRAJECTORY_FIGURE, step), "trajectory_figure", steps, *self._trajectory_series(res))
 
     def _log_figures(self, wait: bool) -> None:

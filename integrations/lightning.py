@@ -27,6 +27,7 @@ from typing import Any
 
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
 
 from concept_tracker.checks import check_players, check_schedule
 from concept_tracker.players import Players
@@ -34,7 +35,7 @@ from concept_tracker.probes import heldout_set, probe_set
 from concept_tracker.schedules import Schedule
 from concept_tracker.tracker import ConceptTracker
 
-from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
+from ._common import check_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
 
 
 class ConceptTrackerLightningCallback(Callback):
@@ -87,6 +88,10 @@ class ConceptTrackerLightningCallback(Callback):
         # trainer.log_dir is a collective (a broadcast from rank 0): every rank reads it.
         log_dir = self.log_dir or os.path.join(trainer.log_dir, "concepts")
         last = trainer.estimated_stepping_batches
+        # A "mean" baseline is fitted on a larger training sample than the probes.
+        loader = trainer.train_dataloader
+        dataset, collate = getattr(loader, "dataset", None), getattr(loader, "collate_fn", None)
+        fit_baseline_on_dataset(self.players, dataset, collate, _first_tensor, self.probes.inputs)
         self.tracker = ConceptTracker(
             self.players,
             self.probes.inputs,
@@ -134,3 +139,10 @@ class ConceptTrackerLightningCallback(Callback):
     def _track(self, pl_module, step: int) -> None:
         if self.tracker is not None and self.tracker.step(unwrap(pl_module), step) is not None:
             self._last_tracked = step
+
+
+def _first_tensor(batch: Any) -> Any:
+    """The inputs of a collated ``(inputs, targets, ...)`` or plain-tensor batch, else None."""
+    if isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    return batch if isinstance(batch, Tensor) else None

@@ -19,7 +19,10 @@ What happens at each Trainer event:
   optimizer step, so gradient accumulation is respected).
 - ``on_save``: the tracker state goes to ``<checkpoint>/concept_tracker/state.safetensors``.
 - ``on_log``: the headline scalars of newly tracked steps (read from the summaries
-  ``tracker.step`` returns) join the Trainer's logs.
+  ``tracker.step`` returns) join the Trainer's logs; the training and evaluation losses are
+  kept (for ``stop_on_overfit``'s loss-gap step) and, unless the concepts share the Trainer's
+  TensorBoard folder, written beside them as
+  ``train/loss`` and ``eval/loss``, so that ``concept-tracker report`` finds them.
 - ``on_train_end``: the last step is tracked (also after an early stop) and the writer closed.
 """
 
@@ -44,6 +47,7 @@ from concept_tracker.checks import check_int, check_players, check_schedule
 from concept_tracker.distributed import main_process_flag
 from concept_tracker.engine import model_device, preserved_state
 from concept_tracker.language_models import guess_answers, is_causal_lm
+from concept_tracker.metrics.dynamics import loss_gap_step
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.probes import ProbeSet, select_probes
 from concept_tracker.rundir import new_run_dir
@@ -54,7 +58,7 @@ from concept_tracker.tracker import ConceptTracker
 from concept_tracker.values import model_logits
 from concept_tracker.writers import tags
 
-from ._common import check_tracker_options, run_schedule, track_last_step, unwrap
+from ._common import check_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +71,7 @@ HEADLINE_TAGS = (
     tags.summary("simple_strength"),
     tags.summary("complex_strength"),
     tags.band_detour_ratio("complex"),
+    tags.HIGH_ORDER_SHARE,
 )
 """Scalars copied into the Trainer's logs, so that every reporter (W&B, MLflow, ...) sees them."""
 
@@ -101,9 +106,14 @@ class ConceptTrackerCallback(TrainerCallback):
             ``<output_dir>/runs/<date>_<host>``); else ``$TENSORBOARD_LOGGING_DIR/concepts``
             or ``<output_dir>/runs/concepts``.
         seed: seed of the probe draw.
-        stop_on_overfit: stop training once the phase boundary (high-order concept
-            strength falls, then keeps rising) has been reported at ``patience + 1``
-            consecutive tracked steps. Off by default.
+        stop_on_overfit: stop training once the phase boundary has been reported at
+            ``patience + 1`` consecutive tracked steps. The boundary is read off the *share* of
+            salient strength above the simple band (``dynamics/high_order_share``): the step
+            where its smoothed series is lowest before a sustained rise, when the model starts
+            to learn ever more complex concepts. Absolute high-order strength is not used: it
+            grows with the model's output through training. When the Trainer logs evaluation
+            losses, the stop message also gives the step where the eval-train loss gap started
+            to grow. Off by default.
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
         **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
             ``batch_size``, ``max_overhead``, ``strict``, ...).
@@ -156,6 +166,8 @@ class ConceptTrackerCallback(TrainerCallback):
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
         self._last_tracked: int | None = None
+        self._losses: dict[str, dict[int, float]] = {"train": {}, "eval": {}}  # {split: {step: loss}}
+        self._write_losses = True  # False when the concepts share the Trainer's TensorBoard folder
 
     # ------------------------------------------------------------------------------ events
 
@@ -177,7 +189,16 @@ class ConceptTrackerCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self._pending or logs is None:
+        if logs is None:
+            return
+        for key, split in (("loss", "train"), ("eval_loss", "eval")):
+            if isinstance(logs.get(key), numbers.Real):
+                self._losses[split][state.global_step] = float(logs[key])
+                if self.tracker is not None and self._write_losses:
+                    # Beside the concepts, under the Trainer's own TensorBoard names, so that
+                    # ``concept-tracker report`` finds the loss gap in the same directory.
+                    self.tracker.writer.scalar(f"{split}/loss", logs[key], state.global_step)
+        if not self._pending:
             return
         logs.update(self._pending)
         if state.log_history:  # Trainer.log appended this entry just before on_log
@@ -237,8 +258,17 @@ class ConceptTrackerCallback(TrainerCallback):
         held = None
         if self.heldout_dataset is not None:
             held, _ = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
+        # A "mean" baseline is fitted on a larger training sample than the probes.
+        fit_baseline_on_dataset(
+            self.players, train_dataloader.dataset, collate, lambda batch: _batch_inputs(self.players, batch), probe.inputs, self.seed
+        )
         period = state.eval_steps if args.eval_strategy == "steps" else None
         self._pending, self._boundary_run, self._last_tracked = {}, 0, None
+        self._losses = {"train": {}, "eval": {}}
+        trainer_dir = _trainer_log_dir(args)
+        log_dir = self.log_dir or trainer_dir or _concepts_log_dir(args)
+        # The Trainer's TensorBoard callback already writes the losses into its own folder.
+        self._write_losses = log_dir != trainer_dir
         return ConceptTracker(
             self.players,
             probe.inputs,
@@ -247,7 +277,7 @@ class ConceptTrackerCallback(TrainerCallback):
             heldout_inputs=None if held is None else held.inputs,
             heldout_targets=None if held is None else held.labels,
             heldout_ids=None if held is None else held.ids,
-            log_dir=self.log_dir or _default_log_dir(args),
+            log_dir=log_dir,
             schedule=run_schedule(self.schedule, state.max_steps, period),
             **options,
         )
@@ -271,12 +301,29 @@ class ConceptTrackerCallback(TrainerCallback):
         self._boundary_run = 0 if boundary is None else self._boundary_run + 1
         if boundary is None or self._boundary_run <= self.patience:
             return False
+        gap = self._loss_gap_step()
+        beside = "" if gap is None else f" The eval-train loss gap started to grow at step {gap}."
         logger.warning(
-            f"ConceptTrackerCallback stops training at step {step} (stop_on_overfit=True): high-order "
-            f"concept strength bottomed out at step {int(boundary)} and has kept rising for "
-            f"{self._boundary_run} tracked steps, the sign of the over-fitting phase (patience={self.patience})."
+            f"ConceptTrackerCallback stops training at step {step} (stop_on_overfit=True): the "
+            f"high-order share of concept strength bottomed out at step {int(boundary)} and has kept "
+            f"rising for {self._boundary_run} tracked steps, the sign of the over-fitting phase "
+            f"(patience={self.patience}).{beside}"
         )
         return True
+
+    def _loss_gap_step(self) -> int | None:
+        """Step where the eval-train loss gap starts to grow, from the losses logged so far.
+
+        Each evaluation is paired with the last training loss logged at or before its step
+        (the Trainer logs the two at different intervals).
+        """
+        train = sorted(self._losses["train"].items())
+        evals, paired = {}, {}
+        for step, loss in self._losses["eval"].items():
+            before = [value for s, value in train if s <= step]
+            if before:
+                evals[step], paired[step] = loss, before[-1]
+        return loss_gap_step(evals, paired) if evals else None
 
     def _resume(self, tracker: ConceptTracker, args, state) -> None:
         folders = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
@@ -298,23 +345,25 @@ class ConceptTrackerCallback(TrainerCallback):
         self._boundary_run = saved["callback"]["boundary_run"]
 
 
-def _default_log_dir(args) -> str:
-    """Where the concepts go by default: beside the Trainer's own scalars, one folder per launch.
-
-    With TensorBoard among ``report_to``, the folder that transformers' TensorBoard callback
-    writes to: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<date>_<host>``
-    (found from the event file this process opened there in the last minute, else named the
-    way the callback names it). One folder is one TensorBoard run, so the concept curves sit
-    beside the losses, and ``concept-tracker report`` reads both. Without TensorBoard
-    reporting: a fresh ``<root>/concepts/<date>_<host>``, ``<root>`` being
-    ``$TENSORBOARD_LOGGING_DIR`` or ``<output_dir>/runs``.
-    """
-    root = os.getenv("TENSORBOARD_LOGGING_DIR")
+def _trainer_log_dir(args) -> str | None:
+    """The folder transformers' TensorBoard callback writes to, or None when ``report_to`` has no
+    TensorBoard: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<date>_<host>``
+    (found from the event file this process opened there in the last minute, else named the way
+    the callback names it). One folder is one TensorBoard run, so concepts written there sit
+    beside the losses, and ``concept-tracker report`` reads both."""
     if "tensorboard" not in (args.report_to or []):
-        return new_run_dir(os.path.join(os.path.expanduser(root) if root else os.path.join(args.output_dir, "runs"), "concepts"))
+        return None
+    root = os.getenv("TENSORBOARD_LOGGING_DIR")
     if root:
         return os.path.expanduser(root)
     return _trainer_event_dir(os.path.join(args.output_dir, "runs")) or os.path.join(args.output_dir, default_logdir())
+
+
+def _concepts_log_dir(args) -> str:
+    """Without TensorBoard reporting: a fresh ``<root>/concepts/<date>_<host>`` per launch, with
+    ``<root>`` ``$TENSORBOARD_LOGGING_DIR`` or ``<output_dir>/runs``."""
+    root = os.getenv("TENSORBOARD_LOGGING_DIR")
+    return new_run_dir(os.path.join(os.path.expanduser(root) if root else os.path.join(args.output_dir, "runs"), "concepts"))
 
 
 def _trainer_event_dir(runs: str, recent: float = 60.0) -> str | None:
@@ -347,6 +396,13 @@ def _for_players(players: Players, inputs: dict[str, Tensor], name: str) -> Any:
             f"{sorted(inputs)}; use TokenPlayers for text, or a dataset with one input column."
         )
     return next(iter(inputs.values()))
+
+
+def _batch_inputs(players: Players, batch: Any) -> Any:
+    """The players' inputs of a collated training batch (None for a batch that is not a dict)."""
+    if not isinstance(batch, Mapping):
+        return None
+    return _for_players(players, {k: v for k, v in batch.items() if isinstance(v, Tensor) and k not in ("labels", "label")}, "train_dataset")
 
 
 def _draw_probes(

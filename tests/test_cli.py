@@ -7,10 +7,12 @@ check covers the console entry point's exit status).
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -229,10 +231,12 @@ def rewrite_metadata(path, **changes):
     save_file(tensors, str(path), metadata=meta)
 
 
-def row(out, label):
-    """The cells of one row of a printed summary table."""
+def row(out, label, intervals=False):
+    """The cells of one row of a printed summary table (columns are 2+ spaces apart); the
+    value alone unless ``intervals`` (a cell reads ``value [low, high]``)."""
     line = next(line for line in out.splitlines() if line.startswith(label))
-    return line[len(label):].split()
+    cells = re.split(r"\s{2,}", line[len(label):].strip())
+    return cells if intervals else [cell.split(" [")[0] for cell in cells]
 
 
 def concepts_per_sample(run, step, ratio):
@@ -420,6 +424,10 @@ def test_demo_runs_end_to_end_small(tmp_path):
     for name in ("band_strength", "complex_ratio", "train_test_similarity", "detour_ratio", "phase_boundary", "loss"):
         assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "report.html").is_file()
+    # The clean-vs-noisy comparison says whether the two runs' intervals overlap.
+    line = next(line for line in lines if "final complex ratio" in line)
+    overlap = report.intervals_overlap(clean, noisy, tags.summary("complex_ratio"))
+    assert overlap is not None and ("intervals overlap" in line) == overlap and ("intervals apart" in line) != overlap
     # A rerun replaces the earlier demo runs instead of mixing two runs in one directory.
     run_demo(config, echo=lines.append)
     assert len(list((tmp_path / "demo" / "clean").glob("events.out.tfevents*"))) == 1
@@ -432,3 +440,87 @@ def test_console_script_exit_code_and_one_line_error(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"concept-tracker report: error: {tmp_path / 'missing'} is not a directory; pass a tracker's log_dir."
+
+
+def test_report_shows_every_interval_as_logged(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir, log_dir="a") == 0
+    capsys.readouterr()
+    html = workdir / "out.html"
+    assert cli.main(["report", str(workdir / "a"), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    run = report.summarize_run(workdir / "a")
+    page = html.read_text()
+    shown = {
+        "simple (order 1) strength": tags.summary("simple_strength"),
+        "complex ratio (complex share)": tags.summary("complex_ratio"),
+        "high-order share (medium + complex)": tags.HIGH_ORDER_SHARE,
+        "concepts per sample": tags.summary("num_concepts"),
+        "train-test similarity, simple": tags.band_train_test_similarity("simple"),
+        "detour ratio, simple": tags.band_detour_ratio("simple"),
+    }
+    for label, tag in shown.items():
+        low, high = run.interval(tag)
+        assert low < high, tag  # 6 probes differ: a real interval
+        logged = {step: value for step, value in report.read_scalars(workdir / "a")[tags.ci_low(tag)]}
+        assert np.float32(logged[10]) == np.float32(low)  # the report shows what was logged
+        cell = f"{report._fmt(run.reading(tag))} [{report._fmt(low)}, {report._fmt(high)}]"
+        assert row(out, label, intervals=True) == [cell], label
+        assert f"<td>{cell}</td>" in page
+    assert row(out, "baseline") == ["mean (fit on 6 samples)"]
+    assert "baseline mean (fit on 6 samples)" in page
+
+
+def test_analyze_under_several_baselines_says_whether_orderings_agree(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir, "--baselines", "zero,mean,0.5", log_dir="clean") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split("  ")[-1].strip() == "baseline 0.5"
+    runs = report.baseline_runs(workdir / "clean")
+    assert sorted(runs) == ["0.5", "mean", "zero"]
+    stored = {b: load_step(step_path(path, 10))[1]["baseline"] for b, path in runs.items()}
+    assert stored == {"zero": "zero", "mean": "mean (fit on 6 samples)", "0.5": "constant 0.5"}
+    # The verdict matches the band orderings recomputed from each run.
+    summaries = {b: report.summarize_run(path) for b, path in runs.items()}
+    orderings = {
+        b: sorted(tags.BANDS, key=lambda band: -s.reading(tags.band_strength_tags()[tags.BANDS.index(band)]))
+        for b, s in summaries.items()
+    }
+    agree = len({tuple(o) for o in orderings.values()}) == 1
+    line = next(line for line in out.splitlines() if "band ordering by salient strength" in line)
+    assert ("agrees across baselines" in line) == agree and ("differs across baselines" in line) != agree
+    # Two runs (a second one with other weights) under the same baselines: report compares the
+    # ordering of the runs too.
+    write_checkpoints(workdir / "other", steps=(0, 5, 10))
+    for path in (workdir / "other").iterdir():
+        torch.save({k: -v for k, v in torch.load(path).items()}, path)
+    assert analyze(workdir, "--baselines", "zero,mean", ckpts="other", log_dir="noisy") == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(workdir / "clean"), str(workdir / "noisy")]) == 0
+    out = capsys.readouterr().out
+    assert "Baseline mean:" in out and "Baseline zero:" in out and "Baseline 0.5:" not in out
+    assert "run ordering by complex ratio" in out
+    ratio = {b: [report.summarize_run(workdir / d / f"baseline-{b}").reading(tags.summary("complex_ratio"))
+                 for d in ("clean", "noisy")] for b in ("mean", "zero")}
+    first = {b: "clean" if v[0] > v[1] else "noisy" for b, v in ratio.items()}
+    line = next(line for line in out.splitlines() if "run ordering by complex ratio" in line)
+    assert ("agrees" in line) == (first["mean"] == first["zero"])
+    assert cli.main(["analyze", str(workdir / "ckpts"), "--data", "data.pt", "--players", "tabular",
+                     "--model-factory", "tiny_factory:build", "--baselines", "zero", "--log-dir", "x"]) == 2
+    assert "--baselines='zero'" in capsys.readouterr().err
+
+
+def test_baseline_agreement_by_hand():
+    def run(name, simple, medium, complex_):
+        strengths = dict(zip(tags.band_strength_tags(), (simple, medium, complex_)))
+        return SimpleNamespace(name=name, reading=lambda tag: strengths.get(tag, 0.0 if "ratio" in tag else math.nan))
+
+    same = report.baseline_agreement({"zero": [run("a", 3, 2, 1)], "mean": [run("a", 5, 1, 0.5)]})
+    assert same == ["a: band ordering by salient strength agrees across baselines (simple > medium > complex)"]
+    differ = report.baseline_agreement({"zero": [run("a", 3, 2, 1)], "mean": [run("a", 1, 2, 3)]})
+    assert differ == [
+        "a: band ordering by salient strength differs across baselines "
+        "(zero: simple > medium > complex; mean: complex > medium > simple)"
+    ]

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from concept_tracker import report
+from concept_tracker.metrics.bootstrap import resample_indices
 from concept_tracker.metrics.dynamics import Trajectory
-from concept_tracker.metrics.profile import stack_effects
+from concept_tracker.metrics.profile import order_profile, stack_effects
 from concept_tracker.players import TabularPlayers
 from concept_tracker.probes import select_probes
 from concept_tracker.schedules import at_steps
 from concept_tracker.store import load_step, step_path
-from concept_tracker.summary import StepSummary, summarize_step
+from concept_tracker.summary import StepSummary, concept_scalars, summarize_step
 from concept_tracker.tracker import ConceptTracker
 from concept_tracker.writers import tags
 
@@ -75,8 +76,39 @@ def test_report_recomputes_exactly_what_the_tracker_logged(tmp_path, kind):
                 math.isnan(value) and math.isnan(logged[tag][step])
             ), (tag, step)
             assert value == returned[step][tag] or (math.isnan(value) and math.isnan(returned[step][tag])), (tag, step)
+        # Every averaged reading carries its bootstrap interval, logged and recomputed alike.
+        for tag in tags.interval_tags(generalization=True):
+            assert {tag, tags.ci_low(tag), tags.ci_high(tag)} <= set(recomputed), (tag, step)
+    last = run.readings[STEPS[-1]]
+    for tag in tags.interval_tags(generalization=True):
+        # The bounds bracket the reading (a mean-like statistic of 6 probes).
+        assert last[tags.ci_low(tag)] - 1e-9 <= last[tag] <= last[tags.ci_high(tag)] + 1e-9, tag
+    for tag in (tags.summary("simple_strength"), tags.share("simple_share"), tags.band_detour_ratio("simple")):
+        assert last[tags.ci_low(tag)] < last[tags.ci_high(tag)], tag  # a real spread over the probes
     assert run.complex_ratio == [returned[s][tags.summary("complex_ratio")] for s in STEPS]
     assert run.sign_flips == int(returned[STEPS[-1]][tags.SIGN_FLIPS])
+
+
+def test_band_intervals_match_a_brute_force_bootstrap(tmp_path):
+    """The logged interval of each band reading equals percentiles of the reading recomputed,
+    by the non-bootstrap code path, on each resample of the probe samples."""
+    _tracked_run(tmp_path, "and")
+    res, _ = load_step(step_path(tmp_path, STEPS[-1]))
+    trajectory = Trajectory(simple_max=2, complex_min=4)
+    trajectory.append(STEPS[-1], stack_effects(res))
+    resamples = 40
+    got = summarize_step(STEPS[-1], res, trajectory, simple_max=2, complex_min=4, resamples=resamples, seed=3)
+    index = resample_indices(res.num_samples, resamples, seed=3)
+    replicates: dict[str, list[float]] = {}
+    for rows in index:
+        # A resample is the probe set with repeated samples: the ordinary readings on it.
+        scalars = concept_scalars(order_profile(res[rows]), {}, simple_max=2, complex_min=4)
+        for tag in (*tags.band_strength_tags(), tags.summary("complex_ratio"), tags.share("simple_share")):
+            replicates.setdefault(tag, []).append(scalars[tag])
+    for tag, values in replicates.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert got[tags.ci_low(tag)] == pytest.approx(low, rel=1e-9, abs=1e-12), tag
+        assert got[tags.ci_high(tag)] == pytest.approx(high, rel=1e-9, abs=1e-12), tag
 
 
 def test_summary_is_a_mapping_of_the_logged_scalars(tmp_path):

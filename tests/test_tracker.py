@@ -157,6 +157,15 @@ def test_tensorboard_and_raw_interactions(tmp_path):
     layout = layout_pb2.Layout()
     layout.ParseFromString(layout_events[0].tensor_proto.string_val[0])
     assert "generalization" in [c.title for c in layout.category]
+    margins = {c.title: c.margin.series[0] for cat in layout.category for c in cat.chart if c.HasField("margin")}
+    assert sorted(margins) == sorted(tags.interval_tags(generalization=True))
+    series = margins[tags.HIGH_ORDER_SHARE]
+    assert (series.value, series.lower, series.upper) == (
+        tags.HIGH_ORDER_SHARE, tags.ci_low(tags.HIGH_ORDER_SHARE), tags.ci_high(tags.HIGH_ORDER_SHARE)
+    )
+    for tag in margins:  # every margin chart has its three series logged at the tracked steps
+        for part in (tag, tags.ci_low(tag), tags.ci_high(tag)):
+            assert sorted(logged.get(part, {})) == steps, part
 
     assert list_steps(tmp_path) == steps and list_steps(tmp_path, "heldout") == steps
     for step in steps:
@@ -165,6 +174,7 @@ def test_tensorboard_and_raw_interactions(tmp_path):
         assert res.or_effects is None and res.targets.tolist() == sets["probe_targets"].tolist()
         assert meta["step"] == step and meta["n"] == N_FEATURES and meta["kind"] == "and"
         assert meta["probe_ids"] == sets["probe_ids"] and meta["value"] == "log_odds"
+        assert meta["baseline"] == "mean (9 probe inputs)"  # TabularPlayers' default, not fitted
         assert res.player_names[0] == [f"x{i}" for i in range(N_FEATURES)]
         profile = order_profile(res, 0.05, kind="and")
         for m in range(1, N_FEATURES + 1):
@@ -494,10 +504,21 @@ def test_tag_strings_follow_the_spec():
 
 def test_layout_groups_every_chart():
     layout = tags.custom_layout(["and", "or"], generalization=False)
-    assert list(layout) == ["concepts (AND)", "concepts (OR)", "concepts (summary)", "dynamics", "perf"]
+    intervals = "intervals (95% bootstrap)"
+    assert list(layout) == ["concepts (AND)", "concepts (OR)", "concepts (summary)", "dynamics", intervals, "perf"]
     assert layout["dynamics"]["detour ratio by band"] == [
         "Multiline", ["dynamics/simple/detour_ratio", "dynamics/complex/detour_ratio"]
     ]
+    # One margin chart [value, lower, upper] per averaged reading.
+    charts = layout[intervals]
+    assert charts["concepts/summary/complex_ratio"] == [
+        "Margin",
+        ["concepts/summary/complex_ratio", "concepts/summary/complex_ratio_ci_low", "concepts/summary/complex_ratio_ci_high"],
+    ]
+    assert sorted(charts) == sorted(tags.interval_tags(generalization=False))
+    assert not any(t.startswith("generalization/") for t in charts)
+    with_heldout = tags.custom_layout(["and"], generalization=True)[intervals]
+    assert "generalization/complex/train_test_similarity" in with_heldout
 
 
 def test_writer_drops_what_it_cannot_log(tmp_path):
@@ -535,8 +556,14 @@ def test_figures_are_pure_matplotlib():
     figures = [
         order_profile_figure(profile, "AND"),
         order_heatmap_figure([0, 10, 100], torch.rand(3, 4, generator=torch.Generator().manual_seed(0))),
+        order_heatmap_figure([0, 10, 100], torch.rand(3, 4), simple_max=1, boundary=10.0),
         trajectory_figure([0, 10, 100], {"{p1}": torch.tensor([0.0, 1.0, 2.0])}, {}, "sample 0"),
     ]
+    marked = figures[2].axes[0]
+    assert marked.get_title().endswith("phase boundary at step 10")
+    # The boundary's column (index 1) and the simple band's upper edge are drawn.
+    assert [tuple(line.get_xdata()) for line in marked.lines][-1] == (1, 1)
+    assert tuple(marked.lines[0].get_ydata()) == (1.5, 1.5)
     for fig in figures:
         assert isinstance(fig, Figure)
         png = figure_png(fig)

@@ -9,8 +9,8 @@ online, from running sums, without keeping the snapshots.
 
 Operational choices (ours, not from the papers): the detour ratio pools samples as a ratio of
 sums; a sign flip compares a concept's sign with its sign the last time it was salient; the
-phase boundary is the lowest point of a moving average of ``H(t)`` that is followed by a
-sustained rise. See docs/metrics.md.
+phase boundary is the lowest point of a moving average of the high-order *share* followed by a
+sustained rise (:mod:`concept_tracker.metrics.phase`). See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..transforms import num_players
+from .phase import high_order_share, phase_boundary, smooth, valley_before_rise
 from .profile import Bands, band_orders, check_ratio, salient_mask, sum_by_order
 
 LossLog = Mapping[int, float] | Sequence[tuple[int, float]]
@@ -226,89 +227,6 @@ def high_order_strength(
     return float(per_order[high].sum()) / effects.shape[0] if high else 0.0
 
 
-def smooth(values: Tensor, window: int = 3) -> Tensor:
-    """Centred moving average; near the ends the window shrinks to the points available.
-
-    Args:
-        values: [T] series.
-        window: odd number of points averaged.
-    Returns:
-        [T] float64.
-    """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise ValueError(f"window={window!r} must be a positive odd number of points, such as 3.")
-    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    half = window // 2
-    padded = torch.nn.functional.pad(values[None, None], (half, half))[0, 0]
-    present = torch.nn.functional.pad(torch.ones_like(values)[None, None], (half, half))[0, 0]
-    sums = padded.unfold(0, window, 1).sum(-1)
-    counts = present.unfold(0, window, 1).sum(-1)
-    return sums / counts
-
-
-def _valley_before_rise(
-    h: Tensor, min_rises: int, rise_fraction: float, need_drop: bool
-) -> int | None:
-    """Index of the lowest point of ``h`` that starts a sustained rise, or None.
-
-    A sustained rise from index ``i``: at least ``min_rises`` consecutive strict increases whose
-    total exceeds ``rise_fraction`` times a scale: the drop ``max(h[:i+1]) - h[i]`` before ``i``
-    when ``need_drop`` (which must then be positive), else the range of ``h``.
-    """
-    if isinstance(min_rises, bool) or not isinstance(min_rises, int) or min_rises < 1:
-        raise ValueError(f"min_rises={min_rises!r} must be a positive number of consecutive rises.")
-    if not rise_fraction >= 0:
-        raise ValueError(f"rise_fraction={rise_fraction!r} must be >= 0, such as 0.1.")
-    values = h.tolist()
-    size = len(values)
-    run = [0] * size
-    for i in range(size - 2, -1, -1):
-        run[i] = run[i + 1] + 1 if values[i + 1] > values[i] else 0
-    span = max(values) - min(values) if values else 0.0
-    best: int | None = None
-    peak = -math.inf
-    for i, value in enumerate(values):
-        peak = max(peak, value)
-        scale = peak - value if need_drop else span
-        if need_drop and scale <= 0:
-            continue
-        rise = values[i + run[i]] - value
-        if run[i] >= min_rises and rise > rise_fraction * scale:
-            if best is None or value < values[best]:
-                best = i
-    return best
-
-
-def phase_boundary(
-    steps: Sequence[int],
-    strength: Tensor | Sequence[float],
-    *,
-    window: int = 3,
-    min_rises: int = 2,
-    rise_fraction: float = 0.1,
-) -> int | None:
-    """Step of the two-phase boundary: high-order strength lowest before a sustained rise.
-
-    Our operational rule: smooth ``H`` with a centred moving average of ``window`` points; a
-    candidate is a point with a positive drop ``max(H_s[:i+1]) - H_s[i]`` before it that starts
-    at least ``min_rises`` consecutive strict rises totalling more than ``rise_fraction`` times
-    that drop. The boundary is the lowest candidate (earliest on ties).
-
-    Args:
-        steps: [T] step numbers.
-        strength: [T] high-order strength H(t) at those steps.
-    Returns:
-        The step, or None when H never falls and then rises in a sustained way.
-    """
-    h = torch.as_tensor(strength, dtype=torch.float64).reshape(-1)
-    if len(steps) != h.shape[0]:
-        raise ValueError(f"steps has {len(steps)} entries but strength has {h.shape[0]}; pass one per step.")
-    if h.shape[0] == 0:
-        return None
-    index = _valley_before_rise(smooth(h, window), min_rises, rise_fraction, need_drop=True)
-    return None if index is None else int(steps[index])
-
-
 def _loss_map(losses: LossLog, name: str) -> dict[int, float]:
     pairs = losses.items() if isinstance(losses, Mapping) else losses
     try:
@@ -342,7 +260,7 @@ def loss_gap_step(
     if not steps:
         return None
     gap = torch.tensor([eval_map[s] - train_map[s] for s in steps], dtype=torch.float64)
-    index = _valley_before_rise(smooth(gap, window), min_rises, rise_fraction, need_drop=False)
+    index = valley_before_rise(smooth(gap, window), min_rises, rise_fraction, need_drop=False)
     return None if index is None else steps[index]
 
 
@@ -351,12 +269,12 @@ class Trajectory:
 
     Keeps running state only (memory ``O(B * 2**n)`` plus one float per step): per-coalition
     path length, first and last effects, last salient sign, flip counts, whether ever salient,
-    emergence steps, and the high-order strength series. Every query equals the pure function
+    emergence steps, and the high-order strength and share series. Every query equals the pure function
     of the same name on the full series.
 
     Args:
         ratio: salience threshold ratio.
-        simple_max, complex_min: band cut-offs for the high-order strength H(t).
+        simple_max, complex_min: band cut-offs for the high-order strength H(t) and share.
 
     Example:
         >>> traj = Trajectory()
@@ -372,6 +290,7 @@ class Trajectory:
         self.complex_min = complex_min
         self._steps: list[int] = []
         self._strength: list[float] = []
+        self._share: list[float] = []
         self._state: dict[str, Tensor] = {}
 
     @property
@@ -415,7 +334,7 @@ class Trajectory:
         if not isinstance(effects, Tensor) or effects.dim() not in (2, 3):
             shape = tuple(effects.shape) if isinstance(effects, Tensor) else type(effects).__name__
             raise ValueError(f"effects has shape {shape}; pass [B, 2**n] or [B, K, 2**n].")
-        num_players(effects, "effects")  # raises unless the last dimension is 2**n
+        n = num_players(effects, "effects")  # raises unless the last dimension is 2**n
         current = effects.detach().to("cpu", torch.float64)
         if self._state and current.shape != self._state["last"].shape:
             raise ValueError(
@@ -447,6 +366,8 @@ class Trajectory:
         s["emergence"] = _emergence_step(s["emergence"], salient, step)
         self._steps.append(step)
         self._strength.append(high_order_strength(current, self.ratio, self.simple_max, self.complex_min))
+        by_order = _order_totals(torch.where(salient, current.abs(), torch.zeros_like(current)), n)
+        self._share.append(float(high_order_share(by_order, len(self.bands.simple))))
 
     def detour_ratio(self, orders: Iterable[int] | None = None) -> Tensor | float:
         """Detour ratio ``P / D`` as of the latest step; see :func:`detour_ratio`.
@@ -457,6 +378,17 @@ class Trajectory:
         n = self._require("detour_ratio()")
         s = self._state
         return _detour(s["path"], (s["last"] - s["first"]).abs(), n, orders)
+
+    def detour_terms(self) -> tuple[Tensor, Tensor]:
+        """Per-sample path length and displacement as of the latest step, for intervals
+        (:func:`~concept_tracker.metrics.bootstrap.detour_intervals`).
+
+        Returns:
+            ([B, 2**n] (or [B, K, 2**n]) float64 path length, same-shape displacement).
+        """
+        self._require("detour_terms()")
+        s = self._state
+        return s["path"].clone(), (s["last"] - s["first"]).abs()
 
     def sign_flips(self) -> Tensor:
         """[n + 1] int64 sign flips so far per order; see :func:`sign_flips`."""
@@ -485,6 +417,19 @@ class Trajectory:
             torch.tensor(self._strength, dtype=torch.float64),
         )
 
+    def high_order_share(self) -> tuple[Tensor, Tensor]:
+        """The share of salient strength above the simple band, which locates the phase boundary.
+
+        Returns:
+            ([T] int64 steps, [T] float64 share_H(t), NaN at steps without concepts or restored
+            from a state saved before the share was kept); see
+            :func:`~concept_tracker.metrics.phase.high_order_share`.
+        """
+        return (
+            torch.tensor(self._steps, dtype=torch.int64),
+            torch.tensor(self._share, dtype=torch.float64),
+        )
+
     @overload
     def phase_boundary(self, eval_losses: None = None, train_losses: None = None) -> int | None: ...
 
@@ -496,7 +441,7 @@ class Trajectory:
     def phase_boundary(
         self, eval_losses: LossLog | None = None, train_losses: LossLog | None = None
     ) -> int | None | tuple[int | None, int | None]:
-        """Two-phase boundary from H(t); see :func:`phase_boundary`.
+        """Two-phase boundary from the high-order share; see :func:`phase_boundary`.
 
         Args:
             eval_losses, train_losses: optional loss logs (both or neither).
@@ -507,7 +452,7 @@ class Trajectory:
         if (eval_losses is None) != (train_losses is None):
             missing = "train_losses" if train_losses is None else "eval_losses"
             raise ValueError(f"{missing} is None; pass both eval_losses and train_losses, or neither.")
-        step = phase_boundary(self._steps, self._strength)
+        step = phase_boundary(self._steps, self._share)
         if eval_losses is None or train_losses is None:
             return step
         return step, loss_gap_step(eval_losses, train_losses)
@@ -516,7 +461,8 @@ class Trajectory:
         """Everything needed to continue: tensors plus JSON-able scalars and lists (no pickle).
 
         Returns:
-            dict with "ratio", "simple_max", "complex_min", "steps", "high_order_strength" and,
+            dict with "ratio", "simple_max", "complex_min", "steps", "high_order_strength",
+            "high_order_share" and,
             after the first step, the running tensors ("first", "last", "path", "last_sign",
             "flips", "ever_salient", "salient", "emergence").
         """
@@ -526,6 +472,7 @@ class Trajectory:
             "complex_min": self.complex_min,
             "steps": list(self._steps),
             "high_order_strength": list(self._strength),
+            "high_order_share": list(self._share),
         }
         state.update({name: t.clone() for name, t in self._state.items()})
         return state
@@ -561,4 +508,11 @@ class Trajectory:
         self.ratio = check_ratio(float(state["ratio"]))
         self.simple_max = state.get("simple_max")
         self.complex_min = state.get("complex_min")
-        self._steps, self._strength, self._state = steps, strength, tensors
+        # States saved before the share was kept: those steps have no share (the rule skips NaN).
+        share = [float(x) for x in state.get("high_order_share", [math.nan] * len(steps))]
+        if len(share) != len(steps):
+            raise ValueError(
+                f"state has {len(steps)} steps but {len(share)} high_order_share values; "
+                "pass an unmodified Trajectory.state_dict()."
+            )
+        self._steps, self._strength, self._share, self._state = steps, strength, share, tensors

@@ -78,26 +78,41 @@ def order_profile_figure(profile: OrderProfile, title: str) -> Figure:
     return fig
 
 
-def order_heatmap_figure(steps: Sequence[int], shares: Tensor) -> Figure:
-    """Order x step heat map of each order's share of the salient strength.
+def order_heatmap_figure(
+    steps: Sequence[int], shares: Tensor, simple_max: int | None = None, boundary: float | None = None
+) -> Figure:
+    """Order x step heat map of each order's share of the salient strength, with the phase
+    boundary marked.
+
+    A white line separates the simple band from the orders above it, whose summed share is
+    share_H(t); a dashed line marks the phase boundary, the step where share_H(t) is lowest
+    before a sustained rise.
 
     Args:
         steps: the T tracked steps (columns, evenly spaced whatever the step gaps).
         shares: [T, n + 1] share per order at each step (order 0 is not drawn).
+        simple_max: last order of the simple band (None: ``n // 3``).
+        boundary: the phase boundary step (one of ``steps``), or None when none is found yet.
     """
     data = shares[:, 1:].cpu().numpy().T
     n = data.shape[0]
+    simple_max = n // 3 if simple_max is None else simple_max
     fig = Figure(figsize=(7, 3.5), dpi=100)
     ax = fig.add_subplot()
     image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", vmin=0.0,
                       extent=(-0.5, len(steps) - 0.5, 0.5, n + 0.5))
+    ax.axhline(simple_max + 0.5, color="white", linewidth=1.0)
+    title = "share of salient strength by order"
+    if boundary is not None and int(boundary) in steps:
+        ax.axvline(list(steps).index(int(boundary)), color="white", linestyle="--", linewidth=1.2)
+        title += f"; phase boundary at step {int(boundary)}"
     ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int))
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(steps[i]) for i in ticks], rotation=45, fontsize="small")
     ax.set_yticks(np.arange(1, n + 1))
     ax.set_xlabel("tracked step")
     ax.set_ylabel("order m")
-    ax.set_title("share of salient strength by order")
+    ax.set_title(title, fontsize="medium")
     fig.colorbar(image, ax=ax, label="share")
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.22, top=0.9)
     return fig

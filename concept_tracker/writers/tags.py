@@ -15,11 +15,20 @@ The scalar tags below are a stable contract (``m`` is the order, zero-padded to 
 Tags beyond the contract (same families, so TensorBoard groups them with the contract's)::
 
     concepts/summary/medium_strength          salient strength of the medium band
+    concepts/summary/simple_share | medium_share   band strength / salient strength of all
+                                               orders (the complex share is complex_ratio)
+    generalization/{band}/train_test_similarity   mean over the band's orders (band simple,
+                                               medium or complex; with held-out probes)
     dynamics/order_{m:02d}/forgotten           concepts of order m salient once, no longer
     dynamics/forgotten                         the same over all orders
     dynamics/order_{m:02d}/emergence_step      mean emergence step of order-m concepts
-    dynamics/high_order_strength               H(t), medium + complex strength
-    dynamics/phase_boundary_step               step where smoothed H(t) bottoms out (once found)
+    dynamics/high_order_strength               H(t), medium + complex strength (absolute;
+                                               grows with the output scale, not used for the boundary)
+    dynamics/high_order_share                  share_H(t) = H(t) / salient strength of all orders
+    dynamics/phase_boundary_step               step where smoothed share_H(t) is lowest before a
+                                               sustained rise (once found)
+    {tag}_ci_low | {tag}_ci_high               95% percentile bootstrap interval over probe
+                                               samples of every averaged reading (INTERVAL_TAGS)
     perf/forwards_per_second                   masked rows per second of the engine
     perf/skipped_steps                         scheduled steps skipped for max_overhead
     histograms/{kind}/order_{m:02d}/abs_effect |I(S)| of every S of order m, all probe samples
@@ -36,6 +45,10 @@ from typing import Any
 ORDER_STATS = ("count", "positive", "negative")
 SUMMARY_STATS = ("simple_strength", "complex_strength", "complex_ratio", "num_concepts")
 DETOUR_BANDS = ("simple", "complex")
+BANDS = ("simple", "medium", "complex")
+SHARE_STATS = ("simple_share", "medium_share")
+INTERVAL_LEVEL = 0.95
+"""Coverage of the ``{tag}_ci_low`` / ``{tag}_ci_high`` bootstrap intervals."""
 
 SIGN_FLIPS = "dynamics/sign_flips"
 PERF_SECONDS = "perf/seconds"
@@ -43,6 +56,7 @@ PERF_SECONDS = "perf/seconds"
 MEDIUM_STRENGTH = "concepts/summary/medium_strength"
 FORGOTTEN = "dynamics/forgotten"
 HIGH_ORDER_STRENGTH = "dynamics/high_order_strength"
+HIGH_ORDER_SHARE = "dynamics/high_order_share"
 PHASE_BOUNDARY = "dynamics/phase_boundary_step"
 FORWARDS_PER_SECOND = "perf/forwards_per_second"
 SKIPPED_STEPS = "perf/skipped_steps"
@@ -72,6 +86,42 @@ def summary(stat: str) -> str:
 def band_strength_tags() -> tuple[str, str, str]:
     """The salient-strength tags of the simple, medium and complex bands."""
     return summary("simple_strength"), MEDIUM_STRENGTH, summary("complex_strength")
+
+
+def share(stat: str) -> str:
+    """``concepts/summary/{stat}``; stat "simple_share" or "medium_share"."""
+    if stat not in SHARE_STATS:
+        raise ValueError(f"stat={stat!r}; use one of {SHARE_STATS}.")
+    return f"concepts/summary/{stat}"
+
+
+def band_train_test_similarity(band: str) -> str:
+    """``generalization/{band}/train_test_similarity``; band "simple", "medium" or "complex"."""
+    if band not in BANDS:
+        raise ValueError(f"band={band!r}; use one of {BANDS}.")
+    return f"generalization/{band}/train_test_similarity"
+
+
+def ci_low(tag: str) -> str:
+    """``{tag}_ci_low``: lower bound of the bootstrap interval of ``tag``."""
+    return f"{tag}_ci_low"
+
+
+def ci_high(tag: str) -> str:
+    """``{tag}_ci_high``: upper bound of the bootstrap interval of ``tag``."""
+    return f"{tag}_ci_high"
+
+
+def interval_tags(generalization: bool) -> list[str]:
+    """The averaged readings logged with a bootstrap interval: band strengths and shares,
+    complex ratio, concepts per sample, high-order share, band detour ratios and (with held-out
+    probes) band train-test similarities."""
+    out = [*band_strength_tags(), *(share(s) for s in SHARE_STATS), summary("complex_ratio")]
+    out += [summary("num_concepts"), HIGH_ORDER_SHARE]
+    if generalization:
+        out += [band_train_test_similarity(b) for b in BANDS]
+    out += [band_detour_ratio(b) for b in DETOUR_BANDS]
+    return out
 
 
 def train_test_similarity(m: int) -> str:
@@ -136,7 +186,8 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
     Each chart overlays every order (tags are matched as regular expressions).
 
     Returns:
-        ``{category: {chart title: ["Multiline", [tag regex, ...]]}}``.
+        ``{category: {chart title: ["Multiline", [tag regex, ...]]}}``; the intervals category
+        holds ``["Margin", [tag, tag_ci_low, tag_ci_high]]`` charts.
     """
     layout: dict[str, dict[str, list[Any]]] = {}
     for kind in kinds:
@@ -164,8 +215,13 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
         "detour ratio by band": ["Multiline", [band_detour_ratio(b) for b in DETOUR_BANDS]],
         "sign flips and forgotten concepts": ["Multiline", [SIGN_FLIPS, FORGOTTEN]],
         "emergence step by order": ["Multiline", [r"dynamics/order_\d+/emergence_step"]],
-        "high-order strength": ["Multiline", [HIGH_ORDER_STRENGTH]],
-        "phase boundary step": ["Multiline", [PHASE_BOUNDARY]],
+        "high-order strength (absolute)": ["Multiline", [HIGH_ORDER_STRENGTH]],
+        "high-order share": ["Multiline", [HIGH_ORDER_SHARE]],
+        "phase boundary step (share valley)": ["Multiline", [PHASE_BOUNDARY]],
+    }
+    # Margin charts draw the value with its interval as a band: [value, lower, upper].
+    layout[f"intervals ({INTERVAL_LEVEL:.0%} bootstrap)"] = {
+        tag: ["Margin", [tag, ci_low(tag), ci_high(tag)]] for tag in interval_tags(generalization)
     }
     layout["perf"] = {
         "seconds per tracked step": ["Multiline", [PERF_SECONDS]],

@@ -48,9 +48,9 @@ def data():
     return x, y
 
 
-def fit(root, ckpt_path=None, logger="tb", max_steps=8):
+def fit(root, ckpt_path=None, logger="tb", max_steps=8, players=None):
     x, y = data()
-    players = TabularPlayers(baselines="zero")
+    players = TabularPlayers(baselines="zero") if players is None else players
     callback = ConceptTrackerLightningCallback(players, x[:4], y[:4], schedule=at_steps([2]))
     if logger == "tb":
         loggers = TensorBoardLogger(root, name="tb", version=0)
@@ -130,3 +130,16 @@ def test_bad_arguments_name_the_parameter():
         ConceptTrackerLightningCallback(None, x)
     with pytest.raises(ValueError, match="unknown tracker option"):
         ConceptTrackerLightningCallback(TabularPlayers(), x, log_every=3)
+
+
+def test_mean_baseline_is_fitted_on_the_training_data_without_changing_training(tmp_path):
+    x, _ = data()
+    players = TabularPlayers()  # "mean" by default
+    trainer, module, _ = fit(tmp_path / "a", players=players)
+    # The whole training set (64 rows), not the 4 probes.
+    torch.testing.assert_close(players._mean, x.mean(0))
+    _, meta = load_step(tmp_path / "a" / "tb" / "version_0" / "concepts" / "interactions" / "step_00000002.safetensors")
+    assert meta["baseline"] == "mean (fit on 64 samples)"
+    _, untracked, _ = fit(tmp_path / "b", players=TabularPlayers(baselines="zero"))
+    for a, b in zip(module.parameters(), untracked.parameters()):
+        assert torch.equal(a, b)  # fitting on the training data leaves training unchanged

@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from concept_tracker import TabularPlayers, TokenPlayers
+from concept_tracker import TabularPlayers, TokenPlayers, report
 from concept_tracker.integrations._common import unwrap
 from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback
 from concept_tracker.schedules import at_steps, every
@@ -398,4 +399,58 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
     )
     trainer.train()
     assert callback.tracker.log_dir == str(tmp_path / "tb")  # the Trainer's folder itself
-    assert "train/loss" in scalar_steps(tmp_path / "tb")
+    losses = scalar_steps(tmp_path / "tb")["train/loss"]
+    assert losses and len(losses) == len(set(losses))  # written once, by the Trainer
+
+
+def test_stop_message_gives_the_loss_gap_step_from_unaligned_logs():
+    """The Trainer logs train and eval losses at different steps: each evaluation is paired with
+    the last training loss before it, and the gap's valley (step 50) is found."""
+    callback = ConceptTrackerCallback(TabularPlayers())
+    gap = [0.5, 0.4, 0.3, 0.2, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    for i, g in enumerate(gap):
+        step = 10 * (i + 1)
+        train = 1.0 - 0.01 * i
+        callback.on_log(None, SimpleNamespace(global_step=step - 3, log_history=[]), None, logs={"loss": train})
+        callback.on_log(None, SimpleNamespace(global_step=step, log_history=[]), None, logs={"eval_loss": train + g})
+    assert callback._loss_gap_step() == 50
+    assert ConceptTrackerCallback(TabularPlayers())._loss_gap_step() is None
+
+
+class TabularModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(4, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=gen)
+    data = [{"x": x[i], "labels": int(x[i, 0] > 0)} for i in range(40)]
+    players = TabularPlayers()  # "mean" by default
+    callback = ConceptTrackerCallback(players, num_probe=4, schedule=at_steps([1]))
+    trainer = Trainer(
+        model=TabularModel(),
+        args=training_args(tmp_path, max_steps=3, save_strategy="no", eval_strategy="steps", eval_steps=1),
+        train_dataset=data, eval_dataset=data[:8], callbacks=[callback],
+    )
+    trainer.train()
+    torch.testing.assert_close(players._mean, x.mean(0))  # the training set's 40 rows, not the 4 probes
+    _, meta = load_step(concepts_dir(tmp_path) / "interactions" / "step_00000001.safetensors")
+    assert meta["baseline"] == "mean (fit on 40 samples)"
+    # The Trainer's losses are written beside the concepts, where the report reads them.
+    run = report.summarize_run(concepts_dir(tmp_path))
+    for split, key in (("train", "loss"), ("eval", "eval_loss")):
+        series = dict(run.scalars[f"{split}/loss"])
+        assert sorted(series) == [1, 2, 3]
+        for step, value in series.items():
+            logged = next(e[key] for e in trainer.state.log_history if e["step"] == step and key in e)
+            assert value == pytest.approx(logged)
