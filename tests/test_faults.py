@@ -149,9 +149,9 @@ def test_a_storage_failure_keeps_the_scalars(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(storage, "save_step", full_disk)
-    messages = recorded(lambda: [t.step(model(), s) for s in (1, 2)])
-    t.close()
+    messages = recorded(lambda: [t.step(model(), s) for s in (1, 2)] + [t.close()])
     assert sum("could not track step 1: OSError" in m for m in messages) == 1
+    assert any("1 steps tracked of 3 scheduled, 0 skipped (max_overhead), 2 failed" in m for m in messages)
     assert list_steps(tmp_path) == [0] and scalar_steps(tmp_path) == [0, 1, 2]
 
 

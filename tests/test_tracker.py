@@ -358,11 +358,12 @@ def test_external_writer_is_left_open(tmp_path):
 
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    import concept_tracker.rundir as rundir_module
     import concept_tracker.tracker as tracker_module
     import concept_tracker.writers.tensorboard as tb_module
 
-    monkeypatch.setattr(tracker_module, "is_main_process", lambda: False)
-    monkeypatch.setattr(tb_module, "is_main_process", lambda: False)
+    for module in (tracker_module, tb_module, rundir_module):  # the lock too is rank 0's
+        monkeypatch.setattr(module, "is_main_process", lambda: False)
     x, y = make_data()
     with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path / "run", strict=True) as tracker:
         assert tracker.step(make_model(), 0) is not None
