@@ -175,21 +175,22 @@ def test_report_html_shows_every_run_with_its_own_numbers(workdir):
 
     page = Tables()
     page.feed(html.read_text())
-    summary = next(t for t in page.tables if any(row and row[0] == "complex ratio" for row in t))
+    summary = next(t for t in page.tables if any(row and row[0].startswith("complex ratio") for row in t))
     by_order = next(t for t in page.tables if t[0] and t[0][0] == "order")
     assert summary[0][1:] == names
     assert [row[0] for row in by_order[1:]] == names
-    rows = {row[0]: row[1:] for row in summary}
+    rows = {row[0].split(" (")[0]: row[1:] for row in summary}
     for column, name in enumerate(names):
         last = STEPS[-1]
         probe, _ = load_step(step_path(workdir / "runs" / name, last))
         held, _ = load_step(step_path(workdir / "runs" / name, last, "heldout"))
         reading = band_summary(order_profile(probe, 0.05))
-        assert float(rows["complex ratio"][column]) == pytest.approx(reading.complex_ratio, abs=5e-4), name
-        assert float(rows["concepts per sample"][column]) == pytest.approx(reading.num_concepts, abs=5e-4), name
+        # A cell reads "value [low, high]": the reading, then its bootstrap interval.
+        assert float(rows["complex ratio"][column].split()[0]) == pytest.approx(reading.complex_ratio, abs=5e-4), name
+        assert float(rows["concepts per sample"][column].split()[0]) == pytest.approx(reading.num_concepts, abs=5e-4), name
         assert rows["last tracked step"][column] == str(last)
         similarity = train_test_similarity(probe, probe.targets, held, held.targets)
         shown = [float(v) for v in by_order[1 + column][1:]]
         assert shown == pytest.approx(similarity[1:].tolist(), abs=5e-3), name
     # The runs differ, so a report repeating one run's numbers cannot pass the checks above.
-    assert len(set(rows["complex ratio"])) == len(names)
+    assert len({cell.split()[0] for cell in rows["complex ratio"]}) == len(names)
