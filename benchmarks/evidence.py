@@ -374,9 +374,13 @@ def oriented(models: list[dict], name: str) -> np.ndarray:
 
 
 def kendall(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b over the finite pairs; NaN when undefined (fewer than two, or ties)."""
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 2:
         return math.nan
+    if ok.sum() == 2:  # one pair (a one-axis group): tau-b is the product of the signs
+        sign = np.sign(np.diff(x[ok])[0]) * np.sign(np.diff(y[ok])[0])
+        return float(sign) if sign != 0 else math.nan
     tau = stats.kendalltau(x[ok], y[ok]).statistic
     return float(tau) if np.isfinite(tau) else math.nan
 
