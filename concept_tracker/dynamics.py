@@ -379,6 +379,17 @@ class Trajectory:
         s = self._state
         return _detour(s["path"], (s["last"] - s["first"]).abs(), n, orders)
 
+    def detour_terms(self) -> tuple[Tensor, Tensor]:
+        """Per-sample path length and displacement as of the latest step, for intervals
+        (:func:`~concept_tracker.metrics.bootstrap.detour_intervals`).
+
+        Returns:
+            ([B, 2**n] (or [B, K, 2**n]) float64 path length, same-shape displacement).
+        """
+        self._require("detour_terms()")
+        s = self._state
+        return s["path"].clone(), (s["last"] - s["first"]).abs()
+
     def sign_flips(self) -> Tensor:
         """[n + 1] int64 sign flips so far per order; see :func:`sign_flips`."""
         n = self._require("sign_flips()")

@@ -92,6 +92,12 @@ class Players:
         """Number of players."""
         raise NotImplementedError
 
+    @property
+    def baseline_description(self) -> str | None:
+        """What masked players become, in words, for stored metadata and reports; None when
+        the player kind does not say."""
+        return None
+
     def prepare(self, inputs: Any) -> None:
         """Called once with the whole batch before masking (e.g. to bind the input width or
         compute "mean" baselines when :meth:`fit` was not called). Default: nothing."""
@@ -165,14 +171,20 @@ class _MapPlayers(Players):
             )
         self.baselines = baselines
         self._mean: Tensor | None = None
+        self._mean_source = ""
         self._background_keep = background_keep
         self._layouts: dict[tuple[tuple[int, ...], torch.device], tuple[Tensor, bool, tuple[int, ...]]] = {}
 
     def fit(self, data: Tensor) -> "_MapPlayers":
-        """Fit the "mean" baseline: the mean sample over ``data`` [N, ...]."""
+        """Fit the "mean" baseline: the mean sample over ``data`` [N, ...].
+
+        Fit on as much training data as you have: without a fit, the first batch of inputs
+        analysed (the probe samples, for a tracker) gives the mean.
+        """
         if not isinstance(data, Tensor) or data.dim() < 2:
             raise ValueError("fit(data) needs a tensor [N, ...] of samples to average.")
         self._mean = data.float().mean(0).to(data.dtype)
+        self._mean_source = f"fit on {data.shape[0]} samples"
         return self
 
     def prepare(self, inputs: Any) -> None:
@@ -180,9 +192,21 @@ class _MapPlayers(Players):
             if not isinstance(inputs, Tensor) or inputs.shape[0] < 2:
                 raise ValueError(
                     'baselines="mean" needs data: call players.fit(train_data) first, or pass '
-                    "a batch of several samples."
+                    'a batch of several samples (or choose baselines="zero").'
                 )
             self.fit(inputs)
+            self._mean_source = f"{inputs.shape[0]} probe inputs"
+
+    @property
+    def baseline_description(self) -> str:
+        """``"zero"``, ``"mean (fit on N samples)"``, ``"mean (N probe inputs)"``, ``"mean (not
+        fitted yet)"``, ``"constant 0.5"`` or ``"tensor [C, H, W]"``."""
+        b = self.baselines
+        if isinstance(b, str):
+            return "zero" if b == "zero" else f"mean ({self._mean_source or 'not fitted yet'})"
+        if isinstance(b, Tensor):
+            return f"tensor {list(b.shape)}"
+        return f"constant {float(b):g}"
 
     def player_map(self, sample: Tensor) -> Tensor:
         """[...] int64 player id of each element (broadcastable to ``sample``), -1 = background."""
@@ -324,7 +348,8 @@ class TabularPlayers(_MapPlayers):
 
     Args:
         features: column indices that become players 0..n-1 (at most 20); None = every column.
-        baselines: "mean" (per-column mean of the data given to :meth:`fit` or of the batch),
+        baselines: "mean" (per-column mean of the data given to :meth:`fit`, else of the first
+            batch analysed),
             "zero", a float, or a tensor ``[d]`` (all columns, even when ``features`` picks fewer).
         names: feature names, either one per input column ``[d]`` or one per player ``[n]``.
 
@@ -410,8 +435,9 @@ class ImagePatchPlayers(_MapPlayers):
             players 0..n-1; an int k = k patches drawn without replacement by
             ``torch.randperm(rows*cols, generator=torch.Generator().manual_seed(seed))[:k]``,
             sorted by patch id (the same patches in every sample).
-        baselines: "zero", "mean" (mean image of the data given to :meth:`fit` or the batch),
-            a float, or a tensor broadcastable to ``[C, H, W]``.
+        baselines: "mean" (mean image of the data given to :meth:`fit`, else of the first
+            batch analysed, such as the probe images), "zero", a float, or a tensor
+            broadcastable to ``[C, H, W]``.
         background: "keep" (pixels of unselected patches keep their values) or "baseline"
             (they always take the baseline).
         seed: seed of the rule used when ``select`` is an int.
@@ -421,7 +447,7 @@ class ImagePatchPlayers(_MapPlayers):
         self,
         grid: tuple[int, int],
         select: int | Sequence[int] | None = None,
-        baselines: Baselines = "zero",
+        baselines: Baselines = "mean",
         background: str = "keep",
         seed: int = 0,
     ) -> None:
@@ -481,11 +507,12 @@ class FeatureMaskPlayers(_MapPlayers):
         feature_mask: int tensor broadcastable to one sample (a leading batch dim of 1, as in
             Captum, is allowed); ids ``0..n-1`` are players (each must occur), ``-1`` is
             background (keeps its values).
-        baselines: "zero", "mean", a float, or a tensor broadcastable to one sample.
+        baselines: "mean" (mean sample of the data given to :meth:`fit`, else of the first
+            batch analysed), "zero", a float, or a tensor broadcastable to one sample.
         names: optional ``n`` player names.
     """
 
-    def __init__(self, feature_mask: Tensor, baselines: Baselines = "zero", names: Sequence[str] | None = None) -> None:
+    def __init__(self, feature_mask: Tensor, baselines: Baselines = "mean", names: Sequence[str] | None = None) -> None:
         super().__init__(baselines)
         if not isinstance(feature_mask, Tensor) or feature_mask.is_floating_point():
             raise ValueError("feature_mask must be an integer tensor of player ids (-1 = background).")

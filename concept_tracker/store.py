@@ -12,8 +12,10 @@ safetensors client: ``step``, ``n``, ``kind``, ``value``, ``aligned``, ``player_
 one list of ``n`` names per sample), ``probe_ids`` (JSON list or ``null``), ``split``.
 Beside them, the settings the run was tracked with, as JSON: ``ratio`` (salience threshold
 ratio, ``null`` when the writer did not say), ``simple_max`` and ``complex_min`` (band
-cut-offs, ``null`` for the defaults ``n // 3`` and ``n // 2 + 1``). Files written before these
-settings were recorded lack the three keys and still load; see :func:`tracked_settings`.
+cut-offs, ``null`` for the defaults ``n // 3`` and ``n // 2 + 1``), and ``baseline``: what masked
+players became, in words (``"zero"``, ``"mean (fit on 1000 samples)"``, ...; ``null`` when the
+writer did not say). Files written before these settings were recorded lack those keys and
+still load; see :func:`tracked_settings` and :func:`stored_baseline`.
 
 Files are written to a temporary name and renamed, so a crash never leaves a half-written
 step file behind.
@@ -41,7 +43,9 @@ STATE_FORMAT = "concept-tracker/state/1"
 
 _TENSOR_FIELDS = ("outputs", "and_effects", "or_effects", "gamma", "q", "targets")
 # Metadata values that are JSON; the others are stored as plain strings.
-_JSON_FIELDS = ("step", "n", "aligned", "player_names", "probe_ids", "ratio", "simple_max", "complex_min")
+_JSON_FIELDS = (
+    "step", "n", "aligned", "player_names", "probe_ids", "ratio", "simple_max", "complex_min", "baseline",
+)
 SETTINGS = ("ratio", "simple_max", "complex_min")
 """Metadata keys of the settings a run was tracked with (absent from older files)."""
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.safetensors$")
@@ -69,6 +73,7 @@ def save_step(
     ratio: float | None = None,
     simple_max: int | None = None,
     complex_min: int | None = None,
+    baseline: str | None = None,
 ) -> Path:
     """Write the interactions of one tracked step.
 
@@ -82,6 +87,8 @@ def save_step(
             a report then falls back to 0.05.
         simple_max, complex_min: band cut-offs the run is tracked with; None records the
             defaults ``n // 3`` and ``n // 2 + 1``.
+        baseline: what masked players became, in words (``players.baseline_description``);
+            None records "unknown".
     Returns:
         The path written (see ``step_path``).
     """
@@ -96,7 +103,7 @@ def save_step(
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     meta = {k: v for k, v in state.items() if not isinstance(v, Tensor)}
     meta.update(format=FORMAT, step=step, probe_ids=probe_ids, split=split)
-    meta.update(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
+    meta.update(ratio=ratio, simple_max=simple_max, complex_min=complex_min, baseline=baseline)
     metadata = {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in meta.items()}
     _atomic_save(path, tensors, metadata)
     return path
@@ -157,6 +164,17 @@ def tracked_settings(meta: dict[str, Any]) -> dict[str, Any] | None:
     if meta.get("ratio") is None:
         return None
     return {key: meta.get(key) for key in SETTINGS}
+
+
+def stored_baseline(meta: dict[str, Any]) -> str | None:
+    """The baseline a step file records, from the metadata :func:`load_step` returns.
+
+    Returns:
+        The description (such as ``"zero"`` or ``"mean (fit on 1000 samples)"``), or None when
+        the file does not record it (written before baselines were stored, or by a caller that
+        did not pass one).
+    """
+    return meta.get("baseline")
 
 
 def interactions_state(res: Interactions) -> dict[str, Any]:

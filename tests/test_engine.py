@@ -115,7 +115,8 @@ def test_cnn_on_image_patches_matches_brute_force():
     # Patch of pixel (h, w) on an 8x8 image with a 2x3 grid: rows 0-3 | 4-7, cols 0-2 | 3-5 | 6-7.
     patch = torch.tensor([[(h // 4) * 3 + (0 if w < 3 else 1 if w < 6 else 2) for w in range(8)] for h in range(8)])
     keep = keep_matrix(6)[:, patch]  # [64, 8, 8]
-    rows = torch.where(keep[None, :, None], x[:, None], 0.0)  # [3, 64, 1, 8, 8]
+    # The default baseline is the mean image of the batch analysed.
+    rows = torch.where(keep[None, :, None], x[:, None], x.mean(0))  # [3, 64, 1, 8, 8]
     with torch.no_grad():
         targets = model(x).argmax(1)
         v = reference_log_odds(model(rows.reshape(-1, 1, 8, 8)).reshape(3, 64, 10), targets[:, None].expand(3, 64))

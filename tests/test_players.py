@@ -191,7 +191,7 @@ def test_selected_patches_follow_list_order_and_background_keeps():
 
 def test_background_baseline_masks_unselected_patches():
     x = image(1, 4, 6)
-    players = ct.ImagePatchPlayers(grid=(2, 3), select=[1, 3], background="baseline")
+    players = ct.ImagePatchPlayers(grid=(2, 3), select=[1, 3], baselines="zero", background="baseline")
     masked = players.mask(x, coalition_matrix(2))
     assert torch.equal(masked, expected_image(x, (2, 3), [1, 3], 0.0, background_keep=False))
     # Full coalition: only patches 1 and 3 survive.
@@ -258,7 +258,7 @@ def test_feature_mask_broadcasts_over_channels_and_drops_a_batch_dim():
     x = image(3, 2, 2)
     fm = torch.tensor([[0, 1], [1, -1]])
     for mask in (fm, fm[None], fm[None, None]):
-        masked = ct.FeatureMaskPlayers(mask).mask(x, coalition_matrix(2))
+        masked = ct.FeatureMaskPlayers(mask, baselines="zero").mask(x, coalition_matrix(2))
         assert masked.shape == (4, 3, 2, 2)
         assert (masked[1][:, 0, 0] == x[:, 0, 0]).all() and (masked[1][:, 0, 1] == 0).all()
         assert (masked[0][:, 1, 1] == x[:, 1, 1]).all()
@@ -390,3 +390,29 @@ def test_token_ids_unknown_to_the_tokenizer_are_words_of_their_own():
     sample = {"input_ids": torch.tensor([0, 2, 3, 99, 98]), "attention_mask": torch.ones(5, dtype=torch.long)}
     assert players.chosen(sample) == [[1, 2], [3], [4]]
     assert players.names(sample) == ["goodness", "[99]", "[98]"]
+
+
+def test_mean_is_the_default_baseline_and_says_where_it_came_from():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 1, 4, 6, generator=gen)
+    fitted = ct.ImagePatchPlayers(grid=(2, 3))
+    assert fitted.baselines == "mean" and fitted.baseline_description == "mean (not fitted yet)"
+    fitted.fit(images)
+    assert fitted.baseline_description == "mean (fit on 5 samples)"
+    # Without fit(), the first batch analysed gives the mean; a later batch does not refit.
+    probed = ct.ImagePatchPlayers(grid=(2, 3))
+    probed.prepare(images[:3])
+    probed.prepare(images[3:])
+    assert probed.baseline_description == "mean (3 probe inputs)"
+    masked = probed.mask(images[4], coalition_matrix(6))
+    assert torch.equal(masked[0], images[:3].mean(0))  # empty coalition: every patch is the mean
+    assert torch.equal(masked[-1], images[4])
+    mask_players = ct.FeatureMaskPlayers(torch.tensor([[0, 1], [1, -1]]))
+    assert mask_players.baselines == "mean"
+    tabular = ct.TabularPlayers()
+    assert tabular.baselines == "mean"
+    with pytest.raises(ValueError, match='baselines="zero"'):
+        tabular.prepare(torch.ones(1, 3))
+    assert ct.TabularPlayers(baselines="zero").baseline_description == "zero"
+    assert ct.TabularPlayers(baselines=0.5).baseline_description == "constant 0.5"
+    assert ct.TabularPlayers(baselines=torch.zeros(3)).baseline_description == "tensor [3]"

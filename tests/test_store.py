@@ -19,6 +19,7 @@ from concept_tracker.store import (
     save_state,
     save_step,
     step_path,
+    stored_baseline,
     tracked_settings,
 )
 
@@ -94,13 +95,24 @@ def test_file_without_settings_still_loads(tmp_path):
     res = make_result("and")
     path = save_step(tmp_path, 9, res, probe_ids=[1, 2], ratio=0.1)
     with safe_open(str(path), framework="pt") as fh:
-        raw = {k: v for k, v in fh.metadata().items() if k not in ("ratio", "simple_max", "complex_min")}
+        raw = {k: v for k, v in fh.metadata().items() if k not in ("ratio", "simple_max", "complex_min", "baseline")}
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     save_file(tensors, str(path), metadata=raw)
     loaded, meta = load_step(path)
     assert torch.equal(loaded.and_effects, res.and_effects) and meta["probe_ids"] == [1, 2]
-    assert not {"ratio", "simple_max", "complex_min"} & set(meta)
+    assert not {"ratio", "simple_max", "complex_min", "baseline"} & set(meta)
     assert tracked_settings(meta) is None and load_step_metadata(path) == meta
+    assert stored_baseline(meta) is None
+
+
+def test_baseline_is_recorded(tmp_path):
+    path = save_step(tmp_path, 2, make_result("and"), baseline="mean (fit on 500 samples)")
+    _, meta = load_step(path)
+    assert stored_baseline(meta) == "mean (fit on 500 samples)"
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata()["baseline"] == '"mean (fit on 500 samples)"'
+    _, meta = load_step(save_step(tmp_path, 3, make_result("and")))
+    assert meta["baseline"] is None and stored_baseline(meta) is None
 
 
 def test_list_steps_per_split(tmp_path):
