@@ -127,11 +127,10 @@ def load_split(name: str) -> Split:
     if name == "digits":
         raw = datasets.load_digits()
         x = torch.tensor(raw.images, dtype=torch.float32)[:, None] / 16.0
-        pool = max(TRAIN_SIZES[name].values())
     else:
         raw = datasets.load_breast_cancer()
         x = torch.tensor(raw.data, dtype=torch.float32)
-        pool = max(TRAIN_SIZES[name].values())
+    pool = max(TRAIN_SIZES[name].values())
     y = torch.tensor(raw.target, dtype=torch.int64)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(DATA_SEED))
     x, y = x[order], y[order]
@@ -184,6 +183,7 @@ def band_mean(per_order: Tensor, band: tuple[int, ...]) -> float:
 
 
 def linears(model: nn.Module) -> list[nn.Linear]:
+    """The model's linear layers in order."""
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
