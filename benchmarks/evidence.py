@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread: on a loaded machine a multi-threaded BLAS spin-waits (a 256x256 SVD in
-# WeightWatcher took 1 s instead of 10 ms with two busy cores). Set before numpy loads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+if __name__ == "__main__":
+    # One BLAS thread: on a loaded machine a multi-threaded BLAS spin-waits (a 256x256 SVD in
+    # WeightWatcher took 1 s instead of 10 ms with two busy cores). Set before numpy loads, and
+    # only when run as a script, so importing this module (the tests do) changes nothing.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import contextlib
