@@ -48,8 +48,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def track_last_step(tracker: ConceptTracker, model: nn.Module, step: int) -> StepSummary | None:
-    """Track ``step`` even when the schedule skips it: a run that stopped early still gets its
-    final state recorded. The step joins the tracker's schedule, so a saved state says so."""
-    if not tracker.schedule(step):
-        tracker.schedule = tracker.schedule | at_steps([step])
-    return tracker.step(model, step)
+    """Track ``step`` even when the schedule (or the budget's plan) skips it, if ``max_overhead``
+    allows: a run that stopped early still gets its final state recorded."""
+    return tracker.step(model, step, last=True)

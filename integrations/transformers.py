@@ -18,8 +18,9 @@ What happens at each Trainer event:
 - ``on_step_end``: ``tracker.step(model, global_step)``; the schedule decides (once per
   optimizer step, so gradient accumulation is respected).
 - ``on_save``: the tracker state goes to ``<checkpoint>/concept_tracker/state.safetensors``.
-- ``on_log``: the headline scalars of newly tracked steps (read from the summaries
-  ``tracker.step`` returns) join the Trainer's logs.
+- ``on_log``: the headline scalars of newly tracked steps (read from ``tracker.summaries``)
+  join the Trainer's logs; the callback waits there for the tracker's background worker if it
+  has not finished those steps yet.
 - ``on_train_end``: the last step is tracked (also after an early stop) and the writer closed.
 """
 
@@ -37,7 +38,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from concept_tracker.checks import check_int, check_players, check_schedule
-from concept_tracker.distributed import main_process_flag
+from concept_tracker.distributed import is_main_process, main_process_flag
 from concept_tracker.players import Players, TokenPlayers
 from concept_tracker.probes import ProbeSet, select_probes
 from concept_tracker.schedules import Schedule
@@ -96,7 +97,11 @@ class ConceptTrackerCallback(TrainerCallback):
             consecutive tracked steps. Off by default.
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
         **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
-            ``batch_size``, ``max_overhead``, ``strict``, ...).
+            ``batch_size``, ``max_overhead``, ``strict``, ...). The callback passes the Trainer's
+            ``max_steps`` as ``total_steps``, so ``max_overhead`` plans the tracked steps.
+
+    With ``stop_on_overfit``, each tracked step's readings are awaited at that step (the
+    decision needs them), so training waits for the whole tracked step.
 
     Probe batches hold every tensor the collator returns except the labels, which become
     the targets (the model's prediction where a label is not one class per sample).
@@ -129,7 +134,8 @@ class ConceptTrackerCallback(TrainerCallback):
         self.num_probe = check_int("num_probe", num_probe, 1, unit="probes per dataset")
         self.schedule = check_schedule(schedule)
         self.patience = check_int("patience", patience, 0, unit="tracked steps")
-        check_tracker_options(tracker_options, "ConceptTrackerCallback", _DRAWN | {"log_dir", "schedule"})
+        reserved = _DRAWN | {"log_dir", "schedule", "total_steps"}
+        check_tracker_options(tracker_options, "ConceptTrackerCallback", reserved)
         self.probe_dataset = probe_dataset
         self.heldout_dataset = heldout_dataset
         self.log_dir = None if log_dir is None else str(log_dir)
@@ -139,6 +145,7 @@ class ConceptTrackerCallback(TrainerCallback):
         self.tracker: ConceptTracker | None = None
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
+        self._boundary: float | None = None  # the boundary step reported by the latest summary
         self._last_tracked: int | None = None
 
     # ------------------------------------------------------------------------------ events
@@ -156,11 +163,12 @@ class ConceptTrackerCallback(TrainerCallback):
         if self.tracker is None:
             return
         due = self.tracker.schedule(state.global_step)  # the same answer on every rank
-        summary = self._track(model, state.global_step)
-        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step, summary)):
+        self._track(model, state.global_step)
+        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step)):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        self._collect(wait=True)
         if not self._pending or logs is None:
             return
         logs.update(self._pending)
@@ -217,7 +225,7 @@ class ConceptTrackerCallback(TrainerCallback):
         if self.heldout_dataset is not None:
             held = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
         period = state.eval_steps if args.eval_strategy == "steps" else None
-        self._pending, self._boundary_run, self._last_tracked = {}, 0, None
+        self._pending, self._boundary_run, self._boundary, self._last_tracked = {}, 0, None, None
         return ConceptTracker(
             self.players,
             probe.inputs,
@@ -228,6 +236,7 @@ class ConceptTrackerCallback(TrainerCallback):
             heldout_ids=None if held is None else held.ids,
             log_dir=self.log_dir or _default_log_dir(args),
             schedule=run_schedule(self.schedule, state.max_steps, period),
+            total_steps=state.max_steps if state.max_steps > 0 else None,
             **self.tracker_options,
         )
 
@@ -239,15 +248,26 @@ class ConceptTrackerCallback(TrainerCallback):
         summary = self._guard(f"track step {step}", lambda: track(tracker, self._model(model), step))
         if summary is not None:
             self._last_tracked = step
-            self._pending.update({tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary})
         return summary
 
-    def _overfitting(self, step: int, summary: StepSummary | None) -> bool:
+    def _collect(self, wait: bool) -> None:
+        """Take the summaries the tracker finished: headline scalars for the next log, and the
+        phase-boundary count for ``stop_on_overfit`` (in step order)."""
+        tracker = self.tracker
+        if tracker is None:
+            return
+        for summary in self._guard("read its summaries", lambda: tracker.summaries(wait=wait)) or []:
+            self._pending.update({tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary})
+            boundary = summary.get(tags.PHASE_BOUNDARY)
+            self._boundary_run = 0 if boundary is None else self._boundary_run + 1
+            self._boundary = boundary
+
+    def _overfitting(self, step: int) -> bool:
         """Main process: has the phase boundary been reported long enough to stop?"""
-        if not summary:  # off the main process, or nothing was tracked at this step
+        if not is_main_process():
             return False
-        boundary = summary.get(tags.PHASE_BOUNDARY)
-        self._boundary_run = 0 if boundary is None else self._boundary_run + 1
+        self._collect(wait=True)
+        boundary = self._boundary
         if boundary is None or self._boundary_run <= self.patience:
             return False
         logger.warning(

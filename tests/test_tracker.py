@@ -401,16 +401,16 @@ def test_heldout_needs_aligned_players(tmp_path):
 
 @pytest.mark.parametrize("kind", ["or", AND_OR])
 def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
-    import concept_tracker.tracker as tracker_module
+    import concept_tracker.pipeline as pipeline_module
 
     solver_calls = []
-    real = tracker_module.decompose
+    real = pipeline_module.decompose
 
     def spy(values, config=None, warm_start=None):
         solver_calls.append((values.shape[0], warm_start is not None))
         return real(values, config, warm_start=warm_start)
 
-    monkeypatch.setattr(tracker_module, "decompose", spy)
+    monkeypatch.setattr(pipeline_module, "decompose", spy)
     with ConceptTracker(
         TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, figures=False, strict=True,
         **probe_sets(),

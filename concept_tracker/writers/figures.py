@@ -8,13 +8,15 @@ registry and no GUI backend) and returns it; rendering and writing are the calle
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..metrics.profile import OrderProfile
+from ..interactions import Interactions
+from ..metrics.profile import Bands, OrderProfile
 from ..transforms import orders as coalition_orders
 
 
@@ -53,6 +55,28 @@ def strongest_series(
         # A copy: a view would carry all of `history` to the renderer process.
         series[prefix + concept_label(s, names)] = history[:, k, s].clone()
     return series
+
+
+def trajectory_series(
+    history: Tensor, res: Interactions, bands: Bands, sample: Any, count: int = 3
+) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
+    """The strongest simple and complex concepts of probe sample 0 and the title, for
+    :func:`trajectory_figure`.
+
+    Args:
+        history: [T, K, 2**n] effects of probe sample 0 at T tracked steps, K kinds.
+        res: the last tracked step's interactions (player names, kinds, targets).
+        bands: the simple and complex orders.
+        sample: the id of probe sample 0, for the title.
+        count: concepts per band.
+    """
+    title = f"probe sample {sample}"
+    if res.targets is not None:
+        title += f", target class {int(res.targets[0])}"
+    simple, complex_ = (
+        strongest_series(history, band, res.effect_kinds, res.player_names[0], count) for band in (bands.simple, bands.complex)
+    )
+    return simple, complex_, title
 
 
 def order_profile_figure(profile: OrderProfile, title: str) -> Figure:
