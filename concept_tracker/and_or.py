@@ -30,18 +30,23 @@ method of multipliers) with *exact* linear solves instead:
   the same matrix plus a rank-2 term (Woodbury);
 - the penalty ``rho`` grows geometrically from ``rho_start`` to ``rho_end`` (continuation);
   over-relaxation ``relaxation``;
-- every ``check_every`` iterations, the scaled dual variable yields a certified lower bound on
-  the optimum (see :func:`_lower_bound`); a sample stops once
-  ``(objective - lower bound) / objective <= tol`` and leaves the batch.
+- every ``check_every`` iterations, the dual variables of the L1 terms (the current ones and
+  their average since the last doubling of the iteration count) yield a certified lower bound
+  on the optimum by weak duality (see :func:`_lower_bound`); a sample stops once
+  ``(objective - lower bound) / objective <= tol`` and leaves the batch. The stopping rule is
+  thus proven: a stopped sample is within ``tol`` of the LP optimum.
 
 The problem is solved on ``v / s`` with ``s = max_T |v(T) - v(empty)|``, so results are
 scale-invariant. The answer is the best iterate found (the starting point included, so a warm
 start from an earlier ``(gamma, q)`` never comes back worse); its ``q`` is clipped into the box
 and the split recomputed, so matching holds to float64 rounding. All work is batched over
-samples and runs on the device of ``values``.
+samples and runs on the device of ``values``; on a CPU, on a thread count chosen from the batch
+size (one thread below 2**22 coalition values, e.g. 64 samples up to n = 15; see
+:mod:`concept_tracker.threads`).
 
-On 2**n-coalition MLP outputs the defaults land within 0.5% of the exact LP optimum at n = 8
-and n = 10 (see ``benchmarks/and_or.py``).
+On 2**n-coalition MLP outputs the defaults land within 1% of the exact LP optimum (certified)
+at n <= 8 and within about 0.5% at n = 10 (see ``benchmarks/and_or.py`` and
+``benchmarks/and_or_tracked.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .threads import threads_for
 from .transforms import and_inverse, and_transform, num_players, or_inverse, or_transform
 
 __all__ = ["AndOrConfig", "AndOrResult", "and_or_objective", "decompose", "matching_error"]
@@ -69,14 +75,16 @@ class AndOrConfig:
     Attributes:
         bound_ratio: ``|q(S)| <= bound_ratio * |v(N) - v(empty)|`` (SPEC §4: 0.02). Must be >= 0.
         max_iter: most ADMM iterations per call. Each costs about six butterfly transforms of
-            the batch. With the defaults, n = 6 samples certify ``tol`` after 100-250
-            iterations and n = 8 after 200-650; at n = 10 the certificate is looser and runs
-            usually reach ``max_iter``, within 0.5% of the optimum on MLP outputs.
+            the batch. With the defaults, on MLP outputs, n = 5-7 samples certify ``tol``
+            after 150-200 iterations and n = 8 after about 300; a warm start from a converged
+            result stops at the first or second certificate. At n = 10 most samples certify
+            ``tol`` within 1,000 iterations, and the rest end within about 0.5% of the optimum.
         tol: stop a sample once its certified relative gap
-            ``(objective - lower bound) / objective`` is at most ``tol``. The bound is
-            conservative, so the true gap is usually several times smaller. 0 skips the
-            certificates until the last iteration.
-        check_every: iterations between gap certificates (each costs about six transforms).
+            ``(objective - lower bound) / objective`` is at most ``tol``. The lower bound is
+            proven (weak duality), so a stopped sample is within ``tol`` of the LP optimum;
+            at n <= 8 the certified gap is close to the true one. 0 skips the certificates
+            until the last iteration.
+        check_every: iterations between gap certificates (each costs about three iterations).
         rho_start, rho_end: ADMM penalty at the first iteration and after ``rho_ramp``
             iterations, for values normalised to ``max_T |v(T) - v(empty)| = 1``. Starting low
             lets the split move freely; ending high settles it.
@@ -87,7 +95,7 @@ class AndOrConfig:
 
     bound_ratio: float = 0.02
     max_iter: int = 1000
-    tol: float = 0.02
+    tol: float = 0.01
     check_every: int = 50
     rho_start: float = 3.0
     rho_end: float = 300.0
@@ -216,7 +224,9 @@ def decompose(
         half = 0.5 * (v + q.clamp(-bound[:, None], bound[:, None]))
         split = ((half + gamma) / scale[:, None], (half - gamma) / scale[:, None])
 
-    a, o, gap, iterations = _admm(v / scale[:, None], bound / scale, config, split)
+    # The iterations are chains of small memory-bound ops on [2, B, 2**n]: see threads.py.
+    with threads_for(2 * v.numel(), v.device):
+        a, o, gap, iterations = _admm(v / scale[:, None], bound / scale, config, split)
     a = a * scale[:, None]
     o = o * scale[:, None]
     q = (a + o - v).clamp(-bound[:, None], bound[:, None])
@@ -481,36 +491,51 @@ def _or_adjoint(y: Tensor, n: int) -> Tensor:
     return out
 
 
-def _lower_bound(dual: Tensor, slab_dual: Tensor, v: Tensor, bound: Tensor, rounds: int = 2) -> Tensor:
-    """A certified lower bound on the optimum from the ADMM dual variables.
+def _lower_bound(duals: Tensor, v: Tensor, bound: Tensor, rounds: int = 2) -> Tensor:
+    """A certified lower bound on the optimum from estimates of the L1 dual variables.
 
     Weak duality: for ``|y_and|, |y_or| <= 1`` with ``A^T y_and = O^T y_or = g``, every feasible
     ``(a, o)`` has ``||A a||_1 + ||O o||_1 >= <g, a + o> >= <g, v> - bound * ||g||_1``. ADMM's
-    duals satisfy the equality only in the limit, so each candidate ``g`` (from the L1 duals
-    ``A^T y_and``, ``O^T y_or``, from the slab duals, and means) is made exact by
-    ``y_and = A^-T g``, ``y_or = O^-T g``, and the triple is scaled down until both duals are in
-    the unit box. ``rounds`` of alternately clipping ``y_and`` and ``y_or`` into the box (and
-    rebuilding ``g`` from the clipped one) shrink that scaling further.
+    duals satisfy the equality only in the limit, so each candidate ``g`` (``A^T y_and``,
+    ``O^T y_or`` and their mean, for every estimate) is made exact by ``y_and = A^-T g``,
+    ``y_or = O^-T g``, and the triple is scaled by ``1 / s`` with ``s`` the larger of
+    ``||y_and||_inf`` and ``||y_or||_inf``: the dual value is positively homogeneous, so that
+    scaling is the best one along ``g``. ``rounds`` of alternately clipping ``y_and`` and
+    ``y_or`` into the box (and rebuilding ``g`` from the clipped one) shrink ``s`` further.
+
+    ``A^-T`` sums ``g`` over up to ``2**n`` coalitions, so a small mismatch between
+    ``A^T y_and`` and ``O^T y_or`` costs a large ``s``. The mismatch of a single ADMM iterate is
+    its dual residual; averaged over iterations it largely cancels, which is why the caller
+    passes an average of the iterates' duals besides the current ones.
 
     Args:
-        dual: [2, B, 2**n] L1 duals ``(y_and, y_or)``, ``|dual| <= 1``, usual coalition order.
-        slab_dual: [2, B, 2**n] duals of the bound on ``q`` for ``(a, o~)``.
+        duals: [K, 2, B, 2**n] estimates of ``(y_and, y_or)``, ``|duals| <= 1``, usual
+            coalition order.
         v, bound: [B, 2**n] and [B] normalised values and bound.
     Returns:
         [B] float64 lower bound.
     """
     n = v.shape[-1].bit_length() - 1
-    g_and, g_or = _and_adjoint(dual[0], n), _or_adjoint(dual[1], n)
-    s_and, s_or = -slab_dual[0], -slab_dual[1].flip(-1)
-    cand = torch.stack([g_and, g_or, 0.5 * (g_and + g_or), s_and, s_or, 0.5 * (s_and + s_or)])
+    g_and, g_or = _and_adjoint(duals[:, 0], n), _or_adjoint(duals[:, 1], n)
+    mean = 0.5 * (g_and + g_or)
 
     def bound_of(g: Tensor) -> Tensor:
-        size = torch.maximum(_superset_sums(g, n).abs().amax(-1), _meet_sums(g, n).abs().amax(-1))
+        y = torch.cat([_superset_sums(g, n), _meet_sums(g, n)], -1)
+        high, low = y.amax(-1), y.amin(-1)
         value = (g * v).sum(-1) - bound * g.abs().sum(-1)
-        return (value / size.clamp_min(1.0)).amax(0)
+        # Adding delta to g(N) adds delta to every entry of both y_and and y_or (N is a superset
+        # of every coalition and meets every non-empty one; the empty-set entries are sums of
+        # all of g). Centring them shrinks s to (high - low) / 2.
+        delta = -0.5 * (high + low)
+        g_full = g[..., -1]
+        shifted = value + delta * v[:, -1] - bound * ((g_full + delta).abs() - g_full.abs())
+        # g = 0 has value 0 at any scale; the floor only avoids 0 / 0.
+        plain = value / torch.maximum(high.abs(), low.abs()).clamp_min(1e-300)
+        centred = shifted / (0.5 * (high - low)).clamp_min(1e-300)
+        return torch.maximum(plain, centred).amax(0)
 
-    best = bound_of(cand)
-    g = cand[2:3]
+    best = bound_of(torch.cat([g_and, g_or, mean]))
+    g = mean
     for _ in range(rounds):
         g = _and_adjoint(_superset_sums(g, n).clamp_(-1.0, 1.0), n)
         best = torch.maximum(best, bound_of(g))
@@ -556,6 +581,9 @@ def _admm(
     best = z_c.abs().sum((0, 2))
     best_z = z_s.clone()
     lower = v.new_full((num,), -math.inf)
+    # Running sum of the true duals rho * u_c since the last restart of the average. Restarts
+    # at doubling iterations keep the early, far-off duals out of later averages.
+    dual_sum, dual_count, restart = torch.zeros_like(z_c), 0, config.check_every
     active = torch.arange(num, device=v.device)
     keep_weight = 1.0 - config.relaxation
     rho = rho_start
@@ -579,6 +607,8 @@ def _admm(
         torch.sub(kx.data, u_c, out=z_c)
         rhs.lerp_(z_s, keep_weight).add_(u_s)
         _project(rhs, v, box, z_s, u_s)
+        dual_sum.add_(u_c, alpha=rho)
+        dual_count += 1
 
         last = it == config.max_iter
         if it % _EVAL_EVERY == 0 or last:
@@ -587,7 +617,11 @@ def _admm(
             best = torch.where(better, objective, best)
             best_z = torch.where(better[None, :, None], z_s, best_z)
         if (config.tol > 0 and it % config.check_every == 0) or last:
-            lower = torch.maximum(lower, _lower_bound(rho * u_c, rho * _THETA * u_s, v, bound))
+            duals = torch.stack([rho * u_c, dual_sum / dual_count])
+            lower = torch.maximum(lower, _lower_bound(duals, v, bound))
+            if it >= restart:
+                dual_sum.zero_()
+                dual_count, restart = 0, 2 * it
             gap = ((best - lower) / best).where(best > 0, torch.zeros_like(best))
             done = torch.ones_like(gap, dtype=torch.bool) if last else gap <= config.tol
             if done.any():
@@ -601,6 +635,8 @@ def _admm(
                 active = active[keep]
                 v, bound, best, lower = v[keep], bound[keep], best[keep], lower[keep]
                 box = bound[:, None]
-                z_c, z_s, u_c, u_s, best_z = (t[:, keep].contiguous() for t in (z_c, z_s, u_c, u_s, best_z))
+                z_c, z_s, u_c, u_s, best_z, dual_sum = (
+                    t[:, keep].contiguous() for t in (z_c, z_s, u_c, u_s, best_z, dual_sum)
+                )
                 x, work, kx = (_Buffer(z_s, ops.low) for _ in range(3))
     return best_a, best_o, best_gap, iterations

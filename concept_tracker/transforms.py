@@ -6,12 +6,17 @@ is the empty set and index ``2**n - 1`` is the full set ``N``.
 
 The transforms are butterflies: one pass per player, each pass touching every entry once, so
 ``O(n * 2**n)`` time and ``O(2**n)`` memory per sample. No ``2**n x 2**n`` matrix is built.
+On a CPU they run on a thread count chosen from the batch size (one thread per 2**22
+elements, at least one; see :mod:`concept_tracker.threads`), and the caller's setting is
+restored afterwards.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .threads import threads_for
 
 MAX_PLAYERS = 20
 """Largest supported number of players (``2**20`` coalitions per sample)."""
@@ -65,9 +70,11 @@ def _butterfly_(x: Tensor, sign: float) -> Tensor:
     """In place: ``x[s] += sign * x[s without i]`` for every player ``i`` and every ``s`` holding it."""
     n = num_players(x)
     lead = x.shape[:-1]
-    for i in range(n):
-        view = x.view(*lead, 1 << (n - 1 - i), 2, 1 << i)
-        view[..., 1, :].add_(view[..., 0, :], alpha=sign)
+    # Each pass is one small memory-bound op: on a shared CPU, extra threads only wait.
+    with threads_for(x.numel(), x.device):
+        for i in range(n):
+            view = x.view(*lead, 1 << (n - 1 - i), 2, 1 << i)
+            view[..., 1, :].add_(view[..., 0, :], alpha=sign)
     return x
 
 

@@ -37,6 +37,28 @@ def lp_and_or(values: Tensor, bound_ratio: float = 0.02) -> tuple[float, Tensor,
     Returns:
         (optimal objective, [2**n] v_and, [2**n] v_or), float64.
     """
+    res, m = _solve(values, bound_ratio)
+    x = torch.from_numpy(res.x)
+    return float(res.fun), x[:m], x[m : 2 * m]
+
+
+def lp_and_or_dual(values: Tensor, bound_ratio: float = 0.02) -> tuple[float, Tensor]:
+    """Optimal objective and optimal dual ``g`` of one sample.
+
+    ``g(T)`` is the multiplier of ``v_and(T) + v_or(T) = v(T) + q(T)``, the derivative of the
+    optimum with respect to ``v(T)``; the dual value ``<g, v> - bound * ||g||_1`` equals the
+    optimum.
+
+    Returns:
+        (optimal objective, [2**n] g), float64.
+    """
+    res, m = _solve(values, bound_ratio)
+    marginals = torch.from_numpy(res.ineqlin.marginals)
+    upper, lower = marginals[4 * m : 5 * m], marginals[5 * m :]
+    return float(res.fun), upper - lower
+
+
+def _solve(values: Tensor, bound_ratio: float):
     v = values.detach().to(torch.float64).cpu().numpy()
     n = num_players(values)
     m = 1 << n
@@ -62,5 +84,4 @@ def lp_and_or(values: Tensor, bound_ratio: float = 0.02) -> tuple[float, Tensor,
     res = scipy.optimize.linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if res.status != 0:
         raise RuntimeError(f"HiGHS failed: {res.message}")
-    x = torch.from_numpy(res.x)
-    return float(res.fun), x[:m], x[m : 2 * m]
+    return res, m

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from models import mlp
-from oracles_lp import lp_and_or
+from oracles_lp import lp_and_or, lp_and_or_dual
 
 from concept_tracker.and_or import AndOrConfig, AndOrResult, and_or_objective, decompose, matching_error
 from concept_tracker.transforms import and_transform, coalition_matrix, or_transform
@@ -76,12 +76,62 @@ def test_mlp_objective_near_lp_optimum(n, samples, seed):
     objective = and_or_objective(res.and_effects, res.or_effects)
     optimum = torch.tensor([lp_and_or(v)[0] for v in values], dtype=torch.float64)
     assert (objective >= optimum * (1 - 1e-9)).all()
-    assert (objective <= 1.02 * optimum).all(), (objective / optimum - 1).tolist()
-    # The certificate bounds the true gap from above.
+    assert (objective <= 1.01 * optimum).all(), (objective / optimum - 1).tolist()
+    # The certificate bounds the true gap from above, and every sample stopped on it.
     assert (res.gap >= 1 - optimum / objective - 1e-9).all()
-    assert (res.gap <= AndOrConfig().tol).all() or res.iterations == AndOrConfig().max_iter
+    assert (res.gap <= AndOrConfig().tol).all() and res.iterations < AndOrConfig().max_iter
     halves = and_or_objective(and_transform(0.5 * values), or_transform(0.5 * values))
     assert (objective <= halves).all()
+
+
+@pytest.mark.parametrize(("n", "seed"), [(3, 10), (5, 11), (6, 12)])
+def test_certificate_never_exceeds_the_lp_optimum(n, seed):
+    """The lower bound is valid for any dual estimates in the box, not only near-optimal ones:
+    random ones, ADMM's after a few iterations, and ADMM's after many."""
+    import concept_tracker.and_or as and_or
+
+    values = masked_mlp_values(n, 2, seed)
+    optimum = torch.tensor([lp_and_or(v)[0] for v in values], dtype=torch.float64)
+    scale = (values - values[:, :1]).abs().amax(-1)
+    v = values / scale[:, None]
+    bound = 0.02 * (v[:, -1] - v[:, 0]).abs()
+    g = torch.Generator().manual_seed(seed)
+    duals = 2 * torch.rand(4, 2, 2, 1 << n, generator=g, dtype=torch.float64) - 1
+    lower = and_or._lower_bound(duals, v, bound) * scale
+    assert (lower <= optimum * (1 + 1e-9)).all()
+    for iterations in (20, 400):
+        res = decompose(values, AndOrConfig(max_iter=iterations, tol=0.0, check_every=iterations))
+        objective = and_or_objective(res.and_effects, res.or_effects)
+        assert (objective * (1 - res.gap) <= optimum * (1 + 1e-9)).all()
+    # After 400 iterations the certificate is close to the truth, not just valid.
+    assert (objective * (1 - res.gap) >= 0.99 * optimum).all()
+
+
+def test_certificate_is_exact_at_the_lp_dual():
+    """From the LP's optimal dual the certificate is the optimum, also when every dual entry is
+    moved by the same amount (a shift of g(N)), which its centring must undo exactly."""
+    import concept_tracker.and_or as and_or
+
+    values = masked_mlp_values(5, 2, seed=11)
+    for v in values:
+        optimum, g = lp_and_or_dual(v)
+        bound = bound_of(v[None])
+        for shift in (0.0, 0.3, -0.2):
+            h = g.clone()
+            h[-1] += shift
+            duals = torch.stack([and_or._superset_sums(h, 5), and_or._meet_sums(h, 5)])[None, :, None]
+            lower = and_or._lower_bound(duals, v[None], bound).item()
+            assert optimum * (1 - 1e-7) <= lower <= optimum * (1 + 1e-9)
+
+
+def test_converged_warm_start_stops_at_the_first_certificate():
+    values = masked_mlp_values(6, 3, seed=14)
+    cold = decompose(values)
+    warm = decompose(values, warm_start=(cold.gamma, cold.q))
+    assert cold.iterations >= 4 * AndOrConfig().check_every
+    assert warm.iterations == AndOrConfig().check_every
+    assert (warm.gap <= AndOrConfig().tol).all()
+    check_exact(values, warm)
 
 
 def test_scale_invariance():
