@@ -15,6 +15,7 @@ so a tracker can store the schedule it ran with next to its cursor.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Iterable
@@ -206,19 +207,21 @@ def plan_steps(
         return []
     pool = sorted({c for c in candidates if after < c < last - min_gap + 1})
     picks: list[int] = []
-    previous = after
     offset, span = max(after - origin, 1), max(last - origin, 1)
+    if count > len(pool):  # room for every candidate: keep those the gap allows
+        for c in pool:
+            if not picks or c >= picks[-1] + min_gap:
+                picks.append(c)
+        return [*picks, last]
+    lo = 0  # pool[lo:] are the candidates still allowed
     for i in range(1, count):
-        if not pool:
+        if lo >= len(pool):
             break
         target = origin + offset * (span / offset) ** (i / count)
-        usable = [c for c in pool if c >= previous + min_gap]
-        if not usable:
-            break
-        pick = min(usable, key=lambda c: (abs(c - target), c))
-        picks.append(pick)
-        previous = pick
-        pool = [c for c in pool if c > pick]
+        j = bisect.bisect_left(pool, target, lo)
+        k = min((k for k in (j - 1, j) if lo <= k < len(pool)), key=lambda k: (abs(pool[k] - target), pool[k]))
+        picks.append(pool[k])
+        lo = bisect.bisect_left(pool, pool[k] + min_gap, k + 1)
     return [*picks, last]
 
 
@@ -308,10 +311,10 @@ class OverheadBudget:
         )
 
     def make_plan(self, step: int, now: float, candidates: Iterable[int]) -> list[int]:
-        """Plan the tracked steps after ``step`` (see the class docstring); returns the plan.
+        """Plan the tracked steps from ``step`` on (see the class docstring); returns the plan.
 
         Args:
-            candidates: the steps the schedule fires at in ``(step, total_steps)``.
+            candidates: the steps the schedule fires at in ``[step, total_steps)``.
         """
         if self.max_overhead is None or self.total_steps is None or self.mark is None or self.first is None:
             raise ValueError("make_plan needs max_overhead, total_steps and a tracked first step; check can_plan().")
@@ -325,8 +328,8 @@ class OverheadBudget:
         # The worker should finish a tracked step before the next one starts.
         gap = max(1, math.ceil(worker / step_seconds)) if step_seconds > 0 else 1
         pool = list(candidates)
-        self.scheduled = len({c for c in pool if step < c < self.total_steps}) + 1
-        self.plan = [self.first, *plan_steps(pool, step, self.total_steps, max(count, 0), self.first, gap)]
+        self.scheduled = len({c for c in pool if step <= c < self.total_steps}) + 1
+        self.plan = [self.first, *plan_steps(pool, step - 1, self.total_steps, max(count, 0), self.first, gap)]
         return self.plan
 
     @property

@@ -249,7 +249,7 @@ class ConceptTracker(DeclaredState):
     def _plan(self, step: int, now: float) -> None:
         """Plan the tracked steps of a run of known length (see ``OverheadBudget.make_plan``)."""
         total = cast(int, self._timing.total_steps)
-        self._timing.make_plan(step, now, (s for s in range(step + 1, total) if self.schedule(s)))
+        self._timing.make_plan(step, now, (s for s in range(step, total) if self.schedule(s)))
         text = budget_text(self._timing, cast(float, self.max_overhead), now)
         self._worker.submit("the budget plan", lambda: self.writer.text(tags.BUDGET_TEXT, text, step))
         if self._timing.cut:

@@ -10,7 +10,8 @@ side by side. The worker sets its own intra-op thread count (``torch.set_num_thr
 the calling thread only) to :data:`WORKER_THREADS` when it starts, so that it takes one core, not
 all of them; the training thread's setting is never touched. The worker draws no random numbers.
 
-With ``sync=True`` a job runs inline, at :meth:`StepWorker.submit`, as if there were no worker.
+With ``sync=True`` a job runs inline, at :meth:`StepWorker.submit`, on the same number of torch
+threads (the caller's setting is restored afterwards), so it computes the very same floats.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ WORKER_THREADS = 1
 which gain nothing from more threads and would take cores from training."""
 
 MAX_PENDING = 4
-"""Jobs the worker may hold before :meth:`StepWorker.submit` waits for it (bounds the memory
-held by steps not yet finished)."""
+"""Jobs that may wait behind the running one before :meth:`StepWorker.submit` blocks (bounds
+the memory held by steps not yet finished)."""
 
 RESULTS_KEPT = 32
 """Job results kept for :meth:`StepWorker.results` (the oldest are dropped)."""
@@ -48,7 +49,7 @@ class StepWorker:
     Args:
         sync: run every job inline, at :meth:`submit`.
         strict: :meth:`report` raises a job's exception instead of warning.
-        max_pending: jobs queued or running before :meth:`submit` blocks.
+        max_pending: jobs waiting behind the running one before :meth:`submit` blocks.
     """
 
     def __init__(self, sync: bool = False, strict: bool = False, max_pending: int = MAX_PENDING) -> None:
@@ -67,7 +68,13 @@ class StepWorker:
     def submit(self, label: str, job: Callable[[], Any]) -> None:
         """Queue ``job()``; ``label`` (e.g. ``"step 100"``) names it in :meth:`failures`."""
         if self.sync:
-            self._run(label, job)
+            # The worker's thread count here too, so both modes compute the same floats.
+            caller = torch.get_num_threads()
+            torch.set_num_threads(WORKER_THREADS)
+            try:
+                self._run(label, job)
+            finally:
+                torch.set_num_threads(caller)
             return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="concept-tracker-worker", daemon=True)

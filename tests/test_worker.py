@@ -1,0 +1,97 @@
+"""StepWorker: jobs in submission order on one background thread, errors kept for report(),
+results handed out once, the caller's torch threads untouched; sync=True runs inline."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import pytest
+import torch
+
+from concept_tracker.worker import WORKER_THREADS, StepWorker
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_jobs_run_in_order_and_results_come_out_once(sync):
+    worker = StepWorker(sync=sync, max_pending=2)
+    done = []
+
+    def job(i):
+        time.sleep(0.01 * (i % 3))  # uneven jobs: the order must not depend on their length
+        done.append(i)
+        return i
+
+    for i in range(8):
+        worker.submit(f"job {i}", lambda i=i: job(i))
+    assert worker.results(wait=True) == list(range(8))
+    assert done == list(range(8)) and worker.results() == []
+    worker.close()
+
+
+def test_jobs_run_off_the_calling_thread_and_inline_when_sync():
+    threads = {}
+    for sync in (False, True):
+        worker = StepWorker(sync=sync)
+        worker.submit("where", lambda sync=sync: threads.__setitem__(sync, threading.current_thread()))
+        worker.close()
+    assert threads[True] is threading.current_thread()
+    assert threads[False] is not threading.current_thread()
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_jobs_see_the_worker_thread_count_and_the_caller_keeps_its_own(sync):
+    caller = torch.get_num_threads()
+    seen = []
+    worker = StepWorker(sync=sync)
+    worker.submit("threads", lambda: seen.append(torch.get_num_threads()))
+    worker.close()
+    assert seen == [WORKER_THREADS]
+    assert torch.get_num_threads() == caller
+
+
+def test_a_failing_job_is_reported_once_and_the_next_jobs_still_run():
+    worker = StepWorker()
+    worker.submit("step 3", lambda: 1 / 0)
+    worker.submit("step 4", lambda: 4)
+    assert worker.results(wait=True) == [4]
+    with pytest.warns(UserWarning, match="could not track step 3: ZeroDivisionError"):
+        assert worker.report()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not worker.report()  # reported already
+    worker.submit("step 5", lambda: 1 / 0)
+    worker.drain()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert worker.report()  # once per exception type: no second warning
+    worker.close()
+
+
+def test_strict_raises_the_jobs_exception():
+    worker = StepWorker(strict=True)
+    worker.submit("step 3", lambda: [][1])
+    worker.drain()
+    with pytest.raises(IndexError):
+        worker.report()
+    worker.close()
+
+
+def test_submit_waits_when_max_pending_jobs_are_held():
+    release = threading.Event()
+    worker = StepWorker(max_pending=1)
+    worker.submit("blocker", release.wait)
+    while worker._queue.qsize():  # until the worker runs the blocker
+        time.sleep(0.01)
+    worker.submit("waits", lambda: None)
+    submitted = threading.Event()
+    thread = threading.Thread(target=lambda: (worker.submit("next", lambda: None), submitted.set()))
+    thread.start()
+    # One job runs and one waits: a third submit cannot return before the first finishes.
+    assert not submitted.wait(0.2)
+    release.set()
+    assert submitted.wait(5)
+    thread.join()
+    worker.close()
+    assert worker.pending() == 0
