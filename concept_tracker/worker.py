@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,8 +44,8 @@ class StepWorker:
 
     A job's return value (unless None) joins :meth:`results`. A job that raises does not stop the
     worker: its exception is kept, with the job's label, until :meth:`report`. The thread starts
-    with the first job and is a daemon, so call :meth:`close` (or :meth:`drain`) before relying
-    on the jobs' effects.
+    with the first job and is a daemon: call :meth:`close` (or :meth:`drain`) before relying on
+    the jobs' effects (at interpreter exit the queued jobs are finished all the same).
 
     Args:
         sync: run every job inline, at :meth:`submit`.
@@ -64,6 +65,8 @@ class StepWorker:
         self.busy_seconds = 0.0  # wall seconds the worker spent in jobs
         self.last_job_seconds: float | None = None  # wall seconds of the last finished job
         self.last_result: Any = None  # return value of the last job that returned one
+        # At interpreter exit, finish the queued jobs before the daemon thread is stopped.
+        weakref.finalize(self, self._queue.join)
 
     def submit(self, label: str, job: Callable[[], Any]) -> None:
         """Queue ``job()``; ``label`` (e.g. ``"step 100"``) names it in :meth:`failures`."""

@@ -95,3 +95,17 @@ def test_submit_waits_when_max_pending_jobs_are_held():
     thread.join()
     worker.close()
     assert worker.pending() == 0
+
+
+def test_queued_jobs_finish_at_interpreter_exit_without_close():
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        "from concept_tracker.worker import StepWorker\n"
+        "w = StepWorker()\n"
+        "w.submit('slow', lambda: (time.sleep(0.3), print('job done', flush=True)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "job done" in out.stdout, out.stderr
