@@ -73,7 +73,8 @@ class ConceptTrackerLightningCallback(Callback):
     ) -> None:
         self.players = check_players(players)
         check_schedule(schedule)
-        check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", {"log_dir", "schedule", "total_steps"})
+        reserved = {"log_dir", "schedule", "total_steps"}
+        check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", reserved)
         # Checked now, so that a bad probe set fails at construction, not when training starts.
         self.probes = probe_set("probe", probe_inputs, probe_targets, None)
         self.heldout = heldout_set(players, heldout_inputs, heldout_targets, None)

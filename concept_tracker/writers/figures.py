@@ -73,9 +73,9 @@ def trajectory_series(
     title = f"probe sample {sample}"
     if res.targets is not None:
         title += f", target class {int(res.targets[0])}"
-    simple, complex_ = (
-        strongest_series(history, band, res.effect_kinds, res.player_names[0], count) for band in (bands.simple, bands.complex)
-    )
+    names = res.player_names[0]
+    simple = strongest_series(history, bands.simple, res.effect_kinds, names, count)
+    complex_ = strongest_series(history, bands.complex, res.effect_kinds, names, count)
     return simple, complex_, title
 
 
