@@ -243,8 +243,8 @@ class OverheadBudget:
     training time, less what was spent and the final wait for the worker, divided by the
     training stall of one tracked step; those steps are picked by :func:`plan_steps`, the last
     step always among them when the allowance covers one step. Planned steps are then tracked
-    and no others, up to the plan's end; after it (a run longer than announced) the rule above
-    applies again.
+    and no others up to ``total_steps`` (a run that stops early may still track its last step
+    if the rule above allows it); after it (a run longer than announced) the rule applies again.
 
     Args:
         max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
@@ -283,13 +283,18 @@ class OverheadBudget:
             self.mark = (step, self.elapsed(now), self.spent)
 
     def refuses(self, step: int, now: float, last: bool = False) -> bool:
-        """True when ``step`` is not in the plan (unless it is the run's ``last`` step), or,
-        outside a plan, when tracking now at the last tracked step's cost would exceed the budget."""
+        """True when a plan covers ``step`` and leaves it out (the run's ``last`` step aside), or,
+        else, when tracking now at the last tracked step's cost (for the ``last`` step plus the
+        wait for its background work) would exceed the budget."""
         if self.max_overhead is None or self.last_cost is None:
             return False
-        if self.plan is not None and step <= self.plan[-1] and (step in self.plan or not last):
-            return step not in self.plan
-        return self.spent + self.last_cost > self.max_overhead * (self.elapsed(now) + self.last_cost)
+        if self.plan is not None and step <= max(self.plan[-1], self.total_steps or 0):
+            if step in self.plan:
+                return False
+            if not last:
+                return True
+        cost = self.last_cost + ((self.worker_cost or 0.0) if last else 0.0)
+        return self.spent + cost > self.max_overhead * (self.elapsed(now) + cost)
 
     def skip_reason(self, tag: str) -> str:
         """Why the rule without a plan skips a step, for a warning; ``tag`` counts the skips."""

@@ -178,3 +178,16 @@ def test_the_budget_state_round_trips_with_its_plan():
     assert [restored.refuses(s, 0.0) for s in budget.plan] == [False] * len(budget.plan)
     text = budget_text(restored, 0.05, now=1.0)
     assert str(budget.plan) in text and "max_overhead=0.05" in text
+
+
+def test_a_plan_without_room_is_not_overridden_before_the_total():
+    # The final wait for the worker (3 s) exceeds the whole allowance: only step 0, though the
+    # rule without a plan would find room for a few steps later in the run.
+    tracked, budget, share = simulate(0.05, 20000, 0.002, 0.15, 3.0, every(1))
+    assert tracked == [0] and budget.plan == [0]
+    assert share <= 0.05 + 3.0 / 40  # only the first step's own wait is over budget
+    # An early stop at a step the plan left out: tracked only if the budget, waits included, allows.
+    budget.spent, budget.last_cost, budget.worker_cost = 0.15, 0.15, 3.0
+    assert budget.refuses(9000, now=20.0, last=True)  # 0.15 + 3.15 > 0.05 * 23.15
+    assert not budget.refuses(9000, now=80.0, last=True)
+    assert budget.refuses(20001, now=2.0) and not budget.refuses(20001, now=20.0)  # past the total
