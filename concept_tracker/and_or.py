@@ -77,14 +77,16 @@ class AndOrConfig:
         max_iter: most ADMM iterations per call. Each costs about six butterfly transforms of
             the batch. With the defaults, on MLP outputs, n = 5-7 samples certify ``tol``
             after 150-200 iterations and n = 8 after about 300; a warm start from a converged
-            result stops at the first or second certificate. At n = 10 most samples certify
-            ``tol`` within 1,000 iterations, and the rest end within about 0.5% of the optimum.
+            result stops at the first or second certificate. At n = 10 the certificate is
+            looser and many samples run all ``max_iter`` iterations, ending within about 0.5%
+            of the optimum (checked against the exact LP).
         tol: stop a sample once its certified relative gap
             ``(objective - lower bound) / objective`` is at most ``tol``. The lower bound is
             proven (weak duality), so a stopped sample is within ``tol`` of the LP optimum;
             at n <= 8 the certified gap is close to the true one. 0 skips the certificates
             until the last iteration.
-        check_every: iterations between gap certificates (each costs about three iterations).
+        check_every: iterations between gap certificates (each costs about as much as seven
+            iterations).
         rho_start, rho_end: ADMM penalty at the first iteration and after ``rho_ramp``
             iterations, for values normalised to ``max_T |v(T) - v(empty)| = 1``. Starting low
             lets the split move freely; ending high settles it.

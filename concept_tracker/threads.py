@@ -10,10 +10,11 @@ bandwidth. So small problems run on one thread, and larger ones get one thread p
 :data:`ELEMENTS_PER_THREAD` elements of their working tensor, never more than the caller has set.
 
 :func:`threads_for` sets the count for the duration of a ``with`` block and restores the caller's
-setting afterwards, also when the block raises. ``torch.set_num_threads`` changes the OpenMP
-setting of the calling thread only (and the default of threads that start while the block
-runs), so a block on a worker thread leaves a training loop on another thread as it was. On a
-CUDA or other non-CPU device the block changes nothing.
+setting afterwards, also when the block raises. With torch's OpenMP backend (that of the
+standard CPU builds), ``torch.set_num_threads`` changes the setting of the calling thread only
+(and the default of threads that start while the block runs), so a block on a worker thread
+leaves a training loop on another thread as it was. On a CUDA or other non-CPU device the
+block changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["ELEMENTS_PER_THREAD", "threads_for"]
+__all__ = ["ELEMENTS_PER_THREAD", "thread_count", "threads_for"]
 
 ELEMENTS_PER_THREAD = 1 << 22
 """Elements of the working tensor (32 MiB of float64) per intra-op thread. Below it one thread
