@@ -6,9 +6,10 @@ already returned, so :class:`StepWorker` runs it on one background thread, one j
 the order the jobs were submitted: steps are written in step order.
 
 Threading: torch releases the GIL inside its kernels, so the worker and the training loop run
-side by side. The worker sets its own intra-op thread count (``torch.set_num_threads`` acts on
-the calling thread only) to :data:`WORKER_THREADS` when it starts, so that it takes one core, not
-all of them; the training thread's setting is never touched. The worker draws no random numbers.
+side by side. The worker sets its own intra-op thread count to :data:`WORKER_THREADS` when it
+starts, so that it takes one core, not all of them; with torch's OpenMP backend that setting is
+the calling thread's only (:data:`PER_THREAD_SETTING`; on other backends the worker leaves it
+alone), so the training thread's setting is never touched. The worker draws no random numbers.
 
 With ``sync=True`` a job runs inline, at :meth:`StepWorker.submit`, on the same number of torch
 threads (the caller's setting is restored afterwards), so it computes the very same floats.
@@ -34,6 +35,11 @@ which gain nothing from more threads and would take cores from training."""
 MAX_PENDING = 4
 """Jobs that may wait behind the running one before :meth:`StepWorker.submit` blocks (bounds
 the memory held by steps not yet finished)."""
+
+PER_THREAD_SETTING = "OpenMP" in torch.__config__.parallel_info()
+"""Whether ``torch.set_num_threads`` acts on the calling thread only: true with torch's OpenMP
+backend (that of the Linux and Windows builds). Elsewhere it would change the training thread's
+setting too, so the worker then leaves the thread count alone."""
 
 RESULTS_KEPT = 32
 """Job results kept for :meth:`StepWorker.results` (the oldest are dropped)."""
@@ -69,7 +75,7 @@ class StepWorker:
         weakref.finalize(self, self._queue.join)
 
     def submit(self, label: str, job: Callable[[], Any]) -> None:
-        """Queue ``job()``; ``label`` (e.g. ``"step 100"``) names it in :meth:`failures`."""
+        """Queue ``job()``; ``label`` (e.g. ``"step 100"``) names it in :meth:`report`."""
         if self.sync:
             # The worker's thread count here too, so both modes compute the same floats.
             caller = torch.get_num_threads()
@@ -140,7 +146,8 @@ class StepWorker:
             self.busy_seconds += self.last_job_seconds
 
     def _loop(self) -> None:
-        torch.set_num_threads(WORKER_THREADS)
+        if PER_THREAD_SETTING:
+            torch.set_num_threads(WORKER_THREADS)
         while True:
             item = self._queue.get()
             try:
