@@ -108,7 +108,9 @@ def _load_tensors(path: Path) -> dict[str, Any] | Tensor:
             with np.load(path, allow_pickle=False) as archive:
                 return {key: torch.from_numpy(archive[key]) for key in archive.files}
     except Exception as err:  # every loader has its own error types for damaged files
-        raise InputError(f"{path} could not be read ({type(err).__name__}: {_one_line(err)}); is it truncated?") from err
+        raise InputError(
+            f"{path} could not be read ({type(err).__name__}: {_one_line(err)}); is it truncated?"
+        ) from err
     raise InputError(f"{path} has suffix {suffix!r}; use .pt, .pth, .safetensors or .npz.")
 
 
@@ -202,7 +204,9 @@ def parse_players(spec: str, baseline: str | None = None, mask_token_id: int | N
         if not isinstance(mask, Tensor):
             raise InputError(f"{rest} holds no tensor 'feature_mask'; save the mask as a tensor or under that name.")
         return FeatureMaskPlayers(mask, **options)
-    raise InputError(f"--players={spec!r}: unknown kind {kind!r}; use tabular, patches, tokens or mask (see analyze --help).")
+    raise InputError(
+        f"--players={spec!r}: unknown kind {kind!r}; use tabular, patches, tokens or mask (see analyze --help)."
+    )
 
 
 _STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -215,8 +219,7 @@ def checkpoint_step(path: Path) -> int:
     match = re.search(r"(\d+)$", stem)
     if match is None:
         raise InputError(
-            f"{path}: no step in the name; name checkpoints like checkpoint-500 (folders) or "
-            "step_00000500.pt (files)."
+            f"{path}: no step in the name; name checkpoints like checkpoint-500 (folders) or step_00000500.pt (files)."
         )
     return int(match[1])
 
@@ -246,7 +249,11 @@ def find_checkpoints(paths: Sequence[str]) -> list[tuple[int, Path]]:
         if _is_checkpoint(path):
             found.append(path)
             continue
-        inside = sorted(p for p in path.iterdir() if re.search(r"\d$", p.stem) and _is_checkpoint(p)) if path.is_dir() else []
+        inside = (
+            sorted(p for p in path.iterdir() if re.search(r"\d$", p.stem) and _is_checkpoint(p))
+            if path.is_dir()
+            else []
+        )
         if not inside:
             raise InputError(
                 f"{path} is neither a checkpoint nor a folder of checkpoints (see analyze --help for the formats)."
@@ -304,7 +311,9 @@ def check_readable(path: Path) -> None:
             if zipped and not zipfile.is_zipfile(weights):
                 raise ValueError("the zip archive written by torch.save is incomplete")
     except Exception as err:
-        raise InputError(f"{weights} could not be read ({type(err).__name__}: {_one_line(err)}); is it truncated?") from err
+        raise InputError(
+            f"{weights} could not be read ({type(err).__name__}: {_one_line(err)}); is it truncated?"
+        ) from err
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -318,7 +327,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(f"{path} could not be read ({type(err).__name__}: {_one_line(err)}); is it truncated?") from err
+        raise InputError(
+            f"{path} could not be read ({type(err).__name__}: {_one_line(err)}); is it truncated?"
+        ) from err
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -358,7 +369,9 @@ def _load_pretrained(path: Path) -> nn.Module:
         cls = cls or transformers.AutoModelForSequenceClassification
         return cls.from_pretrained(path, local_files_only=True)
     except Exception as err:  # transformers raises OSError, ValueError or safetensors errors
-        raise InputError(f"{path} could not be loaded as a Hugging Face checkpoint ({type(err).__name__}: {_one_line(err)[:300]}).") from err
+        raise InputError(
+            f"{path} could not be loaded as a Hugging Face checkpoint ({type(err).__name__}: {_one_line(err)[:300]})."
+        ) from err
 
 
 def _tokenizer_for(path: Path) -> Any:
@@ -385,7 +398,9 @@ def prepare_log_dir(log_dir: Path, force: bool) -> None:
     if not old:
         return
     if not force:
-        raise InputError(f"{log_dir} already holds a tracked run; pass --force to replace it or choose another --log-dir.")
+        raise InputError(
+            f"{log_dir} already holds a tracked run; pass --force to replace it or choose another --log-dir."
+        )
     for path in old:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -423,7 +438,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
     runs = []
     for baseline in names:
         sub = log_dir / f"{report.BASELINE_DIR_PREFIX}{baseline}"
-        runs.append(_analyze_one(args, checkpoints, factory, data, probes, device, baseline, sub, name=f"baseline {baseline}"))
+        runs.append(
+            _analyze_one(args, checkpoints, factory, data, probes, device, baseline, sub, name=f"baseline {baseline}")
+        )
     print(report.summary_table(runs))
     print("\nAcross baselines:")
     for line in report.baseline_agreement({b: [r] for b, r in zip(names, runs)}):
@@ -516,13 +533,19 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_baselines(grouped: list[dict[str, Path]], names: list[str], options: dict[str, Any], html: Path | None) -> int:
+def _report_baselines(
+    grouped: list[dict[str, Path]], names: list[str], options: dict[str, Any], html: Path | None
+) -> int:
     """Report runs written by ``analyze --baselines``: a table per baseline, then whether the
     band ordering and the ordering of the runs agree across the baselines they share."""
     shared = [b for b in grouped[0] if all(b in g for g in grouped)]
     if not shared:
-        raise InputError(f"the runs share no baseline ({[sorted(g) for g in grouped]}); analyze them with the same --baselines.")
-    by_baseline = {b: [report.summarize_run(g[b], name=name, **options) for g, name in zip(grouped, names)] for b in shared}
+        raise InputError(
+            f"the runs share no baseline ({[sorted(g) for g in grouped]}); analyze them with the same --baselines."
+        )
+    by_baseline = {
+        b: [report.summarize_run(g[b], name=name, **options) for g, name in zip(grouped, names)] for b in shared
+    }
     for baseline, runs in by_baseline.items():
         print(f"Baseline {baseline}:")
         print(report.summary_table(runs))
@@ -554,11 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the same MLP on scikit-learn's digits twice (clean labels, and with a "
         "fraction randomized), track AND-OR interactions of 10 image patches, and compare.",
     )
-    demo.add_argument("--label-noise", type=float, default=0.3, help="fraction of training labels randomized in the noisy run (default 0.3)")
+    demo.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.3,
+        help="fraction of training labels randomized in the noisy run (default 0.3)",
+    )
     demo.add_argument("--steps", type=int, default=1500, help="training steps per run (default 1500)")
-    demo.add_argument("--output-dir", default="runs/demo", help="where runs, figures and report.html go (default runs/demo)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of data split, label noise, init and batches (default 0)")
-    demo.add_argument("--kind", choices=("and", "or", "and_or"), default="and_or", help="interaction kind (default and_or)")
+    demo.add_argument(
+        "--output-dir", default="runs/demo", help="where runs, figures and report.html go (default runs/demo)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of data split, label noise, init and batches (default 0)"
+    )
+    demo.add_argument(
+        "--kind", choices=("and", "or", "and_or"), default="and_or", help="interaction kind (default and_or)"
+    )
     demo.add_argument("--force", action="store_true", help="replace non-run content at <output-dir>/clean and /noisy")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=_run_demo)
@@ -571,20 +605,39 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CHECKPOINT_FORMATS + "\n" + DATA_FORMATS + "\n" + PLAYER_FORMATS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    analyze.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT_DIR", help="checkpoints or folders of checkpoints")
+    analyze.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT_DIR", help="checkpoints or folders of checkpoints"
+    )
     analyze.add_argument("--data", required=True, help="probe set file (.pt, .safetensors or .npz; see below)")
     analyze.add_argument("--players", required=True, help="player spec, e.g. patches:2x5, tabular:0-9, tokens:10")
     analyze.add_argument("--model-factory", help="module:function returning the nn.Module that state dicts load into")
     analyze.add_argument("--log-dir", default="runs/analyze", help="output directory (default runs/analyze)")
     analyze.add_argument("--force", action="store_true", help="replace an earlier run in --log-dir")
-    analyze.add_argument("--kind", choices=("and", "or", "and_or"), default="and", help="interaction kind (default and)")
-    analyze.add_argument("--value", default="log_odds", choices=("log_odds", "logit", "log_prob", "output"), help="value function (default log_odds)")
+    analyze.add_argument(
+        "--kind", choices=("and", "or", "and_or"), default="and", help="interaction kind (default and)"
+    )
+    analyze.add_argument(
+        "--value",
+        default="log_odds",
+        choices=("log_odds", "logit", "log_prob", "output"),
+        help="value function (default log_odds)",
+    )
     analyze.add_argument("--ratio", type=float, default=0.05, help="salience threshold ratio (default 0.05)")
-    analyze.add_argument("--baseline", help="baseline of masked players: zero, mean (of the inputs in --data) or a number (default: the player kind's)")
-    analyze.add_argument("--baselines", help="comma-separated baselines, e.g. zero,mean: one run per baseline in <log-dir>/baseline-<name>, and whether the band ordering agrees across them")
-    analyze.add_argument("--probes", type=int, help="use K probes drawn stratified by label (default: every sample in --data)")
+    analyze.add_argument(
+        "--baseline",
+        help="baseline of masked players: zero, mean (of the inputs in --data) or a number (default: the player kind's)",
+    )
+    analyze.add_argument(
+        "--baselines",
+        help="comma-separated baselines, e.g. zero,mean: one run per baseline in <log-dir>/baseline-<name>, and whether the band ordering agrees across them",
+    )
+    analyze.add_argument(
+        "--probes", type=int, help="use K probes drawn stratified by label (default: every sample in --data)"
+    )
     analyze.add_argument("--seed", type=int, default=0, help="seed of the --probes draw (default 0)")
-    analyze.add_argument("--mask-token-id", type=int, help="token id of masked words (tokens players; default the tokenizer's)")
+    analyze.add_argument(
+        "--mask-token-id", type=int, help="token id of masked words (tokens players; default the tokenizer's)"
+    )
     analyze.add_argument("--batch-size", type=int, help="rows per forward (default automatic)")
     analyze.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda when available)")
     analyze.set_defaults(func=_run_analyze)
@@ -598,9 +651,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("log_dirs", nargs="+", metavar="LOG_DIR", help="tracker log directories")
     rep.add_argument("--html", help="write a self-contained HTML report here")
     rep.add_argument("--force", action="store_true", help="overwrite an existing --html file")
-    rep.add_argument("--ratio", type=float, help="salience threshold ratio (default: the one each run was tracked with, as stored with its interactions; 0.05 for runs stored without it)")
-    rep.add_argument("--simple-max", type=int, help="highest order of the simple band (default: the stored cut-off, else n//3)")
-    rep.add_argument("--complex-min", type=int, help="lowest order of the complex band (default: the stored cut-off, else n//2+1)")
+    rep.add_argument(
+        "--ratio",
+        type=float,
+        help="salience threshold ratio (default: the one each run was tracked with, as stored with its interactions; 0.05 for runs stored without it)",
+    )
+    rep.add_argument(
+        "--simple-max", type=int, help="highest order of the simple band (default: the stored cut-off, else n//3)"
+    )
+    rep.add_argument(
+        "--complex-min", type=int, help="lowest order of the complex band (default: the stored cut-off, else n//2+1)"
+    )
     rep.set_defaults(func=_run_report)
     return parser
 

@@ -234,8 +234,12 @@ def train_run(
             if step in evaluate_at:
                 train_loss, train_acc = _evaluate(model, data.train_x, train_labels)
                 test_loss, test_acc = _evaluate(model, data.test_x, data.test_y)
-                for tag, value in (("loss/train", train_loss), ("loss/eval", test_loss),
-                                   ("accuracy/train", train_acc), ("accuracy/test", test_acc)):
+                for tag, value in (
+                    ("loss/train", train_loss),
+                    ("loss/eval", test_loss),
+                    ("accuracy/train", train_acc),
+                    ("accuracy/test", test_acc),
+                ):
                     writer.add_scalar(tag, value, step)
                 bar.set_postfix(train_loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.3f}")
             tracker.step(model, step)
@@ -258,8 +262,7 @@ def _clear_run_dir(path: Path, force: bool) -> None:
     is_run = (path / "interactions").is_dir() or any(p.name.startswith("events.out.tfevents") for p in path.iterdir())
     if not (is_run or force):
         raise FileExistsError(
-            f"{path} exists and is not an earlier demo run; pass --force to replace it or choose "
-            "another --output-dir."
+            f"{path} exists and is not an earlier demo run; pass --force to replace it or choose another --output-dir."
         )
     shutil.rmtree(path)
 

@@ -86,9 +86,7 @@ def batch_size_of(inputs: Inputs) -> int:
     if isinstance(inputs, Mapping):
         sizes = {k: v.shape[0] for k, v in inputs.items() if isinstance(v, Tensor)}
         if not sizes or len(set(sizes.values())) != 1:
-            raise ValueError(
-                f"inputs must hold tensors with one common batch dimension; got sizes {sizes}."
-            )
+            raise ValueError(f"inputs must hold tensors with one common batch dimension; got sizes {sizes}.")
         return next(iter(sizes.values()))
     raise ValueError(
         f"inputs has type {type(inputs).__name__}; pass a Tensor [B, ...] or a dict of tensors "
@@ -353,7 +351,9 @@ def coalition_values(
                 rows = max(1, rows // 2)
                 torch.cuda.empty_cache()
                 if not warned:
-                    warnings.warn(f"CUDA out of memory in compute_interactions; retrying with batch_size={rows}.", stacklevel=3)
+                    warnings.warn(
+                        f"CUDA out of memory in compute_interactions; retrying with batch_size={rows}.", stacklevel=3
+                    )
                     warned = True
     _check_finite(out)
     return out
@@ -562,7 +562,9 @@ def compute_interactions(
             outputs = coalition_values(model, samples, players, targets, value_fn, batch_size, show_progress)
 
     names = [players.names(s) for s in samples]
-    common: dict[str, Any] = dict(n=n, kind=kind, targets=targets, value=value_name(value), player_names=names, aligned=players.aligned)
+    common: dict[str, Any] = dict(
+        n=n, kind=kind, targets=targets, value=value_name(value), player_names=names, aligned=players.aligned
+    )
     if kind == "and":
         return Interactions(outputs=outputs, and_effects=and_transform(outputs), or_effects=None, **common)
     if kind == "or":

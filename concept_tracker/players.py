@@ -73,8 +73,7 @@ def _device_of(sample: Sample) -> torch.device:
 def _check_coalitions(coalitions: Tensor, n: int) -> None:
     if coalitions.dtype != torch.bool or coalitions.dim() != 2 or coalitions.shape[1] != n:
         raise ValueError(
-            f"coalitions must be a bool tensor [M, {n}]; got {coalitions.dtype} "
-            f"{tuple(coalitions.shape)}."
+            f"coalitions must be a bool tensor [M, {n}]; got {coalitions.dtype} {tuple(coalitions.shape)}."
         )
 
 
@@ -168,8 +167,7 @@ class _MapPlayers(Players):
     def __init__(self, baselines: Baselines, background_keep: bool = True) -> None:
         if isinstance(baselines, str) and baselines not in ("zero", "mean"):
             raise ValueError(
-                f"baselines={baselines!r}; use 'zero', 'mean', a float or a tensor with the "
-                "shape of one sample."
+                f"baselines={baselines!r}; use 'zero', 'mean', a float or a tensor with the shape of one sample."
             )
         if not isinstance(baselines, (str, float, int, Tensor)):
             raise ValueError(
@@ -489,7 +487,9 @@ class ImagePatchPlayers(_MapPlayers):
 
     def player_map(self, sample: Tensor) -> Tensor:
         if sample.dim() < 2:
-            raise ValueError(f"ImagePatchPlayers needs images [C, H, W] or [H, W]; got a sample of shape {tuple(sample.shape)}.")
+            raise ValueError(
+                f"ImagePatchPlayers needs images [C, H, W] or [H, W]; got a sample of shape {tuple(sample.shape)}."
+            )
         h, w = sample.shape[-2:]
         if (h, w) not in self._maps:
             rows, cols = self.grid
@@ -750,7 +750,9 @@ class TokenPlayers(Players):
         else:
             picked = [int(i) for i in self.select(units)]
             if len(picked) != self.n or len(set(picked)) != self.n or not all(0 <= i < len(units) for i in picked):
-                raise ValueError(f"select returned {picked}; it must pick n={self.n} distinct indices into the {len(units)} words.")
+                raise ValueError(
+                    f"select returned {picked}; it must pick n={self.n} distinct indices into the {len(units)} words."
+                )
         return [units[i] for i in picked]
 
     def _check_sample(self, sample: Any) -> None:

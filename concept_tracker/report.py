@@ -545,7 +545,9 @@ def similarity_table(runs: Sequence[RunSummary]) -> str:
         values = r.train_test.tolist()[1:] if r.train_test is not None else []
         lines.append([r.name] + [f"{v:.2f}" for v in values] + ["-"] * (n - len(values)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines
+    )
 
 
 # --------------------------------------------------------------------------------- figures
@@ -594,10 +596,16 @@ def band_strength_figure(runs: Sequence[RunSummary]) -> Figure:
         for r in runs:
             ax.plot(r.steps, getattr(r, f"{band}_strength"), marker="o", markersize=3, label=r.name)
         orders = _shared_orders(runs, band)
-        span = "orders differ per run" if orders is None else f"orders {orders[0]}-{orders[-1]}" if orders else "no orders"
+        span = (
+            "orders differ per run" if orders is None else f"orders {orders[0]}-{orders[-1]}" if orders else "no orders"
+        )
         first = ax is axes[0]
-        _label(ax, f"{band} concepts ({span})", ylabel="salient strength per sample" if first else None,
-               legend="small" if first else None)
+        _label(
+            ax,
+            f"{band} concepts ({span})",
+            ylabel="salient strength per sample" if first else None,
+            legend="small" if first else None,
+        )
     return fig
 
 
@@ -616,8 +624,12 @@ def order_profile_figure(runs: Sequence[RunSummary]) -> Figure:
     width = 0.8 / len(runs)
     for i, r in enumerate(runs):
         orders = torch.arange(1, r.n + 1)
-        ax.bar((orders + (i - (len(runs) - 1) / 2) * width).numpy(), r.final_profile.strength[1:].numpy(),
-               width=width, label=f"{r.name} (step {r.steps[-1]})")
+        ax.bar(
+            (orders + (i - (len(runs) - 1) / 2) * width).numpy(),
+            r.final_profile.strength[1:].numpy(),
+            width=width,
+            label=f"{r.name} (step {r.steps[-1]})",
+        )
     ax.set_xticks(range(1, runs[0].n + 1))
     _label(ax, "concepts by order at the last tracked step", "order m = |S|", "salient strength per sample")
     return fig
@@ -663,7 +675,10 @@ def phase_figure(runs: Sequence[RunSummary]) -> Figure:
         absolute.plot(r.steps, r.high_order_strength, color="tab:gray", linewidth=0.8, label="H(t), absolute")
         if min(r.high_order_strength) > 0:
             absolute.set_yscale("log")
-        marks = [(r.phase_boundary, "tab:green", "--", "phase boundary"), (r.loss_gap_step, "tab:red", ":", "loss gap grows")]
+        marks = [
+            (r.phase_boundary, "tab:green", "--", "phase boundary"),
+            (r.loss_gap_step, "tab:red", ":", "loss gap grows"),
+        ]
         for step, color, style, label in marks:
             if step is not None:
                 ax.axvline(step, color=color, linestyle=style, label=f"{label} {step}")
@@ -765,6 +780,7 @@ def render_html(
         f"{f'. {esc(r.settings_note)}' if r.settings_note else ''}</li>"
         for r in runs
     )
+
     def band_text(r: RunSummary) -> str:
         return ", ".join(f"{band} {list(getattr(r.bands, band))}" for band in ("simple", "medium", "complex"))
 

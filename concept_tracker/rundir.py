@@ -237,15 +237,16 @@ class RunGuard:
             )
         return cursor is None or step > cursor
 
-    def failed(self, step: int, err: Exception, strict: bool) -> None:
-        """Handle an exception of a scheduled step: raise it when ``strict`` or when it is the run's
-        first scheduled step (before training has cost anything), else warn once per message."""
+    def failed(self, what: str, err: Exception, strict: bool) -> None:
+        """Handle an exception of a scheduled step (``what``: e.g. ``"step 100"``): raise it when
+        ``strict`` or when it is the run's first scheduled step (before training has cost
+        anything), else warn once per message."""
         self.tally.failed += 1
         if strict or self.tally.scheduled == 1:
             raise err
         reason = f"{type(err).__name__}: {err}"
         self.tally.warn_once(
-            f"ConceptTracker could not track step {step}: {reason} Training continues; the same error at "
+            f"ConceptTracker could not track {what}: {reason} Training continues; the same error at "
             "later steps is not reported again. Pass strict=True to raise instead.",
             key=reason,
             stacklevel=4,

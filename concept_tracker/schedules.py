@@ -15,6 +15,7 @@ so a tracker can store the schedule it ran with next to its cursor.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 import time
@@ -187,24 +188,88 @@ class _Any(Schedule):
         return " | ".join(repr(part) for part in self.parts)
 
 
+def plan_steps(
+    candidates: Iterable[int], after: int, last: int, count: int, origin: int = 0, min_gap: int = 1
+) -> list[int]:
+    """At most ``count`` tracked steps in ``(after, last]``: ``last`` and the rest log-spaced.
+
+    The targets are spaced geometrically in their distance from ``origin`` (the run's first
+    tracked step), from ``after`` to ``last``, so that the plan is dense early like
+    :class:`log_spaced`; each target is moved to the nearest unused candidate (a step the schedule
+    fires at) at least ``min_gap`` steps after the previous pick and before ``last``. Pure.
+
+    Args:
+        candidates: steps the schedule fires at; those outside ``(after, last)`` are ignored.
+        after: the current step (already decided); the plan starts after it.
+        last: the run's last step, always in the plan when ``count >= 1``.
+        count: largest number of steps to return.
+        origin: the step the log spacing is measured from (``origin <= after``).
+        min_gap: fewest steps between two planned steps (e.g. so that a background worker
+            finishes one tracked step before the next).
+    Returns:
+        The planned steps, increasing; ``[]`` when ``count < 1`` or ``last <= after``.
+    """
+    if count < 1 or last <= after:
+        return []
+    pool = sorted({c for c in candidates if after < c < last - min_gap + 1})
+    picks: list[int] = []
+    offset, span = max(after - origin, 1), max(last - origin, 1)
+    if count > len(pool):  # room for every candidate: keep those the gap allows
+        for c in pool:
+            if not picks or c >= picks[-1] + min_gap:
+                picks.append(c)
+        return [*picks, last]
+    lo = 0  # pool[lo:] are the candidates still allowed
+    for i in range(1, count):
+        if lo >= len(pool):
+            break
+        target = origin + offset * (span / offset) ** (i / count)
+        j = bisect.bisect_left(pool, target, lo)
+        k = min((k for k in (j - 1, j) if lo <= k < len(pool)), key=lambda k: (abs(pool[k] - target), pool[k]))
+        picks.append(pool[k])
+        lo = bisect.bisect_left(pool, pool[k] + min_gap, k + 1)
+    return [*picks, last]
+
+
+PLAN_MIN_STEPS = 10
+"""Training steps after the first tracked step before the planner estimates the step time."""
+
+
 class OverheadBudget:
     """Whether a scheduled step may run: tracking time must stay within a fraction of wall time.
 
-    A step is refused when its expected cost (the last tracked step's) would push the time spent
-    tracking past ``max_overhead`` of the wall time since :meth:`start`, earlier sessions of a
-    resumed run included. With ``max_overhead=None`` nothing is refused; time is still counted.
+    Without a plan (the run's length unknown, or not yet measured), a step is refused when its
+    expected cost (the last tracked step's) would push the time spent tracking past
+    ``max_overhead`` of the wall time since :meth:`start`, earlier sessions of a resumed run
+    included. With ``max_overhead=None`` nothing is refused; time is still counted.
+
+    With ``total_steps`` known, :meth:`make_plan` (called once the first tracked step and
+    :data:`PLAN_MIN_STEPS` training steps after it are measured) fixes which of the remaining
+    scheduled steps are tracked: the allowance ``f / (1 - f)`` of the estimated untracked
+    training time, less what was spent and the final wait for the worker, divided by the
+    training stall of one tracked step; those steps are picked by :func:`plan_steps`, the last
+    step always among them when the allowance covers one step. Planned steps are then tracked
+    and no others up to ``total_steps`` (a run that stops early may still track its last step
+    if the rule above allows it); after it (a run longer than announced) the rule applies again.
 
     Args:
         max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
+        total_steps: the run's last step, when known.
     """
 
-    def __init__(self, max_overhead: float | None = None) -> None:
+    def __init__(self, max_overhead: float | None = None, total_steps: int | None = None) -> None:
         self.max_overhead = max_overhead
-        self.spent = 0.0  # seconds inside tracked steps
+        self.total_steps = total_steps
+        self.spent = 0.0  # seconds inside tracked steps (the training thread's stall)
         self.elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
         self.origin: float | None = None  # perf_counter() of this session's first call
-        self.last_cost: float | None = None  # seconds of the last tracked step
+        self.last_cost: float | None = None  # stall seconds of the last tracked step
+        self.worker_cost: float | None = None  # background seconds of the last tracked step
         self.skipped = 0
+        self.first: int | None = None  # the first tracked step
+        self.mark: tuple[int, float, float] | None = None  # (step, elapsed, spent) after the first
+        self.plan: list[int] | None = None  # steps tracked from the plan on, first tracked included
+        self.scheduled: int | None = None  # scheduled steps the plan had to choose from
 
     def start(self, now: float) -> None:
         """Start the wall clock at the first call (later calls do nothing)."""
@@ -215,17 +280,119 @@ class OverheadBudget:
         """Wall seconds since the run started, earlier sessions included."""
         return self.elapsed_before + (0.0 if self.origin is None else now - self.origin)
 
-    def refuses(self, now: float) -> bool:
-        """True when tracking now, at the last tracked step's cost, would exceed the budget."""
+    def tracked(self, step: int, now: float) -> None:
+        """Record that ``step`` was tracked, at its end ``now`` (its stall is in :attr:`spent`
+        and :attr:`last_cost`): the step time is measured from the first one of a session."""
+        if self.first is None:
+            self.first = step
+        if self.mark is None:
+            self.mark = (step, self.elapsed(now), self.spent)
+
+    def refuses(self, step: int, now: float, last: bool = False) -> bool:
+        """True when a plan covers ``step`` and leaves it out (the run's ``last`` step aside), or,
+        else, when tracking now at the last tracked step's cost (for the ``last`` step plus the
+        wait for its background work) would exceed the budget."""
         if self.max_overhead is None or self.last_cost is None:
             return False
-        return self.spent + self.last_cost > self.max_overhead * (self.elapsed(now) + self.last_cost)
+        if self.plan is not None and step <= max(self.plan[-1], self.total_steps or 0):
+            if step in self.plan:
+                return False
+            if not last:
+                return True
+        cost = self.last_cost + ((self.worker_cost or 0.0) if last else 0.0)
+        return self.spent + cost > self.max_overhead * (self.elapsed(now) + cost)
+
+    def skip_reason(self, tag: str) -> str:
+        """Why the rule without a plan skips a step, for a warning; ``tag`` counts the skips."""
+        return (
+            f"tracking it (about {self.last_cost or 0.0:.2f} s) would exceed max_overhead={self.max_overhead} of "
+            f"the wall time. Further skips are counted in the {tag!r} scalar."
+        )
+
+    def can_plan(self, step: int) -> bool:
+        """Whether :meth:`make_plan` has what it needs at ``step``."""
+        return (
+            self.max_overhead is not None
+            and self.plan is None
+            and self.total_steps is not None
+            and self.mark is not None
+            and self.last_cost is not None
+            and self.worker_cost is not None
+            and step >= self.mark[0] + PLAN_MIN_STEPS
+        )
+
+    def make_plan(self, step: int, now: float, candidates: Iterable[int]) -> list[int]:
+        """Plan the tracked steps from ``step`` on (see the class docstring); returns the plan.
+
+        Args:
+            candidates: the steps the schedule fires at in ``[step, total_steps)``.
+        """
+        if self.max_overhead is None or self.total_steps is None or self.mark is None or self.first is None:
+            raise ValueError("make_plan needs max_overhead, total_steps and a tracked first step; check can_plan().")
+        f, stall, worker = self.max_overhead, self.last_cost or 0.0, self.worker_cost or 0.0
+        mark_step, mark_elapsed, mark_spent = self.mark
+        elapsed = self.elapsed(now)
+        step_seconds = max(elapsed - mark_elapsed - (self.spent - mark_spent), 0.0) / max(step - mark_step, 1)
+        untracked = elapsed - self.spent + (self.total_steps - step) * step_seconds
+        allowance = f / (1 - f) * untracked - self.spent - worker
+        count = int(allowance // stall) if stall > 0 else self.total_steps
+        # The worker should finish a tracked step before the next one starts.
+        gap = max(1, math.ceil(worker / step_seconds)) if step_seconds > 0 else 1
+        pool = list(candidates)
+        self.scheduled = len({c for c in pool if step <= c < self.total_steps}) + 1
+        self.plan = [self.first, *plan_steps(pool, step - 1, self.total_steps, max(count, 0), self.first, gap)]
+        return self.plan
+
+    @property
+    def cut(self) -> str:
+        """What the plan leaves out of the schedule, in words; "" when it leaves out nothing."""
+        if self.plan is None or self.scheduled is None or len(self.plan) - 1 >= self.scheduled:
+            return ""
+        return (
+            f"max_overhead={self.max_overhead} affords {len(self.plan) - 1} of the {self.scheduled} "
+            f"scheduled steps after step {self.first}; tracked steps planned: {self.plan}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able timing: seconds spent and elapsed, the last cost and the skip count."""
-        return {"spent": self.spent, "elapsed": self.elapsed(time.perf_counter()), "last_cost": self.last_cost, "skipped": self.skipped}
+        """JSON-able timing: seconds spent and elapsed, the last costs, the skip count and the plan."""
+        return {
+            "spent": self.spent,
+            "elapsed": self.elapsed(time.perf_counter()),
+            "last_cost": self.last_cost,
+            "worker_cost": self.worker_cost,
+            "skipped": self.skipped,
+            "first": self.first,
+            "plan": self.plan,
+            "scheduled": self.scheduled,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; the wall clock restarts at the next :meth:`start`."""
+        """Continue from :meth:`state_dict`; the wall clock restarts at the next :meth:`start`.
+        A run resumed before its plan was made plans again from the resumed steps."""
         self.spent, self.elapsed_before = state["spent"], state["elapsed"]
         self.last_cost, self.skipped, self.origin = state["last_cost"], state["skipped"], None
+        self.worker_cost, self.first = state.get("worker_cost"), state.get("first")
+        self.plan, self.scheduled = state.get("plan"), state.get("scheduled")
+        self.mark = None
+
+
+def budget_text(budget: OverheadBudget, max_overhead: float, now: float | None = None) -> str:
+    """Markdown for the TensorBoard text tab: the plan (when made) and what the budget did so far."""
+    elapsed = budget.elapsed(time.perf_counter() if now is None else now)
+    share = budget.spent / elapsed if elapsed > 0 else 0.0
+    lines = [f"max_overhead={max_overhead}, total_steps={budget.total_steps}", ""]
+    if budget.plan is None:
+        lines.append(
+            "No plan (run length unknown or not yet measured): a step is skipped when it would exceed the budget."
+        )
+    else:
+        scheduled = "" if budget.scheduled is None else f" of {budget.scheduled + 1} scheduled"
+        lines.append(f"Planned tracked steps{scheduled}: {budget.plan}")
+    cost = "n/a" if budget.last_cost is None else f"{budget.last_cost:.3f} s"
+    worker = "n/a" if budget.worker_cost is None else f"{budget.worker_cost:.3f} s"
+    lines += [
+        "",
+        f"Training stall of the last tracked step: {cost}; its background work: {worker}.",
+        f"Tracking stalled training {budget.spent:.2f} s of {elapsed:.2f} s ({share:.1%}); {budget.skipped} scheduled steps skipped.",
+    ]
+    return "\n".join(lines)

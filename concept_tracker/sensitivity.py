@@ -267,9 +267,7 @@ def adversarial_inconsistency(
     value_fn = resolve_value(value)
     common = dict(value=value, kind=kind, batch_size=batch_size, and_or=and_or)
     clean = compute_interactions(model, inputs, players, target=target, **common)
-    adversarial = _attack(
-        model, inputs, players, clean.targets, value_fn, float(epsilon), steps, float(step_size)
-    )
+    adversarial = _attack(model, inputs, players, clean.targets, value_fn, float(epsilon), steps, float(step_size))
     moved = compute_interactions(model, adversarial, players, target=clean.targets, **common)
 
     before = stack_effects(clean).detach().to("cpu", torch.float64)

@@ -36,7 +36,6 @@ import operator
 import os
 import re
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,16 @@ STATE_FORMAT = "concept-tracker/state/1"
 _TENSOR_FIELDS = ("outputs", "and_effects", "or_effects", "gamma", "q", "targets")
 # Metadata values that are JSON; the others are stored as plain strings.
 _JSON_FIELDS = (
-    "step", "n", "aligned", "player_names", "probe_ids", "ratio", "simple_max", "complex_min", "baseline", "run",
+    "step",
+    "n",
+    "aligned",
+    "player_names",
+    "probe_ids",
+    "ratio",
+    "simple_max",
+    "complex_min",
+    "baseline",
+    "run",
 )
 SETTINGS = ("ratio", "simple_max", "complex_min")
 """Metadata keys of the settings a run was tracked with (absent from older files)."""
@@ -238,16 +246,6 @@ def interactions_from_state(state: dict[str, Any]) -> Interactions:
     )
 
 
-def warm_state(warm: dict[str, Interactions | None]) -> dict[str, Any]:
-    """``{split: Interactions or None}`` (a tracker's "and_or" warm starts) as saved state."""
-    return {split: None if res is None else interactions_state(res.to("cpu")) for split, res in warm.items()}
-
-
-def warm_from_state(state: Mapping[str, Any]) -> dict[str, Interactions | None]:
-    """The inverse of :func:`warm_state`."""
-    return {split: None if s is None else interactions_from_state(s) for split, s in state.items()}
-
-
 def list_steps(log_dir: str | os.PathLike, split: str = "probe") -> list[int]:
     """Sorted steps that have an interactions file under ``log_dir`` (empty if none)."""
     folder = _split_dir(log_dir, split)
@@ -341,7 +339,9 @@ def _is_scalar(obj: Any) -> bool:
 def _json_scalar(obj: Any) -> Any:
     if _is_scalar(obj):
         return obj.item()
-    raise TypeError(f"a {type(obj).__name__} ({obj!r}) cannot be stored as JSON metadata; pass ints, floats or strings.")
+    raise TypeError(
+        f"a {type(obj).__name__} ({obj!r}) cannot be stored as JSON metadata; pass ints, floats or strings."
+    )
 
 
 def _checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:

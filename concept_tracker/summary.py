@@ -110,7 +110,9 @@ def summarize_step(
             value = float(similarity[orders].mean()) if orders else math.nan
             scalars[tags.band_train_test_similarity(band)] = value
     scalars.update(dynamics_scalars(trajectory))
-    scalars.update(interval_scalars(res, trajectory, held, ratio, simple_max, complex_min, resamples=resamples, seed=seed))
+    scalars.update(
+        interval_scalars(res, trajectory, held, ratio, simple_max, complex_min, resamples=resamples, seed=seed)
+    )
     return StepSummary(
         step=step,
         scalars=scalars,

@@ -20,7 +20,6 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any, cast
 
 import torch
@@ -29,23 +28,24 @@ from torch.utils.tensorboard import SummaryWriter
 
 from . import checks
 from . import store as storage
-from .and_or import AndOrConfig, decompose
+from .and_or import AndOrConfig
 from .checks import check_band_cutoffs, check_fraction, check_int, check_kind, check_players, check_schedule, check_type
 from .distributed import is_main_process, main_process_flag
 from .engine import compute_interactions
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, check_ratio, stack_effects
+from .pipeline import decompose_splits, warm_from_state, warm_state
 from .players import Players
 from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, run_fingerprint
 from .rundir import RunGuard
-from .schedules import OverheadBudget, Schedule, every, log_spaced
+from .schedules import OverheadBudget, Schedule, budget_text, every, log_spaced
 from .state import DeclaredState, stack_list, unstack_list
 from .summary import StepSummary, summarize_step
 from .values import resolve_value, value_name
+from .worker import StepWorker
 from .writers import tags
-from .writers.figures import strongest_series
-from .writers.render import FigureRenderer
+from .writers.step_figures import StepFigures
 from .writers.tensorboard import TensorBoardWriter
 
 DEFAULT_SCHEDULE = log_spaced(0, 10000, 20) | every(1000)
@@ -53,8 +53,8 @@ DEFAULT_SCHEDULE = log_spaced(0, 10000, 20) | every(1000)
 concepts change fastest) plus every 1,000th step for long runs."""
 
 STATE_VERSION = 1
-TRAJECTORY_CONCEPTS = 3
-"""Concepts per band drawn in the trajectory figure."""
+PROGRESS_AFTER = 2.0
+"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar."""
 
 
 class ConceptTracker(DeclaredState):
@@ -76,11 +76,14 @@ class ConceptTracker(DeclaredState):
     - the raw interactions, ``<log_dir>/interactions/step_{step:08d}.safetensors`` (held-out:
       ``interactions/heldout/...``), when ``store=True``.
 
-    Tracking never changes training: the engine restores training flags, grad mode and RNG
-    states, and the tracker draws no random numbers. Bad arguments raise at construction, a
-    failing first scheduled step raises, later failures warn once per distinct message and
-    return None (``strict=True`` re-raises); :meth:`close` reports the step counts. One run
-    per ``log_dir``: see :mod:`concept_tracker.rundir`.
+    Only the masked forwards stall training; the rest runs on a background thread, in step
+    order (:meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for
+    it). The first tracked step runs whole inside :meth:`step`. Tracking never changes training:
+    the engine restores training flags, grad mode and RNG states, and the tracker draws no random
+    numbers. Bad arguments raise at construction, a failing first scheduled step raises, later
+    failures (a background one at the next call) warn once per distinct message (``strict=True``
+    raises); :meth:`close` reports the step counts. One run per ``log_dir``: see
+    :mod:`concept_tracker.rundir`.
 
     Memory: besides the engine, the tracker keeps ``O(B * 2**n)`` running dynamics state and,
     for the trajectory figure, the effects of probe sample 0 at every tracked step
@@ -104,11 +107,14 @@ class ConceptTracker(DeclaredState):
         ratio: salience threshold ratio (threshold ``ratio * max |I(S)|`` per sample).
         batch_size: rows per forward (None: automatic).
         and_or: ``AndOrConfig`` for kind "and_or".
-        max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
-            A scheduled step is skipped when its expected cost (the previous tracked step's)
-            would push tracking time past ``max_overhead`` of the wall time since the first
-            :meth:`step` call; skips are counted in ``perf/skipped_steps`` and warned about.
-            :meth:`close` then draws no figures for a last tracked step that had none.
+        max_overhead: None, or the largest fraction (0 < f < 1) of wall time that training may
+            wait for tracking. With ``total_steps``, the steps to track are planned once the first
+            is measured (first, last, the rest log-spaced; ``OverheadBudget``); else a step is
+            skipped when it would exceed the budget. Skips: ``perf/skipped_steps``, plan:
+            ``text/overhead_budget``, one warning. :meth:`close` draws no late figures then.
+        total_steps: the run's last step, when known (the integrations pass it).
+        sync: finish each tracked step inside :meth:`step` instead of on the background
+            worker (:mod:`concept_tracker.worker`); for debugging.
         strict: re-raise exceptions from :meth:`step` instead of warning.
         store: write the raw interactions of every tracked step.
         writer: an open ``SummaryWriter`` to log into (e.g. Lightning's); None opens one in
@@ -147,6 +153,8 @@ class ConceptTracker(DeclaredState):
         figures: bool = True,
         probe_ids: Sequence[Any] | None = None,
         heldout_ids: Sequence[Any] | None = None,
+        total_steps: int | None = None,
+        sync: bool = False,
     ) -> None:
         self.players = check_players(players)
         self.kind = check_kind(kind)
@@ -168,9 +176,8 @@ class ConceptTracker(DeclaredState):
         # What the readings depend on besides the interactions; stored with every step.
         self._settings: dict[str, Any] = {"ratio": self.ratio, "simple_max": simple_max, "complex_min": complex_min}
         self.writer = TensorBoardWriter(self.log_dir, writer)
-        self._undrawn: tuple[int, Interactions, StepSummary] | None = None  # figures due at close
-        self._renderer: FigureRenderer | None = None  # started with the first figure
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
+        self._worker = StepWorker(sync=sync)
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
         probe = probe_set("probe", probe_inputs, probe_targets, probe_ids)
@@ -178,7 +185,8 @@ class ConceptTracker(DeclaredState):
         held = heldout_set(players, heldout_inputs, heldout_targets, heldout_ids)
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
-        band_orders(checks.check_players_fit(players, probe.inputs, "probe_inputs"), simple_max, complex_min)
+        bands = band_orders(checks.check_players_fit(players, probe.inputs, "probe_inputs"), simple_max, complex_min)
+        self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once)
         if held is not None:
             checks.check_same_width(probe.inputs, held.inputs)
             checks.check_players_fit(players, held.inputs, "heldout_inputs")
@@ -186,101 +194,117 @@ class ConceptTracker(DeclaredState):
         trajectory = Trajectory(ratio=self.ratio, simple_max=simple_max, complex_min=complex_min)
         self._trajectory = self._add_state("trajectory", trajectory)
         warm: dict[str, Interactions | None] = {"probe": None, "heldout": None}
-        self._warm_start = self._add_state("warm_start", warm, storage.warm_state, storage.warm_from_state)
+        self._warm_start = self._add_state("warm_start", warm, warm_state, warm_from_state)
         self._shares: list[Tensor] = self._add_state("shares", [], stack_list, unstack_list)  # [n + 1] per step
         # [K, 2**n] effects of probe sample 0 at every tracked step, for the trajectory figure.
         self._sample_effects: list[Tensor] = self._add_state("sample_effects", [], stack_list, unstack_list)
-        self._timing = self._add_state("timing", OverheadBudget(self.max_overhead))
+        total_steps = check_int("total_steps", total_steps, 0, optional=True, unit="the run's last step")
+        self._timing = self._add_state("timing", OverheadBudget(self.max_overhead, total_steps))
 
     # ----------------------------------------------------------------------------- stepping
 
-    def step(self, model: nn.Module, global_step: int) -> StepSummary | None:
-        """Track ``model`` at ``global_step`` if the schedule fires there.
+    def step(self, model: nn.Module, global_step: int, *, last: bool = False) -> StepSummary | None:
+        """Track ``model`` at ``global_step`` if the schedule (and the budget's plan) fires there.
 
         Call it once per optimizer step (repeated calls with the same step are ignored).
+        ``last=True`` marks the run's final step: tracked unless ``max_overhead`` forbids it.
 
         Returns:
-            The step's :class:`~concept_tracker.summary.StepSummary` (a mapping ``{tag: value}``
-            of the scalars logged) when interactions were computed at this step (on ranks other
-            than 0, with no scalars); None when the step was not tracked (not scheduled, already
-            tracked, skipped by ``max_overhead``, or failed without ``strict``).
+            For a tracked step, its :class:`~concept_tracker.summary.StepSummary` (a mapping
+            ``{tag: value}``), with scalars only with ``sync=True`` on rank 0 (else they follow
+            in :meth:`summaries`). None when not tracked (not scheduled, already tracked, skipped
+            by ``max_overhead``, or failed without ``strict``).
         """
         now = time.perf_counter()
         self._timing.start(now)
-        if not self._run.enter(self, global_step, self._cursor) or not self.schedule(global_step):
+        if not self._run.enter(self, global_step, self._cursor):
+            return None
+        self._report_background()
+        if not (last or self.schedule(global_step) or global_step == self._timing.total_steps):
             return None
         self._cursor = global_step
         self._run.tally.scheduled += 1
+        summary = None
         try:
+            if self.max_overhead is not None and is_main_process() and self._timing.can_plan(global_step):
+                self._plan(global_step, now)
             # Rank 0 decides for all ranks: the engine's forwards are collective.
-            if self.max_overhead is not None and main_process_flag(self._timing.refuses(now)):
+            if self.max_overhead is not None and main_process_flag(self._timing.refuses(global_step, now, last)):
                 self._skip(global_step)
                 return None
             summary = self._track(model, global_step, now)
-            self._run.tally.tracked += 1
             return summary
         except Exception as err:
-            self._run.failed(global_step, err, self.strict)
+            self._run.failed(f"step {global_step}", err, self.strict)
             return None
         finally:
             self._timing.spent += time.perf_counter() - now
+            if summary is not None:
+                self._timing.last_cost = time.perf_counter() - now
+                self._timing.tracked(global_step, time.perf_counter())
+
+    def _report_background(self) -> None:
+        """Failures of steps finished on the worker since the last call: warn once per message."""
+        for label, err in self._worker.failures():
+            self._run.failed(label, err, self.strict)
+
+    def summaries(self, wait: bool = False) -> list[StepSummary]:
+        """Finished step summaries not yet handed out, in step order (see ``StepWorker.results``)."""
+        return self._worker.results(wait)
 
     def _skip(self, step: int) -> None:
         self._timing.skipped += 1
-        self.writer.scalar(tags.SKIPPED_STEPS, self._timing.skipped, step)
-        self.writer.flush()
+        if self._timing.plan is not None:
+            return  # counted; logged with the next tracked step and in the budget text
+        skipped = self._timing.skipped
+        self._worker.submit(f"step {step}", lambda: self.writer.scalars({tags.SKIPPED_STEPS: skipped}, step))
         if self._timing.skipped == 1 and is_main_process():
-            warnings.warn(
-                f"ConceptTracker skipped step {step}: tracking it (about {self._timing.last_cost:.2f} s) "
-                f"would exceed max_overhead={self.max_overhead} of the wall time. Further skips "
-                f"are counted in the {tags.SKIPPED_STEPS!r} scalar.",
-                stacklevel=3,
-            )
+            reason = self._timing.skip_reason(tags.SKIPPED_STEPS)
+            warnings.warn(f"ConceptTracker skipped step {step}: {reason}", stacklevel=3)
 
-    def _compute(self, model: nn.Module, split: str) -> Interactions:
-        """The engine on one probe set; for kind "and_or" only the values (see :meth:`_decompose`)."""
+    def _plan(self, step: int, now: float) -> None:
+        """Plan the tracked steps of a run of known length (see ``OverheadBudget.make_plan``)."""
+        total = cast(int, self._timing.total_steps)
+        self._timing.make_plan(step, now, (s for s in range(step, total) if self.schedule(s)))
+        text = budget_text(self._timing, cast(float, self.max_overhead), now)
+        self._worker.submit("the budget plan", lambda: self.writer.text(tags.BUDGET_TEXT, text, step))
+        if self._timing.cut:
+            warnings.warn(f"ConceptTracker: {self._timing.cut} (see the {tags.BUDGET_TEXT!r} text).", stacklevel=3)
+
+    def _compute(self, model: nn.Module, split: str, show_progress: bool) -> Interactions:
+        """The engine on one probe set; for kind "and_or" only the values (see ``decompose_splits``)."""
         probes: ProbeSet = getattr(self, f"_{split}")
         kind = "and" if self.kind == "and_or" else self.kind
-        options: dict[str, Any] = {"value": self.value, "kind": kind, "batch_size": self.batch_size}
+        options = dict(value=self.value, kind=kind, batch_size=self.batch_size, show_progress=show_progress)
         res = compute_interactions(model, probes.inputs, self.players, target=probes.labels, **options)
         if probes.labels is None and res.targets is not None:
             # Predictions at the first tracked step become the fixed targets of the run.
             setattr(self, f"_{split}", probes._replace(labels=res.targets.detach().cpu()))
         return res
 
-    def _decompose(self, results: dict[str, Interactions]) -> dict[str, Interactions]:
-        """The AND-OR split of the probe and held-out values in one solver call.
-
-        Samples are independent in the solver, so one call gives the same split as one per
-        probe set, while its per-iteration cost (on a GPU mostly kernel launches) is paid once.
-        Each set warm-starts from its split at the previous tracked step.
-        """
-        values = torch.cat([res.outputs for res in results.values()])
-        warm = [self._warm_start[split] for split in results]
-        start = None
-        if all(w is not None for w in warm):
-            gamma, q = (torch.cat([getattr(w, name) for w in warm]).to(values.device) for name in ("gamma", "q"))
-            start = (gamma, q)
-        sol = decompose(values, self.and_or, warm_start=start)
-        out, offset = {}, 0
-        for split, res in results.items():
-            part = slice(offset, offset + res.num_samples)
-            offset += res.num_samples
-            split_effects = {name: getattr(sol, name)[part] for name in ("and_effects", "or_effects", "gamma", "q")}
-            out[split] = replace(res, kind="and_or", **split_effects)
-            self._warm_start[split] = out[split]
-        return out
-
-    def _track(self, model: nn.Module, step: int, start: float) -> StepSummary:
+    def _track(self, model: nn.Module, step: int, start: float) -> StepSummary | None:
+        """The masked forwards here, on the live weights; the rest on the worker (:meth:`_finish`)."""
         splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
-        results = {split: self._compute(model, split) for split in splits}
-        engine_seconds = time.perf_counter() - start
+        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process()
+        # On CUDA the small [B, 2**n] values come to the CPU here, so the worker never touches the device.
+        results = {split: self._compute(model, split, show).to("cpu") for split in splits}
         if not is_main_process():
             return StepSummary(step)
-        if self.kind == "and_or":
-            results = self._decompose(results)
-        res = results["probe"].to("cpu")
-        held = results["heldout"].to("cpu") if "heldout" in results else None
+        stall = time.perf_counter() - start
+        # The first scheduled step runs whole here, so that a setup mistake raises before training.
+        waited = self._worker.sync or self._run.tally.scheduled == 1
+        self._worker.submit(f"step {step}", lambda: self._finish(step, results, stall, waited), inline=waited)
+        if waited:
+            return self._worker.last_result
+        return StepSummary(step)
+
+    def _finish(self, step: int, results: dict[str, Interactions], stall: float, waited: bool) -> StepSummary:
+        """Everything after the forwards: decomposition, dynamics, summary, store and writers."""
+        start = time.perf_counter()
+        if self.kind == "and_or":  # warm-started from the previous tracked step's split
+            results = decompose_splits(results, self._warm_start, self.and_or)
+            self._warm_start.update(results)
+        res, held = results["probe"], results.get("heldout")
         effects = stack_effects(res)  # [B, K, 2**n]
         self._trajectory.append(step, effects)
         summary = summarize_step(step, res, self._trajectory, held=held, ids=self._probe.ids, **self._settings)
@@ -296,13 +320,18 @@ class ConceptTracker(DeclaredState):
             failure = err
         self._write(step, res, summary)
         rows = res.outputs.numel() + (held.outputs.numel() if held is not None else 0)
-        self.writer.scalar(tags.FORWARDS_PER_SECOND, rows / max(engine_seconds, 1e-9), step)
-        self._timing.last_cost = time.perf_counter() - start
-        self.writer.scalar(tags.PERF_SECONDS, self._timing.last_cost, step)
+        seconds = time.perf_counter() - start
+        perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: seconds}
+        perf[tags.PERF_SECONDS] = stall + (seconds if waited else 0.0)  # what training waited
+        if self._timing.plan is not None:
+            perf[tags.SKIPPED_STEPS] = self._timing.skipped
+        self.writer.scalars(perf, step)
         self.writer.flush()
-        self._log_figures(wait=False)
+        self._figures.log(wait=False)
+        self._timing.worker_cost = 0.0 if waited else seconds
         if failure is not None:
             raise failure
+        self._run.tally.tracked += 1
         return summary
 
     # ------------------------------------------------------------------------------ writing
@@ -314,58 +343,20 @@ class ConceptTracker(DeclaredState):
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)
         writer.scalars(summary.scalars, step)
-        if not self.figures:
-            return
-        tracked = len(self._trajectory.steps)
-        # A figure costs the renderer process a few tenths of a second of CPU. At the 1st, 2nd,
-        # 4th, 8th, ... tracked step (and at close) that is O(log T) renders over T tracked
-        # steps; the scalars keep every step.
-        if tracked & (tracked - 1) == 0:
-            self._draw_figures(step, res, summary)
-            self._undrawn = None
-        else:
-            self._undrawn = (step, res, summary)
-
-    def _draw_figures(self, step: int, res: Interactions, summary: StepSummary) -> None:
-        """Hand the figures of the last tracked step, ``step``, to the renderer process."""
-        if self._renderer is None:
-            self._renderer = FigureRenderer()
-        submit = self._renderer.submit
-        for kind, profile in summary.kind_profiles.items():
-            title = f"{kind.upper()} concepts by order, step {step}"
-            submit((tags.order_profile_figure(kind), step), "order_profile_figure", profile, title)
-        steps = self._trajectory.steps
-        shares, boundary = torch.stack(self._shares), summary.get(tags.PHASE_BOUNDARY)
-        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, shares, self.simple_max, boundary)
-        submit((tags.TRAJECTORY_FIGURE, step), "trajectory_figure", steps, *self._trajectory_series(res))
-
-    def _log_figures(self, wait: bool) -> None:
-        """Log the figures rendered so far (all of them when ``wait``). A figure function's
-        error warns once per error type (the step itself was tracked), or raises under
-        ``strict``."""
-        if self._renderer is None:
-            return
-        for (tag, step), png in self._renderer.wait() if wait else self._renderer.ready():
-            if not isinstance(png, Exception):
-                self.writer.png(tag, png, step)
-            elif self.strict:
-                raise png
-            else:
-                self._run.tally.warn_once(f"ConceptTracker could not draw {tag!r} of step {step}: {png}", key=str(png))
-
-    def _trajectory_series(self, res: Interactions) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
-        """The strongest simple and complex concepts of probe sample 0 and the title, for
-        ``figures.trajectory_figure``."""
-        history = torch.stack(self._sample_effects)  # [T, K, 2**n]
-        bands = band_orders(res.n, self.simple_max, self.complex_min)
-        title = f"probe sample {self._probe.ids[0] if self._probe.ids is not None else 0}"
-        if res.targets is not None and res.targets.dim() == 1:  # not answer labels [B, T]
-            title += f", target class {int(res.targets[0])}"
-        simple, complex_ = (
-            strongest_series(history, band, res.effect_kinds, res.player_names[0], TRAJECTORY_CONCEPTS)
-            for band in (bands.simple, bands.complex)
-        )
-        return simple, complex_, title
+        if self.figures:
+            sample = self._probe.ids[0] if self._probe.ids is not None else 0
+            history, shares = torch.stack(self._sample_effects), torch.stack(self._shares)
+            steps = self._trajectory.steps
+            figure = (
+                res,
+                summary.kind_profiles,
+                summary.get(tags.PHASE_BOUNDARY),
+                list(steps),
+                shares,
+                history,
+                sample,
+            )
+            self._figures.tracked(len(steps), step, *figure)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -374,20 +365,18 @@ class ConceptTracker(DeclaredState):
         the renderer process still owes, stop it, then flush and close the TensorBoard writer
         (an external writer is only flushed)."""
         try:
+            self._worker.close()  # every tracked step written before the figures and the writer close
+            self._report_background()
+            if self.max_overhead is not None:
+                self.writer.text(tags.BUDGET_TEXT, budget_text(self._timing, self.max_overhead), self._cursor or 0)
             # Under a budget, the last step's figures are not drawn: that work would come after
             # the budget's last say.
-            if self._undrawn is not None and self.max_overhead is None:
-                self._draw_figures(*self._undrawn)
-            self._undrawn = None
-            self._log_figures(wait=True)
+            self._figures.close(draw_last=self.max_overhead is None)
         except Exception as err:
             if self.strict:
                 raise
             warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
         finally:
-            if self._renderer is not None:
-                self._renderer.close()
-                self._renderer = None
             self.writer.close()
             self._run.close(self._timing.skipped)
 
@@ -406,6 +395,7 @@ class ConceptTracker(DeclaredState):
             cursor, the trajectory, the "and_or" warm starts, the figure history, timing). Save
             it with :meth:`save` or inside a training checkpoint.
         """
+        self._worker.drain()  # pending steps first: the state holds every step tracked so far
         settings = {"version": STATE_VERSION, "kind": self.kind, "ratio": self.ratio}
         settings.update(fingerprint=self._fingerprint(), run=self._run.id)
         return {**settings, "schedule": self.schedule.to_config(), **self._declared_state()}
@@ -441,8 +431,9 @@ class ConceptTracker(DeclaredState):
                 f"{Schedule.from_config(state['schedule'])!r}; dynamics continue on the new schedule.",
                 stacklevel=2,
             )
+        self._worker.drain()
         self._load_declared_state(state)
-        self._undrawn = None
+        self._figures.forget()
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`state_dict` to one safetensors file (tensors + JSON, no pickle)."""

@@ -66,9 +66,7 @@ def check_tracker_options(options: dict, owner: str, reserved: set[str]) -> None
     accepted = set(inspect.signature(ConceptTracker).parameters) - reserved - {"players", "writer"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(
-            f"{owner} got unknown tracker option(s) {unknown}; tracker options are {sorted(accepted)}."
-        )
+        raise ValueError(f"{owner} got unknown tracker option(s) {unknown}; tracker options are {sorted(accepted)}.")
 
 
 def run_schedule(schedule: Schedule | None, last_step: int | None, period: int | None = None) -> Schedule:
@@ -94,8 +92,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def track_last_step(tracker: ConceptTracker, model: nn.Module, step: int) -> StepSummary | None:
-    """Track ``step`` even when the schedule skips it: a run that stopped early still gets its
-    final state recorded. The step joins the tracker's schedule, so a saved state says so."""
-    if not tracker.schedule(step):
-        tracker.schedule = tracker.schedule | at_steps([step])
-    return tracker.step(model, step)
+    """Track ``step`` even when the schedule (or the budget's plan) skips it, if ``max_overhead``
+    allows: a run that stopped early still gets its final state recorded."""
+    return tracker.step(model, step, last=True)

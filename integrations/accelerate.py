@@ -11,6 +11,12 @@ sharded across the ranks and only rank 0 writes)::
         if accelerator.sync_gradients:
             step += 1
         track_step(tracker, accelerator, model, step)
+    tracker.step(tracked_module(accelerator, model), step, last=True)  # the final step
+    tracker.close()
+
+The loop, not Accelerate, knows the run's length: pass it to the tracker as
+``ConceptTracker(..., total_steps=num_training_steps)``, so that ``max_overhead`` can plan the
+tracked steps (first, last, the rest log-spaced).
 """
 
 from __future__ import annotations
@@ -32,9 +38,7 @@ def tracked_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-def track_step(
-    tracker: ConceptTracker, accelerator: Accelerator, model: nn.Module, step: int
-) -> StepSummary | None:
+def track_step(tracker: ConceptTracker, accelerator: Accelerator, model: nn.Module, step: int) -> StepSummary | None:
     """``tracker.step`` on :func:`tracked_module`, skipped on gradient-accumulation micro-steps.
 
     ``track_step(tracker, accelerator, model, step)``; call it on every rank.

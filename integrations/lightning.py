@@ -55,7 +55,9 @@ class ConceptTrackerLightningCallback(Callback):
         log_dir: directory of the raw interactions (and of the event file when the trainer has
             no ``TensorBoardLogger``); None = ``<trainer.log_dir>/concepts``.
         **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
-            ``batch_size``, ``max_overhead``, ``strict``, ...).
+            ``batch_size``, ``max_overhead``, ``strict``, ...). The run's length
+            (``estimated_stepping_batches``, from ``max_steps`` / ``max_epochs``) is passed as
+            ``total_steps``, so ``max_overhead`` plans the tracked steps.
     """
 
     def __init__(
@@ -72,7 +74,8 @@ class ConceptTrackerLightningCallback(Callback):
     ) -> None:
         self.players = check_players(players)
         check_schedule(schedule)
-        check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", {"log_dir", "schedule"})
+        reserved = {"log_dir", "schedule", "total_steps"}
+        check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", reserved)
         # Checked now, so that a bad probe set fails at construction, not when training starts.
         self.probes = probe_set("probe", probe_inputs, probe_targets, None)
         self.heldout = heldout_set(players, heldout_inputs, heldout_targets, None)
@@ -100,6 +103,7 @@ class ConceptTrackerLightningCallback(Callback):
             heldout_targets=None if self.heldout is None else self.heldout.labels,
             log_dir=log_dir,
             schedule=run_schedule(self.schedule, None if math.isinf(last) else int(last)),
+            total_steps=None if math.isinf(last) else int(last),
             # Off rank zero the logger's experiment is a dummy; the tracker writes nothing there.
             writer=logger.experiment if logger is not None and trainer.is_global_zero else None,
             **self.tracker_options,

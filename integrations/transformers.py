@@ -18,11 +18,12 @@ What happens at each Trainer event:
 - ``on_step_end``: ``tracker.step(model, global_step)``; the schedule decides (once per
   optimizer step, so gradient accumulation is respected).
 - ``on_save``: the tracker state goes to ``<checkpoint>/concept_tracker/state.safetensors``.
-- ``on_log``: the headline scalars of newly tracked steps (read from the summaries
-  ``tracker.step`` returns) join the Trainer's logs; the training and evaluation losses are
-  kept (for ``stop_on_overfit``'s loss-gap step) and, unless the concepts share the Trainer's
-  TensorBoard folder, written beside them as
-  ``train/loss`` and ``eval/loss``, so that ``concept-tracker report`` finds them.
+- ``on_log``: the headline scalars of newly tracked steps (read from ``tracker.summaries``)
+  join the Trainer's logs; the callback waits there for the tracker's background worker if it
+  has not finished those steps yet. The training and evaluation losses are kept (for
+  ``stop_on_overfit``'s loss-gap step) and, unless the concepts share the Trainer's TensorBoard
+  folder, written beside them as ``train/loss`` and ``eval/loss``, so that
+  ``concept-tracker report`` finds them.
 - ``on_train_end``: the last step is tracked (also after an early stop) and the writer closed.
 """
 
@@ -44,7 +45,7 @@ from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
 from concept_tracker.checks import check_int, check_players, check_schedule
-from concept_tracker.distributed import main_process_flag
+from concept_tracker.distributed import is_main_process, main_process_flag
 from concept_tracker.engine import model_device, preserved_state
 from concept_tracker.language_models import guess_answers, is_causal_lm
 from concept_tracker.metrics.dynamics import loss_gap_step
@@ -116,7 +117,11 @@ class ConceptTrackerCallback(TrainerCallback):
             to grow. Off by default.
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
         **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
-            ``batch_size``, ``max_overhead``, ``strict``, ...).
+            ``batch_size``, ``max_overhead``, ``strict``, ...). The callback passes the Trainer's
+            ``max_steps`` as ``total_steps``, so ``max_overhead`` plans the tracked steps.
+
+    With ``stop_on_overfit``, each tracked step's readings are awaited at that step (the
+    decision needs them), so training waits for the whole tracked step.
 
     Probe batches hold every tensor the collator returns except the labels, which become
     the targets (the model's prediction where a label is not one class per sample).
@@ -155,7 +160,8 @@ class ConceptTrackerCallback(TrainerCallback):
         self.num_probe = check_int("num_probe", num_probe, 1, unit="probes per dataset")
         self.schedule = check_schedule(schedule)
         self.patience = check_int("patience", patience, 0, unit="tracked steps")
-        check_tracker_options(tracker_options, "ConceptTrackerCallback", _DRAWN | {"log_dir", "schedule"})
+        reserved = _DRAWN | {"log_dir", "schedule", "total_steps"}
+        check_tracker_options(tracker_options, "ConceptTrackerCallback", reserved)
         self.probe_dataset = probe_dataset
         self.heldout_dataset = heldout_dataset
         self.log_dir = None if log_dir is None else str(log_dir)
@@ -165,6 +171,7 @@ class ConceptTrackerCallback(TrainerCallback):
         self.tracker: ConceptTracker | None = None
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
+        self._boundary: float | None = None  # the boundary step reported by the latest summary
         self._last_tracked: int | None = None
         self._losses: dict[str, dict[int, float]] = {"train": {}, "eval": {}}  # {split: {step: loss}}
         self._write_losses = True  # False when the concepts share the Trainer's TensorBoard folder
@@ -184,21 +191,20 @@ class ConceptTrackerCallback(TrainerCallback):
         if self.tracker is None:
             return
         due = self.tracker.schedule(state.global_step)  # the same answer on every rank
-        summary = self._track(model, state.global_step)
-        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step, summary)):
+        self._track(model, state.global_step)
+        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step)):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None:
-            return
         for key, split in (("loss", "train"), ("eval_loss", "eval")):
-            if isinstance(logs.get(key), numbers.Real):
+            if logs is not None and isinstance(logs.get(key), numbers.Real):
                 self._losses[split][state.global_step] = float(logs[key])
                 if self.tracker is not None and self._write_losses:
                     # Beside the concepts, under the Trainer's own TensorBoard names, so that
                     # ``concept-tracker report`` finds the loss gap in the same directory.
                     self.tracker.writer.scalar(f"{split}/loss", logs[key], state.global_step)
-        if not self._pending:
+        self._collect(wait=True)
+        if not self._pending or logs is None:
             return
         logs.update(self._pending)
         if state.log_history:  # Trainer.log appended this entry just before on_log
@@ -260,10 +266,15 @@ class ConceptTrackerCallback(TrainerCallback):
             held, _ = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
         # A "mean" baseline is fitted on a larger training sample than the probes.
         fit_baseline_on_dataset(
-            self.players, train_dataloader.dataset, collate, lambda batch: _batch_inputs(self.players, batch), probe.inputs, self.seed
+            self.players,
+            train_dataloader.dataset,
+            collate,
+            lambda batch: _batch_inputs(self.players, batch),
+            probe.inputs,
+            self.seed,
         )
         period = state.eval_steps if args.eval_strategy == "steps" else None
-        self._pending, self._boundary_run, self._last_tracked = {}, 0, None
+        self._pending, self._boundary_run, self._boundary, self._last_tracked = {}, 0, None, None
         self._losses = {"train": {}, "eval": {}}
         trainer_dir = _trainer_log_dir(args)
         log_dir = self.log_dir or trainer_dir or _concepts_log_dir(args)
@@ -279,6 +290,7 @@ class ConceptTrackerCallback(TrainerCallback):
             heldout_ids=None if held is None else held.ids,
             log_dir=log_dir,
             schedule=run_schedule(self.schedule, state.max_steps, period),
+            total_steps=state.max_steps if state.max_steps > 0 else None,
             **options,
         )
 
@@ -290,15 +302,26 @@ class ConceptTrackerCallback(TrainerCallback):
         summary = self._guard(f"track step {step}", lambda: track(tracker, self._model(model), step))
         if summary is not None:
             self._last_tracked = step
-            self._pending.update({tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary})
         return summary
 
-    def _overfitting(self, step: int, summary: StepSummary | None) -> bool:
+    def _collect(self, wait: bool) -> None:
+        """Take the summaries the tracker finished: headline scalars for the next log, and the
+        phase-boundary count for ``stop_on_overfit`` (in step order)."""
+        tracker = self.tracker
+        if tracker is None:
+            return
+        for summary in self._guard("read its summaries", lambda: tracker.summaries(wait=wait)) or []:
+            self._pending.update({tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary})
+            boundary = summary.get(tags.PHASE_BOUNDARY)
+            self._boundary_run = 0 if boundary is None else self._boundary_run + 1
+            self._boundary = boundary
+
+    def _overfitting(self, step: int) -> bool:
         """Main process: has the phase boundary been reported long enough to stop?"""
-        if not summary:  # off the main process, or nothing was tracked at this step
+        if not is_main_process():
             return False
-        boundary = summary.get(tags.PHASE_BOUNDARY)
-        self._boundary_run = 0 if boundary is None else self._boundary_run + 1
+        self._collect(wait=True)
+        boundary = self._boundary
         if boundary is None or self._boundary_run <= self.patience:
             return False
         gap = self._loss_gap_step()
@@ -363,7 +386,9 @@ def _concepts_log_dir(args) -> str:
     """Without TensorBoard reporting: a fresh ``<root>/concepts/<date>_<host>`` per launch, with
     ``<root>`` ``$TENSORBOARD_LOGGING_DIR`` or ``<output_dir>/runs``."""
     root = os.getenv("TENSORBOARD_LOGGING_DIR")
-    return new_run_dir(os.path.join(os.path.expanduser(root) if root else os.path.join(args.output_dir, "runs"), "concepts"))
+    return new_run_dir(
+        os.path.join(os.path.expanduser(root) if root else os.path.join(args.output_dir, "runs"), "concepts")
+    )
 
 
 def _trainer_event_dir(runs: str, recent: float = 60.0) -> str | None:
@@ -402,7 +427,11 @@ def _batch_inputs(players: Players, batch: Any) -> Any:
     """The players' inputs of a collated training batch (None for a batch that is not a dict)."""
     if not isinstance(batch, Mapping):
         return None
-    return _for_players(players, {k: v for k, v in batch.items() if isinstance(v, Tensor) and k not in ("labels", "label")}, "train_dataset")
+    return _for_players(
+        players,
+        {k: v for k, v in batch.items() if isinstance(v, Tensor) and k not in ("labels", "label")},
+        "train_dataset",
+    )
 
 
 def _draw_probes(

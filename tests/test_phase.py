@@ -174,7 +174,7 @@ def test_the_tracker_reads_the_boundary_off_the_share_not_absolute_strength(tmp_
     logged = {}
     with ConceptTracker(
         TabularPlayers(baselines="zero"), torch.ones(2, 4), [1, 1], log_dir=tmp_path, schedule=every(1),
-        figures=False, strict=True,
+        figures=False, strict=True, sync=True,  # step() returns each step's readings
     ) as tracker:
         for step, s in enumerate(share):
             with torch.no_grad():

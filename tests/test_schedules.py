@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from concept_tracker.schedules import Schedule, at_steps, every, log_spaced
+from concept_tracker.schedules import OverheadBudget, Schedule, at_steps, budget_text, every, log_spaced, plan_steps
 
 
 def fired(schedule: Schedule, stop: int) -> list[int]:
@@ -96,3 +96,108 @@ def test_from_config_rejects_unknown_types():
 def test_or_with_a_non_schedule_is_a_type_error():
     with pytest.raises(TypeError):
         every(2) | 3
+
+
+# ----------------------------------------------------------------------------- budget planner
+
+
+def test_plan_steps_are_log_spaced_from_the_origin_and_end_at_the_last_step():
+    # Targets 10000 ** (i / 5): 6.3, 39.8, 251.2, 1584.9, then the last step.
+    assert plan_steps(range(1, 10000), after=0, last=10000, count=5) == [6, 40, 251, 1585, 10000]
+    # Snapped to the schedule's steps (every 100 here), never past the last.
+    assert plan_steps(range(0, 10000, 100), after=0, last=10000, count=5) == [100, 200, 300, 1600, 10000]
+    assert plan_steps(range(1, 10000), after=0, last=10000, count=1) == [10000]
+    assert plan_steps(range(1, 10000), after=0, last=10000, count=0) == []
+    assert plan_steps(range(1, 10000), after=10000, last=10000, count=3) == []
+
+
+@pytest.mark.parametrize("count, gap", [(3, 1), (8, 1), (8, 700), (50, 300)])
+def test_plan_steps_respect_count_gap_and_candidates(count, gap):
+    candidates = [s for s in range(1, 5000) if s % 7 == 0]
+    plan = plan_steps(candidates, after=20, last=5000, count=count, origin=0, min_gap=gap)
+    assert plan[-1] == 5000 and len(plan) <= count
+    assert all(s in candidates for s in plan[:-1]) and all(s > 20 for s in plan)
+    assert all(b - a >= gap for a, b in zip(plan, plan[1:]))
+    # Dense early: the gaps between the planned steps before the last never shrink much.
+    gaps = [b - a for a, b in zip(plan, plan[1:-1])]
+    assert all(later >= earlier - 7 for earlier, later in zip(gaps, gaps[1:]))
+
+
+def simulate(f, total, step_seconds, stall, worker, schedule):
+    """A run on a synthetic clock: training steps of ``step_seconds``, tracked steps that stall
+    it ``stall`` seconds and keep a background worker busy ``worker`` seconds (waited for at
+    the end). Returns the tracked steps, the budget, and the share of wall time spent on
+    tracking (stalls and the final wait)."""
+    budget, clock, tracked = OverheadBudget(f, total), 0.0, []
+    for step in range(total + 1):
+        budget.start(clock)
+        if schedule(step) or step == total:
+            if budget.can_plan(step):
+                budget.make_plan(step, clock, [s for s in range(step, total) if schedule(s)])
+            if budget.refuses(step, clock, last=step == total):
+                budget.skipped += 1
+            else:
+                clock += stall
+                budget.spent += stall
+                budget.last_cost, budget.worker_cost = stall, worker
+                budget.tracked(step, clock)
+                tracked.append(step)
+        clock += step_seconds
+    clock += worker if tracked else 0.0  # close() waits for the last tracked step
+    return tracked, budget, (budget.spent + worker) / clock
+
+
+@pytest.mark.parametrize(
+    "f, step_seconds, stall, worker",
+    [(0.05, 0.002, 0.15, 1.0), (0.05, 0.001, 0.05, 0.3), (0.1, 0.1, 2.0, 0.5), (0.02, 0.005, 0.1, 0.2)],
+)
+def test_the_plan_keeps_the_budget_and_tracks_the_first_and_last_steps(f, step_seconds, stall, worker):
+    tracked, budget, share = simulate(f, 20000, step_seconds, stall, worker, every(1))
+    assert share <= f
+    assert tracked[0] == 0 and tracked[-1] == 20000 and len(tracked) >= 4
+    assert budget.plan == tracked and budget.cut.startswith(f"max_overhead={f} affords")
+    # The worker finishes one tracked step before the next starts.
+    gaps = [b - a for a, b in zip(tracked[1:], tracked[2:])]
+    assert min(gaps) * step_seconds >= worker
+
+
+def test_a_plan_that_affords_the_whole_schedule_cuts_nothing():
+    tracked, budget, _ = simulate(0.05, 20000, 0.002, 0.01, 0.01, at_steps([0, 100, 5000]))
+    assert tracked == [0, 100, 5000, 20000] and budget.cut == ""
+
+
+def test_without_room_only_the_first_step_is_tracked():
+    tracked, budget, _ = simulate(0.001, 2000, 0.001, 0.5, 0.5, every(1))
+    assert tracked == [0] and budget.plan == [0] and budget.cut
+
+
+def test_without_a_total_the_greedy_rule_applies():
+    budget = OverheadBudget(0.1)
+    budget.start(0.0)
+    budget.spent = budget.last_cost = 1.0
+    assert not budget.can_plan(100)
+    assert budget.refuses(5, now=10.0)  # 1 + 1 > 0.1 * (10 + 1)
+    assert not budget.refuses(5, now=20.0)  # 2 <= 0.1 * 21
+
+
+def test_the_budget_state_round_trips_with_its_plan():
+    _, budget, _ = simulate(0.05, 20000, 0.002, 0.15, 1.0, every(1))
+    restored = OverheadBudget(0.05, 20000)
+    restored.load_state_dict(json.loads(json.dumps(budget.state_dict())))
+    assert restored.plan == budget.plan and restored.skipped == budget.skipped
+    assert [restored.refuses(s, 0.0) for s in budget.plan] == [False] * len(budget.plan)
+    text = budget_text(restored, 0.05, now=1.0)
+    assert str(budget.plan) in text and "max_overhead=0.05" in text
+
+
+def test_a_plan_without_room_is_not_overridden_before_the_total():
+    # The final wait for the worker (3 s) exceeds the whole allowance: only step 0, though the
+    # rule without a plan would find room for a few steps later in the run.
+    tracked, budget, share = simulate(0.05, 20000, 0.002, 0.15, 3.0, every(1))
+    assert tracked == [0] and budget.plan == [0]
+    assert share <= 0.05 + 3.0 / 40  # only the first step's own wait is over budget
+    # An early stop at a step the plan left out: tracked only if the budget, waits included, allows.
+    budget.spent, budget.last_cost, budget.worker_cost = 0.15, 0.15, 3.0
+    assert budget.refuses(9000, now=20.0, last=True)  # 0.15 + 3.15 > 0.05 * 23.15
+    assert not budget.refuses(9000, now=80.0, last=True)
+    assert budget.refuses(20001, now=2.0) and not budget.refuses(20001, now=20.0)  # past the total

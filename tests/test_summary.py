@@ -40,7 +40,6 @@ def _tracked_run(log_dir, kind: str) -> dict[int, StepSummary]:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     probes = select_probes(x[:60], 6, labels=y[:60], seed=0)
     held = select_probes(x[60:], 6, labels=y[60:], seed=0)
-    returned = {}
     with ConceptTracker(
         TabularPlayers(), probes.inputs, probes.labels, heldout_inputs=held.inputs, heldout_targets=held.labels,
         log_dir=log_dir, schedule=at_steps(STEPS), kind=kind, figures=False, strict=True, simple_max=2, complex_min=4,
@@ -50,10 +49,9 @@ def _tracked_run(log_dir, kind: str) -> dict[int, StepSummary]:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            summary = tracker.step(model, step)
-            assert (summary is not None) == (step in STEPS)
-            if summary is not None:
-                returned[step] = summary
+            assert (tracker.step(model, step) is not None) == (step in STEPS)
+    # The background worker's summaries, all finished once the tracker is closed.
+    returned = {summary.step: summary for summary in tracker.summaries()}
     return returned
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 import warnings
 
 import numpy as np
@@ -412,16 +413,16 @@ def test_heldout_needs_aligned_players(tmp_path):
 
 @pytest.mark.parametrize("kind", ["or", "and_or"])
 def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
-    import concept_tracker.tracker as tracker_module
+    import concept_tracker.pipeline as pipeline_module
 
     solver_calls = []
-    real = tracker_module.decompose
+    real = pipeline_module.decompose
 
     def spy(values, config=None, warm_start=None):
         solver_calls.append((values.shape[0], warm_start is not None))
         return real(values, config, warm_start=warm_start)
 
-    monkeypatch.setattr(tracker_module, "decompose", spy)
+    monkeypatch.setattr(pipeline_module, "decompose", spy)
     with ConceptTracker(
         TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, figures=False, strict=True,
         **probe_sets(),
@@ -478,6 +479,7 @@ def test_figures_at_powers_of_two_and_at_close(tmp_path, monkeypatch):
     monkeypatch.setattr(render.FigureRenderer, "submit", spy)
     with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), strict=True, **probe_sets()) as tracker:
         train(make_run(), range(6), tracker)
+        tracker.summaries(wait=True)  # every step finished on the background thread
         # Tracked steps 0..5 are the 1st..6th: the 1st, 2nd and 4th go to the renderer at once.
         assert sorted({step for _, step in submitted}) == [0, 1, 3]
     acc = read_events(tmp_path)
@@ -569,3 +571,134 @@ def test_figures_are_pure_matplotlib():
         assert isinstance(fig, Figure)
         png = figure_png(fig)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == fig.bbox.width
+
+
+# ------------------------------------------------------------------ background worker and budget plan
+
+
+@pytest.mark.parametrize("kind", ["and", "and_or"])
+def test_the_worker_logs_exactly_what_sync_mode_logs_in_step_order(tmp_path, kind):
+    runs = {}
+    for sync in (True, False):
+        log_dir = tmp_path / str(sync)
+        torch.manual_seed(7)
+        with ConceptTracker(
+            TabularPlayers(), log_dir=log_dir, schedule=at_steps([0, 1, 2, 5, 7]), kind=kind, figures=False,
+            strict=True, sync=sync, **probe_sets(),
+        ) as tracker:
+            train(make_run(), range(8), tracker)
+        acc = read_events(log_dir)
+        events = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        runs[sync] = events, {step: load_step(log_dir / "interactions" / f"step_{step:08d}.safetensors")[0]
+                              for step in list_steps(log_dir)}
+    (sync_events, sync_stored), (async_events, async_stored) = runs[True], runs[False]
+    concept_tags = [tag for tag in sync_events if not tag.startswith("perf/")]
+    assert concept_tags and sorted(concept_tags) == sorted(t for t in async_events if not t.startswith("perf/"))
+    for tag in concept_tags:
+        steps = [s for s, _ in async_events[tag]]
+        assert steps == sorted(steps) == [s for s, _ in sync_events[tag]], tag  # written in step order
+        assert all(same(a, b) for (_, a), (_, b) in zip(sync_events[tag], async_events[tag])), tag
+    assert [s for s, _ in async_events[tags.summary("complex_ratio")]] == [0, 1, 2, 5, 7]
+    assert sorted(sync_stored) == sorted(async_stored) == [0, 1, 2, 5, 7]
+    for step, res in sync_stored.items():
+        for name in ("outputs", "and_effects", "or_effects", "gamma", "q"):
+            a, b = getattr(res, name), getattr(async_stored[step], name)
+            assert (a is None and b is None) or torch.equal(a, b), (step, name)
+
+
+def test_async_step_returns_a_placeholder_and_summaries_follow(tmp_path):
+    model = make_model()
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), figures=False, **probe_sets()) as tracker:
+        first, *placeholders = [tracker.step(model, step) for step in range(3)]
+        # The first scheduled step runs inline (a setup mistake raises there), the others not.
+        assert tags.summary("complex_ratio") in first
+        assert [p.step for p in placeholders] == [1, 2] and not any(len(p) for p in placeholders)
+        summaries = tracker.summaries(wait=True)
+        assert [s.step for s in summaries] == [0, 1, 2]
+        assert all(tags.summary("complex_ratio") in s for s in summaries)
+        assert tracker.summaries() == []
+
+
+def slow_summaries(monkeypatch, seconds: float, fail: bool = False):
+    """Summaries take ``seconds``; with ``fail``, every step's but the first (which runs inline
+    and would raise at once) fails."""
+    import concept_tracker.tracker as tracker_module
+
+    real = tracker_module.summarize_step
+
+    def slow(step, *args, **kwargs):
+        time.sleep(seconds)
+        if fail and step > 0:
+            raise RuntimeError("no summary today")
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "summarize_step", slow)
+
+
+def test_state_dict_waits_for_the_steps_still_on_the_worker(tmp_path, monkeypatch):
+    slow_summaries(monkeypatch, 0.3)
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), figures=False, **probe_sets()) as tracker:
+        model = make_model()
+        tracker.step(model, 0)
+        tracker.step(model, 1)
+        state = tracker.state_dict()
+    assert state["trajectory"]["steps"] == [0, 1] and state["cursor"] == 1
+    assert len(state["shares"]) == 2
+
+
+def test_a_worker_failure_warns_at_the_next_call_or_raises_under_strict(tmp_path, monkeypatch):
+    slow_summaries(monkeypatch, 0.0, fail=True)
+    model = make_model()
+    schedule = every(1)
+    tracker = ConceptTracker(TabularPlayers(), log_dir=tmp_path / "lenient", schedule=schedule, figures=False, **probe_sets())
+    tracker.step(model, 0)
+    assert tracker.step(model, 1) is not None  # the forwards ran; the summary fails on the worker
+    with pytest.warns(UserWarning, match="could not track step 1: RuntimeError: no summary today"):
+        tracker.summaries(wait=True)
+        tracker.step(model, 2)
+    tracker.close()
+
+    strict = ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path / "strict", schedule=schedule, figures=False, strict=True, **probe_sets()
+    )
+    strict.step(model, 0)
+    strict.step(model, 1)
+    with pytest.raises(RuntimeError, match="no summary today"):
+        strict.close()
+
+
+def test_a_slow_tracked_step_shows_progress_next_time(tmp_path, monkeypatch):
+    import concept_tracker.tracker as tracker_module
+
+    shown = []
+    real = tracker_module.compute_interactions
+
+    def spy(*args, show_progress=False, **kwargs):
+        shown.append(show_progress)
+        return real(*args, show_progress=show_progress, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "compute_interactions", spy)
+    monkeypatch.setattr(tracker_module, "PROGRESS_AFTER", 0.0)  # every step counts as slow
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), figures=False,
+                        probe_inputs=probe_sets()["probe_inputs"]) as tracker:
+        for step in range(2):
+            tracker.step(make_model(), step)
+    assert shown == [False, True]
+
+
+def test_a_run_of_known_length_gets_a_plan_with_its_first_and_last_steps(tmp_path):
+    import time as clock
+
+    model = make_model()
+    with ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 12, 20]), max_overhead=0.9, total_steps=24,
+        figures=False, strict=True, **probe_sets(),
+    ) as tracker:
+        for step in range(25):
+            clock.sleep(0.02)  # training time
+            tracker.step(model, step)
+    plan = tracker.state_dict()["timing"]["plan"]
+    assert plan[0] == 0 and plan[-1] == 24  # the last step joins the plan though not scheduled
+    assert list_steps(tmp_path) == plan
+    text = read_events(tmp_path).Tensors(f"{tags.BUDGET_TEXT}/text_summary")
+    assert any(str(plan).encode() in event.tensor_proto.string_val[0] for event in text)

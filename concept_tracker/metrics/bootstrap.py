@@ -47,8 +47,14 @@ _CHUNK_ELEMENTS = 1 << 18
 
 
 BAND_READINGS = (
-    "simple_strength", "medium_strength", "complex_strength", "complex_ratio", "num_concepts",
-    "simple_share", "medium_share", "high_share",
+    "simple_strength",
+    "medium_strength",
+    "complex_strength",
+    "complex_ratio",
+    "num_concepts",
+    "simple_share",
+    "medium_share",
+    "high_share",
 )
 """The readings :func:`band_intervals` returns, in order."""
 
@@ -335,7 +341,10 @@ def train_test_similarity_intervals(
             f"kind={test_res.kind!r}) differ; compute both with the same players and kind."
         )
     n = train_res.n
-    labels = (_class_labels(train_res, train_targets, "train_targets"), _class_labels(test_res, test_targets, "test_targets"))
+    labels = (
+        _class_labels(train_res, train_targets, "train_targets"),
+        _class_labels(test_res, test_targets, "test_targets"),
+    )
     effects = [stack_effects(r).to("cpu", torch.float64) for r in (train_res, test_res)]
     # Columns grouped by order (kinds pooled), so per-order sums are sums of contiguous blocks.
     column_orders = coalition_orders(n, torch.device("cpu")).repeat(effects[0].shape[1])
@@ -382,7 +391,9 @@ def train_test_similarity_intervals(
     fewest = min(e.shape[0] for e in effects)
     out = {"by_order": _interval(replicates, level, fewest)}
     for name, orders in (("simple", bands.simple), ("medium", bands.medium), ("complex", bands.complex)):
-        reps = replicates[:, list(orders)].mean(-1) if orders else torch.full((resamples,), math.nan, dtype=torch.float64)
+        reps = (
+            replicates[:, list(orders)].mean(-1) if orders else torch.full((resamples,), math.nan, dtype=torch.float64)
+        )
         out[name] = _interval(reps, level, fewest)
     return out
 

@@ -35,10 +35,7 @@ def _check_series(series: Tensor) -> Tensor:
     """``series`` as float64 ``[T, B, K, 2**n]``."""
     if not isinstance(series, Tensor) or series.dim() not in (3, 4):
         shape = tuple(series.shape) if isinstance(series, Tensor) else type(series).__name__
-        raise ValueError(
-            f"series has shape {shape}; pass effects stacked over steps, [T, B, 2**n] or "
-            "[T, B, K, 2**n]."
-        )
+        raise ValueError(f"series has shape {shape}; pass effects stacked over steps, [T, B, 2**n] or [T, B, K, 2**n].")
     num_players(series, "series")
     series = series.to(torch.float64)
     return series if series.dim() == 4 else series.unsqueeze(-2)
@@ -190,9 +187,7 @@ def emergence_steps(series: Tensor, steps: Sequence[int], ratio: float = 0.05) -
     series = _check_series(series)
     ratio = check_ratio(ratio)
     if len(steps) != series.shape[0]:
-        raise ValueError(
-            f"steps has {len(steps)} entries but series has {series.shape[0]} steps; pass one per step."
-        )
+        raise ValueError(f"steps has {len(steps)} entries but series has {series.shape[0]} steps; pass one per step.")
     emergence = torch.full(series.shape[1:], -1, dtype=torch.int64)
     for step, effects in zip(steps, series):
         emergence = _emergence_step(emergence, _salient(effects, ratio), int(step))
@@ -232,9 +227,7 @@ def _loss_map(losses: LossLog, name: str) -> dict[int, float]:
     try:
         return {int(step): float(loss) for step, loss in pairs}
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{name} must be {{step: loss}} or [(step, loss), ...]; could not read it ({err})."
-        ) from None
+        raise ValueError(f"{name} must be {{step: loss}} or [(step, loss), ...]; could not read it ({err}).") from None
 
 
 def loss_gap_step(
@@ -328,8 +321,7 @@ class Trajectory:
         step = int(step)
         if self._steps and step <= self._steps[-1]:
             raise ValueError(
-                f"step={step} is not after the last step {self._steps[-1]}; append steps in "
-                "strictly increasing order."
+                f"step={step} is not after the last step {self._steps[-1]}; append steps in strictly increasing order."
             )
         if not isinstance(effects, Tensor) or effects.dim() not in (2, 3):
             shape = tuple(effects.shape) if isinstance(effects, Tensor) else type(effects).__name__
@@ -434,9 +426,7 @@ class Trajectory:
     def phase_boundary(self, eval_losses: None = None, train_losses: None = None) -> int | None: ...
 
     @overload
-    def phase_boundary(
-        self, eval_losses: LossLog, train_losses: LossLog
-    ) -> tuple[int | None, int | None]: ...
+    def phase_boundary(self, eval_losses: LossLog, train_losses: LossLog) -> tuple[int | None, int | None]: ...
 
     def phase_boundary(
         self, eval_losses: LossLog | None = None, train_losses: LossLog | None = None
@@ -481,9 +471,7 @@ class Trajectory:
         """Restore from :meth:`state_dict` (the saved ratio and band cut-offs win)."""
         missing = [k for k in ("ratio", "steps", "high_order_strength") if k not in state]
         if missing:
-            raise ValueError(
-                f"state is missing {missing}; pass the dict returned by Trajectory.state_dict()."
-            )
+            raise ValueError(f"state is missing {missing}; pass the dict returned by Trajectory.state_dict().")
         steps = [int(s) for s in state["steps"]]
         strength = [float(h) for h in state["high_order_strength"]]
         if len(steps) != len(strength):
@@ -492,17 +480,21 @@ class Trajectory:
                 "pass an unmodified Trajectory.state_dict()."
             )
         dtypes = {
-            "first": torch.float64, "last": torch.float64, "path": torch.float64,
-            "last_sign": torch.int8, "flips": torch.int64, "ever_salient": torch.bool,
-            "salient": torch.bool, "emergence": torch.int64,
+            "first": torch.float64,
+            "last": torch.float64,
+            "path": torch.float64,
+            "last_sign": torch.int8,
+            "flips": torch.int64,
+            "ever_salient": torch.bool,
+            "salient": torch.bool,
+            "emergence": torch.int64,
         }
         tensors: dict[str, Tensor] = {}
         if steps:
             absent = [k for k in dtypes if not isinstance(state.get(k), Tensor)]
             if absent:
                 raise ValueError(
-                    f"state has steps but no tensors {absent}; pass an unmodified "
-                    "Trajectory.state_dict()."
+                    f"state has steps but no tensors {absent}; pass an unmodified Trajectory.state_dict()."
                 )
             tensors = {k: state[k].detach().to("cpu", dtype).clone() for k, dtype in dtypes.items()}
         self.ratio = check_ratio(float(state["ratio"]))

@@ -157,9 +157,7 @@ def phase_boundary(
     """
     share = torch.as_tensor(high_share, dtype=torch.float64).reshape(-1)
     if len(steps) != share.shape[0]:
-        raise ValueError(
-            f"steps has {len(steps)} entries but high_share has {share.shape[0]}; pass one per step."
-        )
+        raise ValueError(f"steps has {len(steps)} entries but high_share has {share.shape[0]}; pass one per step.")
     if torch.isinf(share).any():
         raise ValueError("high_share contains inf; a share lies in [0, 1] (NaN marks a step without concepts).")
     kept = (~torch.isnan(share)).nonzero().flatten().tolist()

@@ -65,9 +65,7 @@ def salient_mask(effects: Tensor, ratio: float = 0.05, *, pool_kinds: bool = Fal
     ratio = check_ratio(ratio)
     num_players(effects, "effects")
     if pool_kinds and effects.dim() < 2:
-        raise ValueError(
-            f"pool_kinds=True needs effects of shape [..., K, 2**n]; got {tuple(effects.shape)}."
-        )
+        raise ValueError(f"pool_kinds=True needs effects of shape [..., K, 2**n]; got {tuple(effects.shape)}.")
     if effects.shape[-1] == 1:  # n = 0: the empty set alone, never a concept
         return torch.zeros_like(effects, dtype=torch.bool)
     magnitude = effects.abs()
@@ -216,9 +214,7 @@ def band_orders(n: int, simple_max: int | None = None, complex_min: int | None =
     simple_max = n // 3 if simple_max is None else simple_max
     complex_min = n // 2 + 1 if complex_min is None else complex_min
     if not 0 <= simple_max <= n:
-        raise ValueError(
-            f"simple_max={simple_max!r} must lie in [0, n={n}]; simple orders are 1..simple_max."
-        )
+        raise ValueError(f"simple_max={simple_max!r} must lie in [0, n={n}]; simple orders are 1..simple_max.")
     if not simple_max < complex_min <= n + 1:
         raise ValueError(
             f"complex_min={complex_min!r} must lie in [simple_max + 1 = {simple_max + 1}, n + 1 = "
@@ -254,9 +250,7 @@ class BandSummary:
     num_concepts: float
 
 
-def band_summary(
-    profile: OrderProfile, simple_max: int | None = None, complex_min: int | None = None
-) -> BandSummary:
+def band_summary(profile: OrderProfile, simple_max: int | None = None, complex_min: int | None = None) -> BandSummary:
     """Band strengths and complex ratio of an order profile.
 
     Args:

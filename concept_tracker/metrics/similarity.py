@@ -49,8 +49,7 @@ def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
 def _check_pair(a: Tensor, b: Tensor) -> None:
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(
-            f"a has last dimension {a.shape[-1]} but b has {b.shape[-1]}; compare effects over "
-            "the same coalitions."
+            f"a has last dimension {a.shape[-1]} but b has {b.shape[-1]}; compare effects over the same coalitions."
         )
 
 

@@ -8,13 +8,15 @@ registry and no GUI backend) and returns it; rendering and writing are the calle
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..metrics.profile import OrderProfile
+from ..interactions import Interactions
+from ..metrics.profile import Bands, OrderProfile
 from ..transforms import orders as coalition_orders
 
 
@@ -53,6 +55,28 @@ def strongest_series(
         # A copy: a view would carry all of `history` to the renderer process.
         series[prefix + concept_label(s, names)] = history[:, k, s].clone()
     return series
+
+
+def trajectory_series(
+    history: Tensor, res: Interactions, bands: Bands, sample: Any, count: int = 3
+) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
+    """The strongest simple and complex concepts of probe sample 0 and the title, for
+    :func:`trajectory_figure`.
+
+    Args:
+        history: [T, K, 2**n] effects of probe sample 0 at T tracked steps, K kinds.
+        res: the last tracked step's interactions (player names, kinds, targets).
+        bands: the simple and complex orders.
+        sample: the id of probe sample 0, for the title.
+        count: concepts per band.
+    """
+    title = f"probe sample {sample}"
+    if res.targets is not None and res.targets.dim() == 1:  # not the answer labels [B, T] of a causal LM
+        title += f", target class {int(res.targets[0])}"
+    names = res.player_names[0]
+    simple = strongest_series(history, bands.simple, res.effect_kinds, names, count)
+    complex_ = strongest_series(history, bands.complex, res.effect_kinds, names, count)
+    return simple, complex_, title
 
 
 def order_profile_figure(profile: OrderProfile, title: str) -> Figure:
@@ -99,8 +123,9 @@ def order_heatmap_figure(
     simple_max = n // 3 if simple_max is None else simple_max
     fig = Figure(figsize=(7, 3.5), dpi=100)
     ax = fig.add_subplot()
-    image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", vmin=0.0,
-                      extent=(-0.5, len(steps) - 0.5, 0.5, n + 0.5))
+    image = ax.imshow(
+        data, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, extent=(-0.5, len(steps) - 0.5, 0.5, n + 0.5)
+    )
     ax.axhline(simple_max + 0.5, color="white", linewidth=1.0)
     title = "share of salient strength by order"
     if boundary is not None and int(boundary) in steps:

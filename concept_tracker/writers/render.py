@@ -200,5 +200,8 @@ def _serve() -> None:
             image, error = render(name, args, kwargs), None
         except Exception as err:
             image, error = None, f"{type(err).__name__} in {name}: {err}"
-        pickle.dump((job_id, image, error), answers, protocol=pickle.HIGHEST_PROTOCOL)
-        answers.flush()
+        try:
+            pickle.dump((job_id, image, error), answers, protocol=pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+        except BrokenPipeError:
+            return  # the tracker closed the renderer without waiting for this answer

@@ -60,6 +60,8 @@ HIGH_ORDER_SHARE = "dynamics/high_order_share"
 PHASE_BOUNDARY = "dynamics/phase_boundary_step"
 FORWARDS_PER_SECOND = "perf/forwards_per_second"
 SKIPPED_STEPS = "perf/skipped_steps"
+WORKER_SECONDS = "perf/worker_seconds"
+BUDGET_TEXT = "text/overhead_budget"
 HEATMAP_FIGURE = "figures/order_share_heatmap"
 TRAJECTORY_FIGURE = "figures/trajectories"
 TOP_CONCEPTS_TEXT = "text/top_concepts"
@@ -192,8 +194,7 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
     layout: dict[str, dict[str, list[Any]]] = {}
     for kind in kinds:
         layout[f"concepts ({kind.upper()})"] = {
-            f"salient {stat} by order": ["Multiline", [rf"concepts/{kind}/order_\d+/{stat}"]]
-            for stat in ORDER_STATS
+            f"salient {stat} by order": ["Multiline", [rf"concepts/{kind}/order_\d+/{stat}"]] for stat in ORDER_STATS
         }
     layout["concepts (summary)"] = {
         "strength by band": [

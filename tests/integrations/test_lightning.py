@@ -86,7 +86,8 @@ def unbroken(tmp_path_factory):
 
 
 def test_writes_into_the_tensorboard_loggers_event_file(unbroken):
-    root, trainer, _, _ = unbroken
+    root, trainer, _, callback = unbroken
+    assert callback.tracker._timing.total_steps == 8  # the run's length, for max_overhead
     log_dir = root / "tb" / "version_0"
     assert trainer.logger.log_dir == str(log_dir)
     found = scalars(log_dir)

@@ -179,6 +179,11 @@ def test_headline_scalars_join_the_trainer_logs(unbroken):
     assert sum(key in entry for entry in trainer.state.log_history) == 3
 
 
+def test_the_run_length_reaches_the_tracker_budget(unbroken):
+    _, trainer, callback, _ = unbroken
+    assert callback.tracker._timing.total_steps == trainer.state.max_steps == 8
+
+
 def test_checkpoints_hold_the_tracker_state(unbroken):
     out, _, _, _ = unbroken
     for step in (4, 8):
