@@ -35,7 +35,7 @@ from ..transforms import num_players
 from ..transforms import orders as coalition_orders
 from .phase import high_order_share
 from .profile import band_orders, check_ratio, salient_mask, stack_effects, sum_by_order
-from .similarity import ALIGNED_HINT, _class_labels
+from .similarity import _class_labels, check_train_test_pair
 
 Statistic = Callable[[Tensor], Tensor]
 """Maps resampled data ``[R, B, ...]`` (dim 1 runs over the samples of one resample) to one
@@ -330,16 +330,7 @@ def train_test_similarity_intervals(
         0-d bounds}`` (NaN for an empty band, or when a set has fewer than 2 samples).
     """
     _check_options(resamples, level, seed)
-    for name, res in (("train_res", train_res), ("test_res", test_res)):
-        if not isinstance(res, Interactions):
-            raise ValueError(f"{name} is a {type(res).__name__}; pass the Interactions of the probe samples.")
-        if not res.aligned:
-            raise ValueError(f"{name}.aligned is False: {ALIGNED_HINT}.")
-    if train_res.n != test_res.n or train_res.effect_kinds != test_res.effect_kinds:
-        raise ValueError(
-            f"train_res (n={train_res.n}, kind={train_res.kind!r}) and test_res (n={test_res.n}, "
-            f"kind={test_res.kind!r}) differ; compute both with the same players and kind."
-        )
+    check_train_test_pair(train_res, test_res)
     n = train_res.n
     labels = (
         _class_labels(train_res, train_targets, "train_targets"),

@@ -152,6 +152,21 @@ def _class_labels(res: Interactions, targets: Tensor | None, name: str) -> Tenso
     return targets.long()
 
 
+def check_train_test_pair(train_res: Interactions, test_res: Interactions) -> None:
+    """Raise ``ValueError`` unless both are Interactions of aligned players with the same ``n``
+    and kind (the train and held-out sets of one cross-sample comparison)."""
+    for name, res in (("train_res", train_res), ("test_res", test_res)):
+        if not isinstance(res, Interactions):
+            raise ValueError(f"{name} is a {type(res).__name__}; pass the Interactions of the probe samples.")
+        if not res.aligned:
+            raise ValueError(f"{name}.aligned is False: {ALIGNED_HINT}.")
+    if train_res.n != test_res.n or train_res.effect_kinds != test_res.effect_kinds:
+        raise ValueError(
+            f"train_res (n={train_res.n}, kind={train_res.kind!r}) and test_res (n={test_res.n}, "
+            f"kind={test_res.kind!r}) differ; compute both with the same players and kind."
+        )
+
+
 def train_test_similarity(
     train_res: Interactions,
     train_targets: Tensor | None,
@@ -179,14 +194,7 @@ def train_test_similarity(
         ValueError: if either result has unaligned players, the results differ in ``n`` or
             kind, the labels have the wrong shape, or no class appears in both sets.
     """
-    for name, res in (("train_res", train_res), ("test_res", test_res)):
-        if not res.aligned:
-            raise ValueError(f"{name}.aligned is False: {ALIGNED_HINT}.")
-    if train_res.n != test_res.n or train_res.effect_kinds != test_res.effect_kinds:
-        raise ValueError(
-            f"train_res (n={train_res.n}, kind={train_res.kind!r}) and test_res (n={test_res.n}, "
-            f"kind={test_res.kind!r}) differ; compute both with the same players and kind."
-        )
+    check_train_test_pair(train_res, test_res)
     train_labels = _class_labels(train_res, train_targets, "train_targets")
     test_labels = _class_labels(test_res, test_targets, "test_targets")
     train_effects, test_effects = stack_effects(train_res).cpu(), stack_effects(test_res).cpu()
