@@ -92,7 +92,7 @@ def tracked_run(steps: int, tracked: int, probes: int, lp: int) -> None:
     from concept_tracker import demo
     from concept_tracker.engine import compute_interactions
     from concept_tracker.schedules import log_spaced
-    from concept_tracker.tracker import select_probes
+    from concept_tracker.probes import select_probes
 
     data = demo.load_digits_split(1000, seed=0)
     train = select_probes(data.train_x, probes, labels=data.train_y, seed=0)

@@ -6,19 +6,22 @@ Pure apart from the warm starts it is given and returns; the tracker's backgroun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import torch
 
 from . import store as storage
-from .and_or import AndOrConfig, decompose
+from .and_or import AndOrConfig, AndOrResult, decompose
 from .interactions import Interactions
 
 
 def decompose_splits(
-    results: Mapping[str, Interactions], warm: Mapping[str, Interactions | None], config: AndOrConfig | None
+    results: Mapping[str, Interactions],
+    warm: Mapping[str, Interactions | None],
+    config: AndOrConfig | None,
+    solve: Callable[..., AndOrResult] = decompose,
 ) -> dict[str, Interactions]:
     """The AND-OR split of the values of several probe sets in one solver call.
 
@@ -30,6 +33,8 @@ def decompose_splits(
         warm: ``{split: the split's "and_or" result at the previous tracked step, or None}``;
             the solver warm-starts from their gamma and q when every split has one.
         config: solver settings (None: the defaults).
+        solve: :func:`~concept_tracker.and_or.decompose` or a stand-in with its signature
+            (the tracker's :class:`~concept_tracker.solver_process.SolverProcess`).
     Returns:
         ``{split: Interactions}`` of kind "and_or" (also the next step's warm starts).
     """
@@ -39,7 +44,7 @@ def decompose_splits(
     if all(w is not None for w in previous):
         gamma, q = (torch.cat([getattr(w, name) for w in previous]).to(values.device) for name in ("gamma", "q"))
         start = (gamma, q)
-    sol = decompose(values, config, warm_start=start)
+    sol = solve(values, config, warm_start=start)
     out, offset = {}, 0
     for split, res in results.items():
         part = slice(offset, offset + res.num_samples)

@@ -232,44 +232,65 @@ def plan_steps(
 
 
 PLAN_MIN_STEPS = 10
-"""Training steps after the first tracked step before the planner estimates the step time."""
+"""Training steps, timed while the background worker is idle, before the planner estimates the
+step time."""
 
 
 class OverheadBudget:
-    """Whether a scheduled step may run: tracking time must stay within a fraction of wall time.
+    """Whether a scheduled step may run: tracking must stay within a fraction of wall time.
+
+    What tracking costs training: the time it waits inside tracked steps (:attr:`spent`: the
+    masked forwards, and the whole step when it runs inline), plus the time the background
+    worker's post-processing takes from training while both run (:attr:`interference`). The
+    latter is measured, not assumed: the training steps between two calls of the tracker are
+    timed, and the steps that ran while the worker was busy are compared with those that ran
+    while it was idle. Until it is measured, the worker is assumed to take its whole time from
+    training when the process has no core to spare for it (``contention=1``) and nothing
+    otherwise (``contention=0``).
 
     Without a plan (the run's length unknown, or not yet measured), a step is refused when its
-    expected cost (the last tracked step's) would push the time spent tracking past
-    ``max_overhead`` of the wall time since :meth:`start`, earlier sessions of a resumed run
-    included. With ``max_overhead=None`` nothing is refused; time is still counted.
+    expected cost (the last tracked step's stall plus its share of the worker's time, and for
+    the ``last`` step the wait for its worker) would push the cost past ``max_overhead`` of the
+    wall time since :meth:`start`, earlier sessions of a resumed run included. With
+    ``max_overhead=None`` nothing is refused; time is still counted.
 
-    With ``total_steps`` known, :meth:`make_plan` (called once the first tracked step and
+    With ``total_steps`` known, :meth:`make_plan` (once the first tracked step and
     :data:`PLAN_MIN_STEPS` training steps after it are measured) fixes which of the remaining
     scheduled steps are tracked: the allowance ``f / (1 - f)`` of the estimated untracked
-    training time, less what was spent and the final wait for the worker, divided by the
-    training stall of one tracked step; those steps are picked by :func:`plan_steps`, the last
-    step always among them when the allowance covers one step. Planned steps are then tracked
-    and no others up to ``total_steps`` (a run that stops early may still track its last step
-    if the rule above allows it); after it (a run longer than announced) the rule applies again.
+    training time, less the cost so far and the final wait for the worker, divided by the cost
+    of one tracked step; those steps are picked by :func:`plan_steps`, the last step always among
+    them when the allowance covers one step. After each planned step, once its worker is done,
+    the rest of the plan is made again from the costs measured so far, so a machine busier than
+    at the start drops steps and a quieter one may add some. Planned steps are tracked and no
+    others up to ``total_steps`` (a run that stops early may still track its last step if the
+    rule above allows it); after it (a run longer than announced) the rule applies again.
 
     Args:
         max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
         total_steps: the run's last step, when known.
+        contention: share of the worker's time assumed to slow training until measured, in [0, 1].
     """
 
-    def __init__(self, max_overhead: float | None = None, total_steps: int | None = None) -> None:
+    def __init__(
+        self, max_overhead: float | None = None, total_steps: int | None = None, contention: float = 1.0
+    ) -> None:
         self.max_overhead = max_overhead
         self.total_steps = total_steps
+        self.prior_contention = contention
         self.spent = 0.0  # seconds inside tracked steps (the training thread's stall)
         self.elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
         self.origin: float | None = None  # perf_counter() of this session's first call
         self.last_cost: float | None = None  # stall seconds of the last tracked step
-        self.worker_cost: float | None = None  # background seconds of the last tracked step
+        self.worker_cost: float | None = None  # post-processing seconds of the last tracked step
+        self.background = 0.0  # seconds of post-processing finished on the worker (not inline)
         self.skipped = 0
         self.first: int | None = None  # the first tracked step
-        self.mark: tuple[int, float, float] | None = None  # (step, elapsed, spent) after the first
         self.plan: list[int] | None = None  # steps tracked from the plan on, first tracked included
         self.scheduled: int | None = None  # scheduled steps the plan had to choose from
+        self.replan_due = False  # a planned step was tracked since the plan was last made
+        self.idle = [0, 0.0]  # training steps timed while the worker was idle: count, seconds
+        self.busy = [0, 0.0]  # the same while it was busy
+        self._left: tuple[float, bool] | None = None  # end of the last call: time, worker busy
 
     def start(self, now: float) -> None:
         """Start the wall clock at the first call (later calls do nothing)."""
@@ -280,18 +301,62 @@ class OverheadBudget:
         """Wall seconds since the run started, earlier sessions included."""
         return self.elapsed_before + (0.0 if self.origin is None else now - self.origin)
 
-    def tracked(self, step: int, now: float) -> None:
-        """Record that ``step`` was tracked, at its end ``now`` (its stall is in :attr:`spent`
-        and :attr:`last_cost`): the step time is measured from the first one of a session."""
+    def arrived(self, now: float) -> None:
+        """At the start of a tracker call: time the training step since the end of the last one."""
+        if self._left is not None:
+            left, busy = self._left
+            bucket = self.busy if busy else self.idle
+            bucket[0] += 1
+            bucket[1] += now - left
+            self._left = None
+
+    def left(self, now: float, busy: bool) -> None:
+        """At the end of a tracker call: whether the worker is busy as training resumes."""
+        self._left = (now, busy)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Mean seconds of a training step while the worker is idle; None before enough steps."""
+        count, seconds = self.idle
+        return seconds / count if count >= PLAN_MIN_STEPS else None
+
+    @property
+    def interference(self) -> float:
+        """Seconds the worker's post-processing took from training: how much longer the training
+        steps run while it was busy took than the idle mean (0 until both are measured)."""
+        mean = self.step_seconds
+        if mean is None or not self.busy[0]:
+            return 0.0
+        return max(0.0, self.busy[1] - self.busy[0] * mean)
+
+    @property
+    def contention(self) -> float:
+        """Measured share of the worker's time that slows training, in [0, 1] (the assumed one
+        before any background work is measured)."""
+        if self.background <= 0.0 or self.step_seconds is None or self.busy[0] < 3:
+            return self.prior_contention
+        return min(1.0, self.interference / self.background)
+
+    @property
+    def cost(self) -> float:
+        """Seconds tracking has cost training so far: stalls plus measured interference."""
+        return self.spent + self.interference
+
+    def tracked(self, step: int) -> None:
+        """Record that ``step`` was tracked (its stall is in :attr:`spent` and :attr:`last_cost`)."""
         if self.first is None:
             self.first = step
-        if self.mark is None:
-            self.mark = (step, self.elapsed(now), self.spent)
+        if self.plan is not None:
+            self.replan_due = True
+
+    def step_cost(self) -> float:
+        """Expected cost of one more tracked step: its stall and its share of the worker's time."""
+        return (self.last_cost or 0.0) + self.contention * (self.worker_cost or 0.0)
 
     def refuses(self, step: int, now: float, last: bool = False) -> bool:
         """True when a plan covers ``step`` and leaves it out (the run's ``last`` step aside), or,
-        else, when tracking now at the last tracked step's cost (for the ``last`` step plus the
-        wait for its background work) would exceed the budget."""
+        else, when tracking now at :meth:`step_cost` (for the ``last`` step plus the wait for its
+        background work) would exceed the budget."""
         if self.max_overhead is None or self.last_cost is None:
             return False
         if self.plan is not None and step <= max(self.plan[-1], self.total_steps or 0):
@@ -299,27 +364,30 @@ class OverheadBudget:
                 return False
             if not last:
                 return True
-        cost = self.last_cost + ((self.worker_cost or 0.0) if last else 0.0)
-        return self.spent + cost > self.max_overhead * (self.elapsed(now) + cost)
+        cost = self.step_cost() + ((self.worker_cost or 0.0) if last else 0.0)
+        return self.cost + cost > self.max_overhead * (self.elapsed(now) + cost)
 
     def skip_reason(self, tag: str) -> str:
         """Why the rule without a plan skips a step, for a warning; ``tag`` counts the skips."""
         return (
-            f"tracking it (about {self.last_cost or 0.0:.2f} s) would exceed max_overhead={self.max_overhead} of "
+            f"tracking it (about {self.step_cost():.2f} s) would exceed max_overhead={self.max_overhead} of "
             f"the wall time. Further skips are counted in the {tag!r} scalar."
         )
 
-    def can_plan(self, step: int) -> bool:
-        """Whether :meth:`make_plan` has what it needs at ``step``."""
-        return (
+    def can_plan(self, step: int, worker_idle: bool) -> bool:
+        """Whether :meth:`make_plan` should run at ``step``: a run of known length, the first
+        tracked step and the step time measured, and no plan yet, or a planned step tracked
+        since the last plan and its background work done."""
+        ready = (
             self.max_overhead is not None
-            and self.plan is None
             and self.total_steps is not None
-            and self.mark is not None
+            and step < self.total_steps
+            and self.first is not None
             and self.last_cost is not None
             and self.worker_cost is not None
-            and step >= self.mark[0] + PLAN_MIN_STEPS
+            and self.step_seconds is not None
         )
+        return ready and (self.plan is None or (self.replan_due and worker_idle))
 
     def make_plan(self, step: int, now: float, candidates: Iterable[int]) -> list[int]:
         """Plan the tracked steps from ``step`` on (see the class docstring); returns the plan.
@@ -327,20 +395,24 @@ class OverheadBudget:
         Args:
             candidates: the steps the schedule fires at in ``[step, total_steps)``.
         """
-        if self.max_overhead is None or self.total_steps is None or self.mark is None or self.first is None:
-            raise ValueError("make_plan needs max_overhead, total_steps and a tracked first step; check can_plan().")
-        f, stall, worker = self.max_overhead, self.last_cost or 0.0, self.worker_cost or 0.0
-        mark_step, mark_elapsed, mark_spent = self.mark
-        elapsed = self.elapsed(now)
-        step_seconds = max(elapsed - mark_elapsed - (self.spent - mark_spent), 0.0) / max(step - mark_step, 1)
-        untracked = elapsed - self.spent + (self.total_steps - step) * step_seconds
-        allowance = f / (1 - f) * untracked - self.spent - worker
-        count = int(allowance // stall) if stall > 0 else self.total_steps
+        step_seconds = self.step_seconds
+        if self.max_overhead is None or self.total_steps is None or self.first is None or step_seconds is None:
+            raise ValueError(
+                "make_plan needs max_overhead, total_steps, a tracked first step and the step time; check can_plan()."
+            )
+        f, worker = self.max_overhead, self.worker_cost or 0.0
+        untracked = self.elapsed(now) - self.cost + (self.total_steps - step) * step_seconds
+        allowance = f / (1 - f) * untracked - self.cost - worker
+        per_step = self.step_cost()
+        count = int(allowance // per_step) if per_step > 0 else self.total_steps
         # The worker should finish a tracked step before the next one starts.
         gap = max(1, math.ceil(worker / step_seconds)) if step_seconds > 0 else 1
         pool = list(candidates)
-        self.scheduled = len({c for c in pool if step <= c < self.total_steps}) + 1
-        self.plan = [self.first, *plan_steps(pool, step - 1, self.total_steps, max(count, 0), self.first, gap)]
+        done = [s for s in (self.plan or [self.first]) if s < step]
+        if self.scheduled is None:
+            self.scheduled = len({c for c in pool if step <= c < self.total_steps}) + 1
+        self.plan = [*done, *plan_steps(pool, step - 1, self.total_steps, max(count, 0), self.first, gap)]
+        self.replan_due = False
         return self.plan
 
     @property
@@ -367,19 +439,19 @@ class OverheadBudget:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; the wall clock restarts at the next :meth:`start`.
-        A run resumed before its plan was made plans again from the resumed steps."""
+        """Continue from :meth:`state_dict`; the wall clock restarts at the next :meth:`start`
+        and the step times are measured afresh. A run resumed before its plan was made plans
+        from the resumed steps."""
         self.spent, self.elapsed_before = state["spent"], state["elapsed"]
         self.last_cost, self.skipped, self.origin = state["last_cost"], state["skipped"], None
         self.worker_cost, self.first = state.get("worker_cost"), state.get("first")
         self.plan, self.scheduled = state.get("plan"), state.get("scheduled")
-        self.mark = None
 
 
 def budget_text(budget: OverheadBudget, max_overhead: float, now: float | None = None) -> str:
     """Markdown for the TensorBoard text tab: the plan (when made) and what the budget did so far."""
     elapsed = budget.elapsed(time.perf_counter() if now is None else now)
-    share = budget.spent / elapsed if elapsed > 0 else 0.0
+    share = budget.cost / elapsed if elapsed > 0 else 0.0
     lines = [f"max_overhead={max_overhead}, total_steps={budget.total_steps}", ""]
     if budget.plan is None:
         lines.append(
@@ -392,7 +464,10 @@ def budget_text(budget: OverheadBudget, max_overhead: float, now: float | None =
     worker = "n/a" if budget.worker_cost is None else f"{budget.worker_cost:.3f} s"
     lines += [
         "",
-        f"Training stall of the last tracked step: {cost}; its background work: {worker}.",
-        f"Tracking stalled training {budget.spent:.2f} s of {elapsed:.2f} s ({share:.1%}); {budget.skipped} scheduled steps skipped.",
+        f"Training stall of the last tracked step: {cost}; its background work: {worker}, of which "
+        f"{budget.contention:.0%} is counted as slowing training.",
+        f"Tracking cost training {budget.cost:.2f} s of {elapsed:.2f} s ({share:.1%}): {budget.spent:.2f} s of "
+        f"stalls and {budget.interference:.2f} s measured while the background work ran; "
+        f"{budget.skipped} scheduled steps skipped.",
     ]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from .metrics.bootstrap import Interval, band_intervals, detour_intervals, train
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, band_summary, order_profile, stack_effects
 from .metrics.similarity import train_test_similarity
+from .threads import threads_for
 from .transforms import orders as coalition_orders
 from .writers import tags
 from .writers.figures import concept_label
@@ -98,6 +99,23 @@ def summarize_step(
             f"step={step} is not the trajectory's last step ({trajectory.steps[-1:] or 'none'}); "
             "append the step's effects to the trajectory before summarizing it."
         )
+    # Chains of small tensor ops: on the few threads their size merits (see threads.py).
+    with threads_for(2 * res.outputs.numel() * (2 if held is not None else 1), res.outputs.device):
+        return _summarize(step, res, trajectory, held, ratio, simple_max, complex_min, ids, resamples, seed)
+
+
+def _summarize(
+    step: int,
+    res: Interactions,
+    trajectory: Trajectory,
+    held: Interactions | None,
+    ratio: float,
+    simple_max: int | None,
+    complex_min: int | None,
+    ids: Sequence[Any] | None,
+    resamples: int,
+    seed: int,
+) -> StepSummary:
     profile = order_profile(res, ratio)
     kind_profiles = {kind: order_profile(res, ratio, kind=kind) for kind in res.effect_kinds}
     scalars = concept_scalars(profile, kind_profiles, simple_max, complex_min)

@@ -19,12 +19,13 @@ block changes nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["ELEMENTS_PER_THREAD", "thread_count", "threads_for"]
+__all__ = ["ELEMENTS_PER_THREAD", "spare_cores", "thread_count", "threads_for"]
 
 ELEMENTS_PER_THREAD = 1 << 22
 """Elements of the working tensor (32 MiB of float64) per intra-op thread. Below it one thread
@@ -61,3 +62,10 @@ def threads_for(numel: int, device: torch.device | str | None = None) -> Iterato
         yield wanted
     finally:
         torch.set_num_threads(caller)
+
+
+def spare_cores() -> int:
+    """CPU cores this process may use beyond torch's intra-op threads (0 when it uses them all):
+    whether a background thread can run without taking a core from the calling one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, cores - torch.get_num_threads())

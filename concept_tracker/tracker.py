@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from . import checks
 from . import store as storage
-from .and_or import AndOrConfig
+from .and_or import AndOrConfig, decompose
 from .checks import check_band_cutoffs, check_fraction, check_int, check_kind, check_players, check_schedule, check_type
 from .distributed import is_main_process, main_process_flag
 from .engine import compute_interactions
@@ -40,8 +40,10 @@ from .players import Players
 from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, run_fingerprint
 from .rundir import RunGuard
 from .schedules import OverheadBudget, Schedule, budget_text, every, log_spaced
+from .solver_process import SolverProcess
 from .state import DeclaredState, stack_list, unstack_list
 from .summary import StepSummary, summarize_step
+from .threads import spare_cores
 from .values import resolve_value, value_name
 from .worker import StepWorker
 from .writers import tags
@@ -178,6 +180,8 @@ class ConceptTracker(DeclaredState):
         self.writer = TensorBoardWriter(self.log_dir, writer)
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
         self._worker = StepWorker(sync=sync)
+        # Background solves run in their own process, off the training's interpreter lock.
+        self._solver = SolverProcess() if self.kind == "and_or" and not sync else None
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
         probe = probe_set("probe", probe_inputs, probe_targets, probe_ids)
@@ -199,7 +203,9 @@ class ConceptTracker(DeclaredState):
         # [K, 2**n] effects of probe sample 0 at every tracked step, for the trajectory figure.
         self._sample_effects: list[Tensor] = self._add_state("sample_effects", [], stack_list, unstack_list)
         total_steps = check_int("total_steps", total_steps, 0, optional=True, unit="the run's last step")
-        self._timing = self._add_state("timing", OverheadBudget(self.max_overhead, total_steps))
+        self._timing = self._add_state(
+            "timing", OverheadBudget(self.max_overhead, total_steps, contention=0.0 if spare_cores() else 1.0)
+        )
 
     # ----------------------------------------------------------------------------- stepping
 
@@ -217,19 +223,32 @@ class ConceptTracker(DeclaredState):
         """
         now = time.perf_counter()
         self._timing.start(now)
+        self._timing.arrived(now)
+        try:
+            return self._step(model, global_step, last, now)
+        finally:
+            # The next training step is timed as running beside background work, or not.
+            self._timing.left(time.perf_counter(), self._worker.pending() > 0)
+
+    def _step(self, model: nn.Module, global_step: int, last: bool, now: float) -> StepSummary | None:
         if not self._run.enter(self, global_step, self._cursor):
             return None
         self._report_background()
-        if not (last or self.schedule(global_step) or global_step == self._timing.total_steps):
+        timing = self._timing
+        if (
+            self.max_overhead is not None
+            and is_main_process()
+            and timing.can_plan(global_step, not self._worker.pending())
+        ):
+            self._plan(global_step, now)
+        if not (last or self.schedule(global_step) or global_step == timing.total_steps):
             return None
         self._cursor = global_step
         self._run.tally.scheduled += 1
         summary = None
         try:
-            if self.max_overhead is not None and is_main_process() and self._timing.can_plan(global_step):
-                self._plan(global_step, now)
             # Rank 0 decides for all ranks: the engine's forwards are collective.
-            if self.max_overhead is not None and main_process_flag(self._timing.refuses(global_step, now, last)):
+            if self.max_overhead is not None and main_process_flag(timing.refuses(global_step, now, last)):
                 self._skip(global_step)
                 return None
             summary = self._track(model, global_step, now)
@@ -238,10 +257,11 @@ class ConceptTracker(DeclaredState):
             self._run.failed(f"step {global_step}", err, self.strict)
             return None
         finally:
-            self._timing.spent += time.perf_counter() - now
+            timing.spent += time.perf_counter() - now
             if summary is not None:
-                self._timing.last_cost = time.perf_counter() - now
-                self._timing.tracked(global_step, time.perf_counter())
+                if self._worker.sync:  # the whole step was the stall
+                    timing.last_cost = time.perf_counter() - now
+                timing.tracked(global_step)
 
     def _report_background(self) -> None:
         """Failures of steps finished on the worker since the last call: warn once per message."""
@@ -263,12 +283,12 @@ class ConceptTracker(DeclaredState):
             warnings.warn(f"ConceptTracker skipped step {step}: {reason}", stacklevel=3)
 
     def _plan(self, step: int, now: float) -> None:
-        """Plan the tracked steps of a run of known length (see ``OverheadBudget.make_plan``)."""
-        total = cast(int, self._timing.total_steps)
+        """(Re)plan the tracked steps of a run of known length (see ``OverheadBudget.make_plan``)."""
+        total, first = cast(int, self._timing.total_steps), self._timing.plan is None
         self._timing.make_plan(step, now, (s for s in range(step, total) if self.schedule(s)))
         text = budget_text(self._timing, cast(float, self.max_overhead), now)
         self._worker.submit("the budget plan", lambda: self.writer.text(tags.BUDGET_TEXT, text, step))
-        if self._timing.cut:
+        if first and self._timing.cut:
             warnings.warn(f"ConceptTracker: {self._timing.cut} (see the {tags.BUDGET_TEXT!r} text).", stacklevel=3)
 
     def _compute(self, model: nn.Module, split: str, show_progress: bool) -> Interactions:
@@ -290,9 +310,11 @@ class ConceptTracker(DeclaredState):
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
         if not is_main_process():
             return StepSummary(step)
-        stall = time.perf_counter() - start
+        stall = self._timing.last_cost = time.perf_counter() - start
         # The first scheduled step runs whole here, so that a setup mistake raises before training.
         waited = self._worker.sync or self._run.tally.scheduled == 1
+        if waited and self._solver is not None:
+            self._solver.start()  # it imports torch while this step finishes here
         self._worker.submit(f"step {step}", lambda: self._finish(step, results, stall, waited), inline=waited)
         if waited:
             return self._worker.last_result
@@ -302,7 +324,8 @@ class ConceptTracker(DeclaredState):
         """Everything after the forwards: decomposition, dynamics, summary, store and writers."""
         start = time.perf_counter()
         if self.kind == "and_or":  # warm-started from the previous tracked step's split
-            results = decompose_splits(results, self._warm_start, self.and_or)
+            solve = decompose if waited or self._solver is None else self._solver.decompose
+            results = decompose_splits(results, self._warm_start, self.and_or, solve)
             self._warm_start.update(results)
         res, held = results["probe"], results.get("heldout")
         effects = stack_effects(res)  # [B, K, 2**n]
@@ -328,7 +351,8 @@ class ConceptTracker(DeclaredState):
         self.writer.scalars(perf, step)
         self.writer.flush()
         self._figures.log(wait=False)
-        self._timing.worker_cost = 0.0 if waited else seconds
+        self._timing.worker_cost = 0.0 if self._worker.sync else seconds
+        self._timing.background += 0.0 if waited else seconds
         if failure is not None:
             raise failure
         self._run.tally.tracked += 1
@@ -366,6 +390,8 @@ class ConceptTracker(DeclaredState):
         (an external writer is only flushed)."""
         try:
             self._worker.close()  # every tracked step written before the figures and the writer close
+            if self._solver is not None:
+                self._solver.close()
             self._report_background()
             if self.max_overhead is not None:
                 self.writer.text(tags.BUDGET_TEXT, budget_text(self._timing, self.max_overhead), self._cursor or 0)

@@ -123,33 +123,45 @@ def test_plan_steps_respect_count_gap_and_candidates(count, gap):
     assert all(later >= earlier - 7 for earlier, later in zip(gaps, gaps[1:]))
 
 
-def simulate(f, total, step_seconds, stall, worker, schedule):
-    """A run on a synthetic clock: training steps of ``step_seconds``, tracked steps that stall
-    it ``stall`` seconds and keep a background worker busy ``worker`` seconds (waited for at
-    the end). Returns the tracked steps, the budget, and the share of wall time spent on
-    tracking (stalls and the final wait)."""
-    budget, clock, tracked = OverheadBudget(f, total), 0.0, []
+def simulate(f, total, step_seconds, stall, worker, schedule, contention=0.0, assumed=None):
+    """A run on a synthetic clock, as the tracker drives the budget: training steps of
+    ``step_seconds``; the first tracked step runs inline (``stall + worker`` seconds), later ones
+    stall training ``stall`` seconds and keep a background worker busy ``worker`` seconds, during
+    which each training step takes ``1 + contention`` times longer (``contention`` of the
+    worker's time is taken from training); close() waits for the last one. ``assumed`` is the
+    budget's contention before it measures any (default: the true one). Returns the tracked
+    steps, the budget, and the share of wall time the run spent beyond its untracked training."""
+    budget = OverheadBudget(f, total, contention=contention if assumed is None else assumed)
+    clock, busy_until, tracked = 0.0, -1.0, []
     for step in range(total + 1):
         budget.start(clock)
+        budget.arrived(clock)
+        if clock >= busy_until and len(tracked) > 1:
+            budget.background = (len(tracked) - 1) * worker  # jobs finished on the worker
+        if budget.can_plan(step, clock >= busy_until):
+            budget.make_plan(step, clock, [s for s in range(step, total) if schedule(s)])
         if schedule(step) or step == total:
-            if budget.can_plan(step):
-                budget.make_plan(step, clock, [s for s in range(step, total) if schedule(s)])
             if budget.refuses(step, clock, last=step == total):
                 budget.skipped += 1
             else:
-                clock += stall
-                budget.spent += stall
+                inline = not tracked
+                clock += stall + (worker if inline else 0.0)
+                budget.spent += stall + (worker if inline else 0.0)
                 budget.last_cost, budget.worker_cost = stall, worker
-                budget.tracked(step, clock)
+                if not inline:
+                    busy_until = clock + worker
+                budget.tracked(step)
                 tracked.append(step)
-        clock += step_seconds
-    clock += worker if tracked else 0.0  # close() waits for the last tracked step
-    return tracked, budget, (budget.spent + worker) / clock
+        budget.left(clock, clock < busy_until)
+        if step < total:
+            clock += step_seconds * (1 + contention if clock < busy_until else 1)
+    clock = max(clock, busy_until)  # close() waits for the last tracked step
+    return tracked, budget, 1 - total * step_seconds / clock
 
 
 @pytest.mark.parametrize(
     "f, step_seconds, stall, worker",
-    [(0.05, 0.002, 0.15, 1.0), (0.05, 0.001, 0.05, 0.3), (0.1, 0.1, 2.0, 0.5), (0.02, 0.005, 0.1, 0.2)],
+    [(0.05, 0.005, 0.15, 1.0), (0.05, 0.001, 0.05, 0.3), (0.1, 0.1, 2.0, 0.5), (0.02, 0.01, 0.1, 0.2)],
 )
 def test_the_plan_keeps_the_budget_and_tracks_the_first_and_last_steps(f, step_seconds, stall, worker):
     tracked, budget, share = simulate(f, 20000, step_seconds, stall, worker, every(1))
@@ -159,6 +171,46 @@ def test_the_plan_keeps_the_budget_and_tracks_the_first_and_last_steps(f, step_s
     # The worker finishes one tracked step before the next starts.
     gaps = [b - a for a, b in zip(tracked[1:], tracked[2:])]
     assert min(gaps) * step_seconds >= worker
+
+
+@pytest.mark.parametrize("contention", [0.5, 1.0])
+def test_background_work_that_slows_training_is_charged(contention):
+    # No core to spare: the worker's time comes out of training's, and the plan counts it. A
+    # training step takes 1 + c times longer beside the worker, so c / (1 + c) of the worker's
+    # wall time is lost to training.
+    tracked, budget, share = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=contention)
+    assert share <= 0.05 and len(tracked) >= 4 and tracked[-1] == 20000
+    assert budget.contention == pytest.approx(contention / (1 + contention), abs=0.03)
+    free, _, _ = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1))
+    assert len(tracked) < len(free)
+
+
+def test_the_plan_follows_the_measured_contention():
+    # Assumed to have a spare core, the run finds none: the measured slowdown drops later steps.
+    tracked, budget, share = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=1.0, assumed=0.0)
+    assert share <= 0.05 * 1.1 and tracked[-1] == 20000
+    assumed_right, _, _ = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=1.0)
+    blind = OverheadBudget(0.05, 20000, contention=0.0)
+    assert budget.contention == pytest.approx(0.5, abs=0.03) and blind.contention == 0.0
+    # Assumed to have none, it has one: the plan grows as the interference stays at zero.
+    spare, budget, share = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=0.0, assumed=1.0)
+    assert share <= 0.05 and len(spare) > len(assumed_right) and budget.contention == pytest.approx(0.0, abs=1e-9)
+
+
+def test_interference_is_the_busy_steps_excess_over_the_idle_ones():
+    budget = OverheadBudget(0.1, 100)
+    clock = 0.0
+    for busy, seconds in [(False, 0.01)] * 12 + [(True, 0.03)] * 5 + [(False, 0.01)] * 3:
+        budget.arrived(clock)
+        budget.left(clock, busy)
+        clock += seconds
+    budget.arrived(clock)
+    assert budget.step_seconds == pytest.approx(0.01)
+    assert budget.interference == pytest.approx(5 * 0.02)
+    assert budget.contention == 1.0  # assumed: no background work measured yet
+    budget.background = 0.2
+    assert budget.contention == pytest.approx(0.5)
+    assert budget.cost == pytest.approx(0.1)
 
 
 def test_a_plan_that_affords_the_whole_schedule_cuts_nothing():
@@ -172,10 +224,10 @@ def test_without_room_only_the_first_step_is_tracked():
 
 
 def test_without_a_total_the_greedy_rule_applies():
-    budget = OverheadBudget(0.1)
+    budget = OverheadBudget(0.1, contention=0.0)
     budget.start(0.0)
     budget.spent = budget.last_cost = 1.0
-    assert not budget.can_plan(100)
+    assert not budget.can_plan(100, worker_idle=True)
     assert budget.refuses(5, now=10.0)  # 1 + 1 > 0.1 * (10 + 1)
     assert not budget.refuses(5, now=20.0)  # 2 <= 0.1 * 21
 
@@ -195,7 +247,7 @@ def test_a_plan_without_room_is_not_overridden_before_the_total():
     # rule without a plan would find room for a few steps later in the run.
     tracked, budget, share = simulate(0.05, 20000, 0.002, 0.15, 3.0, every(1))
     assert tracked == [0] and budget.plan == [0]
-    assert share <= 0.05 + 3.0 / 40  # only the first step's own wait is over budget
+    assert share == pytest.approx(3.15 / 43.15)  # only the first (inline) step's own cost is over budget
     # An early stop at a step the plan left out: tracked only if the budget, waits included, allows.
     budget.spent, budget.last_cost, budget.worker_cost = 0.15, 0.15, 3.0
     assert budget.refuses(9000, now=20.0, last=True)  # 0.15 + 3.15 > 0.05 * 23.15

@@ -413,16 +413,22 @@ def test_heldout_needs_aligned_players(tmp_path):
 
 @pytest.mark.parametrize("kind", ["or", "and_or"])
 def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
-    import concept_tracker.pipeline as pipeline_module
+    import concept_tracker.tracker as tracker_module
+    from concept_tracker.solver_process import SolverProcess
 
-    solver_calls = []
-    real = pipeline_module.decompose
+    solver_calls, solvers = [], []
+    real = tracker_module.decompose_splits
 
-    def spy(values, config=None, warm_start=None):
-        solver_calls.append((values.shape[0], warm_start is not None))
-        return real(values, config, warm_start=warm_start)
+    def spy(results, warm, config, solve):
+        solvers.append(getattr(solve, "__self__", solve))
 
-    monkeypatch.setattr(pipeline_module, "decompose", spy)
+        def counted(values, config=None, warm_start=None):
+            solver_calls.append((values.shape[0], warm_start is not None))
+            return solve(values, config, warm_start=warm_start)
+
+        return real(results, warm, config, counted)
+
+    monkeypatch.setattr(tracker_module, "decompose_splits", spy)
     with ConceptTracker(
         TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, figures=False, strict=True,
         **probe_sets(),
@@ -439,6 +445,8 @@ def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
     # One solver call per tracked step for the 9 probe and 9 held-out samples together; the
     # second starts from the first's solution.
     assert solver_calls == ([(18, False), (18, True)] if kind == "and_or" else [])
+    # The first step solves inline, in this process; later ones in the solver process.
+    assert [type(s) for s in solvers] == ([type(tracker_module.decompose), SolverProcess] if kind == "and_or" else [])
 
 
 def test_joint_and_or_split_equals_one_solve_per_probe_set(tmp_path):
@@ -702,3 +710,20 @@ def test_a_run_of_known_length_gets_a_plan_with_its_first_and_last_steps(tmp_pat
     assert list_steps(tmp_path) == plan
     text = read_events(tmp_path).Tensors(f"{tags.BUDGET_TEXT}/text_summary")
     assert any(str(plan).encode() in event.tensor_proto.string_val[0] for event in text)
+
+
+def test_every_training_step_is_timed_as_beside_the_worker_or_not(tmp_path):
+    # The budget measures what the background work takes from training by timing each training
+    # step between two tracker calls: every call after the first times one, tracked or not.
+    model = make_model()
+    with ConceptTracker(
+        TabularPlayers(), log_dir=tmp_path, schedule=every(10), max_overhead=0.5, figures=False, strict=True,
+        **probe_sets(),
+    ) as tracker:
+        for step in range(31):
+            tracker.step(model, step)
+            tracker.step(model, step)  # a repeated call is ignored, but still timed
+    timing = tracker._timing
+    assert timing.idle[0] + timing.busy[0] == 61
+    assert timing.worker_cost is not None and timing.worker_cost > 0  # the first step's, run inline too
+    assert timing.last_cost is not None and timing.last_cost < timing.spent

@@ -1,0 +1,144 @@
+"""The AND-OR solver in a separate Python process, so that it never holds the training's GIL.
+
+The tracker finishes tracked steps on a background thread (:mod:`concept_tracker.worker`). The
+solver is most of that work: thousands of small tensor ops, each dispatched from Python. Beside
+a training loop that is itself bound by Python dispatch (a small model, or a CPU run), the two
+threads take turns on the interpreter lock, and training slows down even when a core is free
+for the solver (measured in BENCHMARKS.md). :class:`SolverProcess` runs
+:func:`~concept_tracker.and_or.decompose` in one worker process instead: the calling thread
+sends the values and waits for the split, without the lock, while the process computes.
+
+The worker is a fresh interpreter (as for the figures, :mod:`concept_tracker.writers.render`:
+fork is unsafe beside CUDA and OpenMP threads, and spawn re-runs an unguarded training script)
+on one torch thread and at a lower priority than training. It computes the very same floats as
+:func:`~concept_tracker.and_or.decompose` on one thread in the calling process. If it cannot
+start or dies, the solver warns once and runs in the calling process from then on; a solver
+error (bad values) is raised in the caller as a ``ValueError``, as in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import IO, cast
+
+from torch import Tensor
+
+from .and_or import AndOrConfig, AndOrResult, decompose
+
+__all__ = ["SolverProcess"]
+
+_NICENESS = 10
+"""How much lower than training the worker's scheduling priority is (Unix nice)."""
+
+
+def _command() -> list[str]:
+    return [sys.executable, "-c", "from concept_tracker.solver_process import _serve; _serve()"]
+
+
+class SolverProcess:
+    """:func:`~concept_tracker.and_or.decompose` in a worker process (see the module docstring).
+
+    Calls are answered in order; one caller at a time (the tracker's worker thread).
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._local = False  # solve in this process (the worker failed)
+
+    def start(self) -> None:
+        """Start the worker now (it takes about a second to import torch), so that the first
+        :meth:`decompose` does not wait for it. Does nothing once started or failed."""
+        with self._lock:
+            if self._proc is None and not self._local:
+                try:
+                    self._spawn()
+                except OSError as err:
+                    self._fail(f"could not start the solver process ({err})")
+
+    def decompose(
+        self, values: Tensor, config: AndOrConfig | None = None, warm_start: tuple[Tensor, Tensor] | None = None
+    ) -> AndOrResult:
+        """:func:`~concept_tracker.and_or.decompose` of CPU ``values`` [B, 2**n], in the worker."""
+        with self._lock:
+            if not self._local:
+                try:
+                    proc = self._proc or self._spawn()
+                    stdin, stdout = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stdout)
+                    pickle.dump((values, config, warm_start), stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                    stdin.flush()
+                    result, error = pickle.load(stdout)
+                except Exception as err:  # no start, a closed pipe, a worker that died
+                    self._fail(f"the solver process failed ({type(err).__name__}: {err})")
+                else:
+                    if error is not None:
+                        raise ValueError(error)
+                    return cast(AndOrResult, result)
+        return decompose(values, config, warm_start=warm_start)
+
+    def close(self) -> None:
+        """Stop the worker (it exits once it has read the end of its input)."""
+        with self._lock:
+            self._stop(kill=False)
+
+    def _spawn(self) -> subprocess.Popen:
+        # The worker must import this very package, also from a source checkout on sys.path.
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        return self._proc
+
+    def _stop(self, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if kill:
+                proc.kill()
+            cast(IO[bytes], proc.stdin).close()
+        except OSError:
+            pass
+        threading.Thread(target=proc.wait, daemon=True).start()
+
+    def _fail(self, reason: str) -> None:
+        warnings.warn(
+            f"concept_tracker: {reason}; the AND-OR solver runs in the training process from now on.", stacklevel=4
+        )
+        self._local = True
+        self._stop(kill=True)
+
+
+def _serve() -> None:
+    """The worker: decompose each job read from stdin, answer ``(result, error message)``."""
+    import torch
+
+    torch.set_num_threads(1)
+    # Answers go to a private copy of stdout; anything a library prints goes to stderr.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    jobs = sys.stdin.buffer
+    try:
+        os.nice(_NICENESS)
+    except (AttributeError, OSError):
+        pass
+    while True:
+        try:
+            values, config, warm_start = pickle.load(jobs)
+        except EOFError:
+            return
+        try:
+            answer: tuple = (decompose(values, config, warm_start=warm_start), None)
+        except Exception as err:
+            answer = (None, str(err))
+        try:
+            pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+        except BrokenPipeError:
+            return
