@@ -261,7 +261,7 @@ class OverheadBudget:
     of one tracked step; those steps are picked by :func:`plan_steps`, the last step always among
     them when the allowance covers one step. After each planned step, once its worker is done,
     the rest of the plan is made again from the costs measured so far, so a machine busier than
-    at the start drops steps and a quieter one may add some. Planned steps are tracked and no
+    at the start drops steps and a quieter one may add some; the last step, once planned, stays. Planned steps are tracked and no
     others up to ``total_steps`` (a run that stops early may still track its last step if the
     rule above allows it); after it (a run longer than announced) the rule applies again.
 
@@ -405,6 +405,8 @@ class OverheadBudget:
         allowance = f / (1 - f) * untracked - self.cost - worker
         per_step = self.step_cost()
         count = int(allowance // per_step) if per_step > 0 else self.total_steps
+        if self.plan is not None and self.total_steps in self.plan:
+            count = max(count, 1)  # a replan trims the steps between, never the promised last one
         # The worker should finish a tracked step before the next one starts.
         gap = max(1, math.ceil(worker / step_seconds)) if step_seconds > 0 else 1
         pool = list(candidates)

@@ -109,11 +109,13 @@ class ConceptTracker(DeclaredState):
         ratio: salience threshold ratio (threshold ``ratio * max |I(S)|`` per sample).
         batch_size: rows per forward (None: automatic).
         and_or: ``AndOrConfig`` for kind "and_or".
-        max_overhead: None, or the largest fraction (0 < f < 1) of wall time that training may
-            wait for tracking. With ``total_steps``, the steps to track are planned once the first
-            is measured (first, last, the rest log-spaced; ``OverheadBudget``); else a step is
-            skipped when it would exceed the budget. Skips: ``perf/skipped_steps``, plan:
-            ``text/overhead_budget``, one warning. :meth:`close` draws no late figures then.
+        max_overhead: None, or the largest fraction (0 < f < 1) of wall time that tracking may
+            cost training: its stalls plus what the background work takes from training steps
+            (measured). With ``total_steps``, the steps to track are planned once the first is
+            measured and again after each planned step (first, last, the rest log-spaced;
+            ``OverheadBudget``); else a step is skipped when it would exceed the budget. Skips:
+            ``perf/skipped_steps``, plan: ``text/overhead_budget``, one warning. :meth:`close`
+            draws no late figures then.
         total_steps: the run's last step, when known (the integrations pass it).
         sync: finish each tracked step inside :meth:`step` instead of on the background
             worker (:mod:`concept_tracker.worker`); for debugging.
@@ -228,7 +230,7 @@ class ConceptTracker(DeclaredState):
             return self._step(model, global_step, last, now)
         finally:
             # The next training step is timed as running beside background work, or not.
-            self._timing.left(time.perf_counter(), self._worker.pending() > 0)
+            self._timing.left(time.perf_counter(), self._worker.pending() > 0 or self._figures.busy())
 
     def _step(self, model: nn.Module, global_step: int, last: bool, now: float) -> StepSummary | None:
         if not self._run.enter(self, global_step, self._cursor):

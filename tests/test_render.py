@@ -86,3 +86,16 @@ def test_an_argument_that_cannot_be_pickled_is_rendered_here():
     done = dict(renderer.ready())
     renderer.close()
     assert done["local"] == render.render(name, (steps, shares), {})
+
+
+def test_busy_while_the_worker_owes_a_figure():
+    renderer = FigureRenderer()
+    assert not renderer.busy()
+    name, args = jobs()[1]
+    try:
+        renderer.submit("first", name, *args)
+        assert renderer.busy()  # the worker is still starting: it imports matplotlib first
+        assert [key for key, _ in renderer.wait(timeout=60)] == ["first"]
+        assert not renderer.busy()
+    finally:
+        renderer.close()

@@ -83,6 +83,11 @@ class FigureRenderer:
                 self._fail(f"could not reach the figure worker ({type(err).__name__}: {err})")
         self._render_locally()
 
+    def busy(self) -> bool:
+        """Whether the worker still owes a figure (is starting or rendering); callable from any
+        thread, without waiting."""
+        return not self._local and len(self._pending) > self._results.qsize()
+
     def ready(self) -> list[tuple[Any, bytes | Exception]]:
         """The figures finished since the last call, without waiting."""
         while True:

@@ -92,6 +92,10 @@ class StepFigures:
             else:
                 self._warn_once(f"ConceptTracker could not draw {tag!r} of step {step}: {png}", key=str(png))
 
+    def busy(self) -> bool:
+        """Whether the renderer process is at work on figures (it then competes with training)."""
+        return self._renderer is not None and self._renderer.busy()
+
     def forget(self) -> None:
         """Drop the figures kept for :meth:`close` (a resumed run draws from its own steps)."""
         self._undrawn = None
