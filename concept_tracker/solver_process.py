@@ -52,16 +52,6 @@ class SolverProcess:
         self._lock = threading.Lock()
         self._local = False  # solve in this process (the worker failed)
 
-    def start(self) -> None:
-        """Start the worker now (it takes about a second to import torch), so that the first
-        :meth:`decompose` does not wait for it. Does nothing once started or failed."""
-        with self._lock:
-            if self._proc is None and not self._local:
-                try:
-                    self._spawn()
-                except OSError as err:
-                    self._fail(f"could not start the solver process ({err})")
-
     def decompose(
         self, values: Tensor, config: AndOrConfig | None = None, warm_start: tuple[Tensor, Tensor] | None = None
     ) -> AndOrResult:
@@ -69,6 +59,8 @@ class SolverProcess:
         with self._lock:
             if not self._local:
                 try:
+                    # Started by the first call, on the tracker's worker thread: a run that never
+                    # solves in the background never pays for it.
                     proc = self._proc or self._spawn()
                     stdin, stdout = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stdout)
                     pickle.dump((values, config, warm_start), stdin, protocol=pickle.HIGHEST_PROTOCOL)

@@ -315,8 +315,6 @@ class ConceptTracker(DeclaredState):
         stall = self._timing.last_cost = time.perf_counter() - start
         # The first scheduled step runs whole here, so that a setup mistake raises before training.
         waited = self._worker.sync or self._run.tally.scheduled == 1
-        if waited and self._solver is not None:
-            self._solver.start()  # it imports torch while this step finishes here
         self._worker.submit(f"step {step}", lambda: self._finish(step, results, stall, waited), inline=waited)
         if waited:
             return self._worker.last_result
