@@ -1,6 +1,6 @@
 """Wall-time overhead of tracking: the demo's training with and without a ConceptTracker.
 
-    python benchmarks/overhead.py [--steps 10000] [--batch 64] [--repeats 2] [--variants none,default,budget]
+    python benchmarks/overhead.py [--steps 10000] [--batch 64] [--repeats 2] [--variants none,default,budget] [--budget 0.05]
                                   [--device cuda] [--output overhead.md]
 
 The training is the demo's (``concept_tracker.demo``): the MLP 64-256-256-10 on 1,000 digits,
@@ -11,7 +11,7 @@ held-out probes, the solver capped at 300 iterations, figures on: drawn at the 1
 schedules:
 
 - default: ``schedule=None``, the tracker's default ``log_spaced(0, 10000, 20) | every(1000)``;
-- budget: the same schedule with ``max_overhead=0.05`` and ``total_steps=--steps``, so the
+- budget: the same schedule with ``max_overhead=--budget`` (default 0.05) and ``total_steps=--steps``, so the
   budget plans the tracked steps (first, last, the rest log-spaced) from the measured first one.
 
 The variants train from the same seed and batches, in turn, ``--repeats`` times, rotating the
@@ -47,7 +47,6 @@ from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, 
 from concept_tracker.tracker import DEFAULT_SCHEDULE
 
 VARIANTS = ("none", "default", "budget")
-BUDGET = 0.05
 
 
 def setup(args: argparse.Namespace, data: Digits, device: torch.device) -> tuple:
@@ -73,7 +72,7 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
             demo_players(data.train_x), probes.inputs, probes.labels,
             heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
             log_dir=log_dir, schedule=None, kind=args.kind, and_or=solver_config(demo), figures=not args.no_figures,
-            max_overhead=BUDGET if budget else None, total_steps=args.steps if budget else None, strict=True,
+            max_overhead=args.budget if budget else None, total_steps=args.steps if budget else None, strict=True,
         )
     sync(device)
     start = time.perf_counter()
@@ -189,6 +188,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=32, help="training and held-out probes each (default 32, as the demo)")
     parser.add_argument("--no-figures", action="store_true", help="track without the matplotlib figures")
     parser.add_argument("--threads", type=int, default=DemoConfig().threads, help="torch intra-op threads (default: the demo's)")
+    parser.add_argument("--budget", type=float, default=0.05, help="max_overhead of the budget variant (default 0.05)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="write the results as Markdown to this file")
     args = parser.parse_args()
@@ -235,7 +235,7 @@ def main() -> None:
         f"Machine: {machine(device)}, device {device}.\n"
         f"Training: the demo's MLP on digits, {args.steps} steps, batch {args.batch}. Tracker: kind={args.kind}, "
         f"{args.probes}+{args.probes} probes, n=10, figures {'off' if args.no_figures else 'on'}, "
-        f"default schedule {DEFAULT_SCHEDULE!r}; budget = max_overhead={BUDGET}, total_steps={args.steps}. "
+        f"default schedule {DEFAULT_SCHEDULE!r}; budget = max_overhead={args.budget}, total_steps={args.steps}. "
         f"{args.repeats} interleaved repeats. Load average (1 min) {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} cores): other work on a shared machine slows every "
         "variant unevenly.\n"

@@ -224,46 +224,40 @@ class ConceptTracker(DeclaredState):
             by ``max_overhead``, or failed without ``strict``).
         """
         now = time.perf_counter()
-        self._timing.start(now)
-        self._timing.arrived(now)
-        try:
-            return self._step(model, global_step, last, now)
-        finally:
-            # The next training step is timed as running beside background work, or not.
-            self._timing.left(time.perf_counter(), self._worker.pending() > 0 or self._figures.busy())
-
-    def _step(self, model: nn.Module, global_step: int, last: bool, now: float) -> StepSummary | None:
-        if not self._run.enter(self, global_step, self._cursor):
-            return None
-        self._report_background()
         timing = self._timing
-        if (
-            self.max_overhead is not None
-            and is_main_process()
-            and timing.can_plan(global_step, not self._worker.pending())
-        ):
-            self._plan(global_step, now)
-        if not (last or self.schedule(global_step) or global_step == timing.total_steps):
-            return None
-        self._cursor = global_step
-        self._run.tally.scheduled += 1
+        timing.start(now)
+        timing.arrived(now)
         summary = None
         try:
-            # Rank 0 decides for all ranks: the engine's forwards are collective.
-            if self.max_overhead is not None and main_process_flag(timing.refuses(global_step, now, last)):
-                self._skip(global_step)
+            if not self._run.enter(self, global_step, self._cursor):
                 return None
-            summary = self._track(model, global_step, now)
-            return summary
-        except Exception as err:
-            self._run.failed(f"step {global_step}", err, self.strict)
-            return None
+            self._report_background()
+            worker_idle = not self._worker.pending()
+            if self.max_overhead is not None and is_main_process() and timing.can_plan(global_step, worker_idle):
+                self._plan(global_step, now)
+            if not (last or self.schedule(global_step) or global_step == timing.total_steps):
+                return None
+            self._cursor = global_step
+            self._run.tally.scheduled += 1
+            try:
+                # Rank 0 decides for all ranks: the engine's forwards are collective.
+                if self.max_overhead is not None and main_process_flag(timing.refuses(global_step, now, last)):
+                    self._skip(global_step)
+                    return None
+                summary = self._track(model, global_step, now)
+                return summary
+            except Exception as err:
+                self._run.failed(f"step {global_step}", err, self.strict)
+                return None
+            finally:
+                timing.spent += time.perf_counter() - now
+                if summary is not None:
+                    if self._worker.sync:  # the whole step was the stall
+                        timing.last_cost = time.perf_counter() - now
+                    timing.tracked(global_step)
         finally:
-            timing.spent += time.perf_counter() - now
-            if summary is not None:
-                if self._worker.sync:  # the whole step was the stall
-                    timing.last_cost = time.perf_counter() - now
-                timing.tracked(global_step)
+            # The next training step is timed as running beside background work, or not.
+            timing.left(time.perf_counter(), self._worker.pending() > 0 or self._figures.busy())
 
     def _report_background(self) -> None:
         """Failures of steps finished on the worker since the last call: warn once per message."""
