@@ -239,8 +239,9 @@ step time."""
 class OverheadBudget:
     """Whether a scheduled step may run: tracking must stay within a fraction of wall time.
 
-    What tracking costs training: the time it waits inside tracked steps (:attr:`spent`: the
-    masked forwards, and the whole step when it runs inline), plus the time the background
+    What tracking costs training: the time it waits inside the tracker's calls (:attr:`spent`:
+    the masked forwards, the whole step when it runs inline, and the microseconds of every
+    untracked call), plus the time the background
     worker's post-processing takes from training while both run (:attr:`interference`). The
     latter is measured, not assumed: the training steps between two calls of the tracker are
     timed, and the steps that ran while the worker was busy are compared with those that ran
@@ -277,7 +278,7 @@ class OverheadBudget:
         self.max_overhead = max_overhead
         self.total_steps = total_steps
         self.prior_contention = contention
-        self.spent = 0.0  # seconds inside tracked steps (the training thread's stall)
+        self.spent = 0.0  # seconds inside the tracker's calls (the training thread's stall)
         self.elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
         self.origin: float | None = None  # perf_counter() of this session's first call
         self.last_cost: float | None = None  # stall seconds of the last tracked step
@@ -378,6 +379,8 @@ class OverheadBudget:
         """Whether :meth:`make_plan` should run at ``step``: a run of known length, the first
         tracked step and the step time measured, and no plan yet, or a planned step tracked
         since the last plan and its background work done."""
+        if self.plan is not None and not (self.replan_due and worker_idle):
+            return False  # the common case, at every training step: answered first
         ready = (
             self.max_overhead is not None
             and self.total_steps is not None

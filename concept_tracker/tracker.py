@@ -233,7 +233,7 @@ class ConceptTracker(DeclaredState):
                 return None
             self._report_background()
             worker_idle = not self._worker.pending()
-            if self.max_overhead is not None and is_main_process() and timing.can_plan(global_step, worker_idle):
+            if self.max_overhead is not None and timing.can_plan(global_step, worker_idle) and is_main_process():
                 self._plan(global_step, now)
             if not (last or self.schedule(global_step) or global_step == timing.total_steps):
                 return None
@@ -250,14 +250,15 @@ class ConceptTracker(DeclaredState):
                 self._run.failed(f"step {global_step}", err, self.strict)
                 return None
             finally:
-                timing.spent += time.perf_counter() - now
                 if summary is not None:
                     if self._worker.sync:  # the whole step was the stall
                         timing.last_cost = time.perf_counter() - now
                     timing.tracked(global_step)
         finally:
+            end = time.perf_counter()
+            timing.spent += end - now  # every call counts, also the microseconds of untracked ones
             # The next training step is timed as running beside background work, or not.
-            timing.left(time.perf_counter(), self._worker.pending() > 0 or self._figures.busy())
+            timing.left(end, self._worker.pending() > 0 or self._figures.busy())
 
     def _report_background(self) -> None:
         """Failures of steps finished on the worker since the last call: warn once per message."""
