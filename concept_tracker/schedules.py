@@ -18,7 +18,9 @@ from __future__ import annotations
 import bisect
 import math
 import operator
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -235,6 +237,9 @@ PLAN_MIN_STEPS = 10
 """Training steps, timed while the background worker is idle, before the planner estimates the
 step time."""
 
+IDLE_WINDOW = 4096
+"""Latest idle training steps whose median is the step time."""
+
 
 class OverheadBudget:
     """Whether a scheduled step may run: tracking must stay within a fraction of wall time.
@@ -290,6 +295,7 @@ class OverheadBudget:
         self.scheduled: int | None = None  # scheduled steps the plan had to choose from
         self.replan_due = False  # a planned step was tracked since the plan was last made
         self.idle = [0, 0.0]  # training steps timed while the worker was idle: count, seconds
+        self._recent_idle: deque[float] = deque(maxlen=IDLE_WINDOW)  # their latest durations
         self.busy = [0, 0.0]  # the same while it was busy
         self._left: tuple[float, bool] | None = None  # end of the last call: time, worker busy
 
@@ -309,6 +315,8 @@ class OverheadBudget:
             bucket = self.busy if busy else self.idle
             bucket[0] += 1
             bucket[1] += now - left
+            if not busy:
+                self._recent_idle.append(now - left)
             self._left = None
 
     def left(self, now: float, busy: bool) -> None:
@@ -317,14 +325,20 @@ class OverheadBudget:
 
     @property
     def step_seconds(self) -> float | None:
-        """Mean seconds of a training step while the worker is idle; None before enough steps."""
-        count, seconds = self.idle
-        return seconds / count if count >= PLAN_MIN_STEPS else None
+        """Median seconds of the latest training steps run while the worker was idle (None
+        before :data:`PLAN_MIN_STEPS`). The median, not the mean: a slow spell that is not the
+        tracker's (a collection, another process) must not pass for the training's own speed,
+        which would overstate both the allowance and the baseline the interference is
+        measured from; the median errs towards charging tracking more."""
+        if self.idle[0] < PLAN_MIN_STEPS:
+            return None
+        return statistics.median(self._recent_idle)
 
     @property
     def interference(self) -> float:
         """Seconds the worker's post-processing took from training: how much longer the training
-        steps run while it was busy took than the idle mean (0 until both are measured)."""
+        steps run while it was busy took than :attr:`step_seconds` each (0 until both are
+        measured)."""
         mean = self.step_seconds
         if mean is None or not self.busy[0]:
             return 0.0

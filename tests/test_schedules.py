@@ -253,3 +253,14 @@ def test_a_plan_without_room_is_not_overridden_before_the_total():
     assert budget.refuses(9000, now=20.0, last=True)  # 0.15 + 3.15 > 0.05 * 23.15
     assert not budget.refuses(9000, now=80.0, last=True)
     assert budget.refuses(20001, now=2.0) and not budget.refuses(20001, now=20.0)  # past the total
+
+
+def test_a_slow_spell_that_is_not_tracking_does_not_pass_for_the_step_time():
+    budget = OverheadBudget(0.1, 100)
+    clock = 0.0
+    for seconds in [0.01] * 20 + [0.5, 0.4]:  # e.g. a garbage collection, another job
+        budget.arrived(clock)
+        budget.left(clock, False)
+        clock += seconds
+    budget.arrived(clock)
+    assert budget.step_seconds == pytest.approx(0.01)
