@@ -1,7 +1,7 @@
 """Wall-time overhead of tracking a Hugging Face ``Trainer`` run under ``max_overhead``.
 
     python benchmarks/trainer_overhead.py [--steps 600] [--batch 32] [--repeats 1] [--budget 0.1]
-                                          [--output trainer_overhead.md]
+                                          [--no-figures] [--output trainer_overhead.md]
 
 A 4-layer, 128-wide BERT built from a config (no downloads) learns a word rule on generated
 sentences (positive iff "good" or "great" and not "not"; 12 words from a 20-word vocabulary) on
@@ -63,7 +63,9 @@ def run(variant: str, args: argparse.Namespace, out: Path) -> dict:
     model = BertForSequenceClassification(config)
     callbacks = []
     if variant == "budget":
-        callbacks.append(ConceptTrackerCallback(TokenPlayers(n=8), max_overhead=args.budget, strict=True))
+        callbacks.append(
+            ConceptTrackerCallback(TokenPlayers(n=8), max_overhead=args.budget, figures=not args.no_figures, strict=True)
+        )
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--budget", type=float, default=0.1)
+    parser.add_argument("--no-figures", action="store_true", help="track without the matplotlib figures")
     parser.add_argument("--output", help="write the results as Markdown to this file")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -105,7 +108,8 @@ def main() -> None:
         f"Machine: {machine(torch.device('cpu'))}. Load average (1 min) {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} cores).\n"
         f"HF Trainer, 4-layer 128-wide BERT, {args.steps} steps of batch {args.batch}, "
-        f"ConceptTrackerCallback(TokenPlayers(n=8), max_overhead={args.budget}); {args.repeats} interleaved repeats.\n\n"
+        f"ConceptTrackerCallback(TokenPlayers(n=8), max_overhead={args.budget}"
+        f"{', figures=False' if args.no_figures else ''}); {args.repeats} interleaved repeats.\n\n"
         "| variant | seconds (median) | ratio to untracked (median) | per repeat | tracked steps (last run) |\n"
         "|---|---:|---:|---|---|\n"
         f"| none | {statistics.median(r['seconds'] for r in results['none']):.1f} | 1.000 | | |\n"
