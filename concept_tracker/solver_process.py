@@ -8,9 +8,8 @@ for the solver (measured in BENCHMARKS.md). :class:`SolverProcess` runs
 :func:`~concept_tracker.and_or.decompose` in one worker process instead: the calling thread
 sends the values and waits for the split, without the lock, while the process computes.
 
-The worker is a fresh interpreter (as for the figures, :mod:`concept_tracker.writers.render`:
-fork is unsafe beside CUDA and OpenMP threads, and spawn re-runs an unguarded training script)
-on one torch thread and at a lower priority than training. It computes the very same floats as
+The worker is a fresh interpreter (:mod:`concept_tracker.interpreter`, as for the figures) on
+one torch thread and at a lower priority than training. It computes the very same floats as
 :func:`~concept_tracker.and_or.decompose` on one thread in the calling process. If it cannot
 start or dies, the solver warns once and runs in the calling process from then on; a solver
 error (bad values) is raised in the caller as a ``ValueError``, as in-process.
@@ -18,27 +17,22 @@ error (bad values) is raised in the caller as a ``ValueError``, as in-process.
 
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
-import sys
 import threading
 import warnings
-from pathlib import Path
 from typing import IO, cast
 
 from torch import Tensor
 
+from . import interpreter
 from .and_or import AndOrConfig, AndOrResult, decompose
 
 __all__ = ["SolverProcess"]
 
-_NICENESS = 10
-"""How much lower than training the worker's scheduling priority is (Unix nice)."""
-
 
 def _command() -> list[str]:
-    return [sys.executable, "-c", "from concept_tracker.solver_process import _serve; _serve()"]
+    return interpreter.command("concept_tracker.solver_process", "_serve")
 
 
 class SolverProcess:
@@ -80,24 +74,13 @@ class SolverProcess:
             self._stop(kill=False)
 
     def _spawn(self) -> subprocess.Popen:
-        # The worker must import this very package, also from a source checkout on sys.path.
-        root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._proc = interpreter.start(_command(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return self._proc
 
     def _stop(self, kill: bool) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            if kill:
-                proc.kill()
-            cast(IO[bytes], proc.stdin).close()
-        except OSError:
-            pass
-        threading.Thread(target=proc.wait, daemon=True).start()
+        if proc is not None:
+            interpreter.stop(proc, kill)
 
     def _fail(self, reason: str) -> None:
         warnings.warn(
@@ -112,25 +95,12 @@ def _serve() -> None:
     import torch
 
     torch.set_num_threads(1)
-    # Answers go to a private copy of stdout; anything a library prints goes to stderr.
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    jobs = sys.stdin.buffer
-    try:
-        os.nice(_NICENESS)
-    except (AttributeError, OSError):
-        pass
-    while True:
+
+    def answer(job: tuple) -> tuple:
+        values, config, warm_start = job
         try:
-            values, config, warm_start = pickle.load(jobs)
-        except EOFError:
-            return
-        try:
-            answer: tuple = (decompose(values, config, warm_start=warm_start), None)
+            return decompose(values, config, warm_start=warm_start), None
         except Exception as err:
-            answer = (None, str(err))
-        try:
-            pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
-            answers.flush()
-        except BrokenPipeError:
-            return
+            return None, str(err)
+
+    interpreter.serve(answer)

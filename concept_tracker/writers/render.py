@@ -8,9 +8,7 @@ later, without blocking (:meth:`~FigureRenderer.ready`) or at the end
 and the training process neither encodes it nor spends long reading it.
 
 The worker is a fresh interpreter running :func:`_serve`, talking pickle over its stdin and
-stdout; not a ``multiprocessing`` child: fork is unsafe in a process that
-holds CUDA and OpenMP threads, and spawn re-runs a training script that lacks an
-``if __name__ == "__main__"`` guard. It runs at a lower priority than training.
+stdout (:mod:`concept_tracker.interpreter`), at a lower priority than training.
 
 If the worker cannot start, dies or stops answering, the renderer warns once and renders in
 the calling process from then on, the figures still pending included: no figure is lost.
@@ -19,23 +17,18 @@ the calling process from then on, the figures still pending included: no figure 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import queue
 import subprocess
-import sys
 import threading
 import warnings
-from pathlib import Path
 from typing import IO, Any, cast
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .. import interpreter
 from . import figures
-
-_NICENESS = 10
-"""How much lower than training the worker's scheduling priority is (Unix nice)."""
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -51,8 +44,7 @@ def render(name: str, args: tuple, kwargs: dict) -> bytes:
 
 
 def _command() -> list[str]:
-    # Not ``-m``: the package imports this module before runpy would run it as __main__.
-    return [sys.executable, "-c", "from concept_tracker.writers.render import _serve; _serve()"]
+    return interpreter.command("concept_tracker.writers.render", "_serve")
 
 
 class FigureRenderer:
@@ -124,11 +116,7 @@ class FigureRenderer:
         stdin.flush()
 
     def _start(self) -> subprocess.Popen:
-        # The worker must import this very package, also from a source checkout on sys.path.
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._proc = interpreter.start(_command(), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
         threading.Thread(target=_read, args=(self._proc.stdout, self._results), daemon=True).start()
         return self._proc
 
@@ -145,16 +133,8 @@ class FigureRenderer:
 
     def _stop(self, kill: bool) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            if kill:
-                proc.kill()
-            cast(IO[bytes], proc.stdin).close()
-        except OSError:
-            pass
-        # Its exit (unloading torch) takes about a second, which nothing here needs to wait for.
-        threading.Thread(target=proc.wait, daemon=True).start()
+        if proc is not None:
+            interpreter.stop(proc, kill)
 
     def _fail(self, reason: str) -> None:
         warnings.warn(
@@ -187,26 +167,12 @@ def _read(stream: IO[bytes], results: queue.Queue) -> None:
 
 def _serve() -> None:
     """The worker: render each job read from stdin, answer ``(job id, image, error)``."""
-    # Answers go to a private copy of stdout; anything a library prints goes to stderr instead
-    # of corrupting the pickle stream.
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    jobs = sys.stdin.buffer
-    try:
-        os.nice(_NICENESS)
-    except (AttributeError, OSError):
-        pass
-    while True:
+
+    def answer(job: tuple) -> tuple:
+        job_id, name, args, kwargs = job
         try:
-            job_id, name, args, kwargs = pickle.load(jobs)
-        except EOFError:
-            return
-        try:
-            image, error = render(name, args, kwargs), None
+            return job_id, render(name, args, kwargs), None
         except Exception as err:
-            image, error = None, f"{type(err).__name__} in {name}: {err}"
-        try:
-            pickle.dump((job_id, image, error), answers, protocol=pickle.HIGHEST_PROTOCOL)
-            answers.flush()
-        except BrokenPipeError:
-            return  # the tracker closed the renderer without waiting for this answer
+            return job_id, None, f"{type(err).__name__} in {name}: {err}"
+
+    interpreter.serve(answer)
