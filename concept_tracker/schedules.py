@@ -298,6 +298,7 @@ class OverheadBudget:
         self._recent_idle: deque[float] = deque(maxlen=IDLE_WINDOW)  # their latest durations
         self.busy = [0, 0.0]  # the same while it was busy
         self._left: tuple[float, bool] | None = None  # end of the last call: time, worker busy
+        self._candidates: list[int] | None = None  # the scheduled steps from the first plan on
 
     def start(self, now: float) -> None:
         """Start the wall clock at the first call (later calls do nothing)."""
@@ -410,7 +411,8 @@ class OverheadBudget:
         """Plan the tracked steps from ``step`` on (see the class docstring); returns the plan.
 
         Args:
-            candidates: the steps the schedule fires at in ``[step, total_steps)``.
+            candidates: the steps the schedule fires at in ``[step, total_steps)``; read at the
+                first plan only (an iterable that is not consumed later costs nothing).
         """
         step_seconds = self.step_seconds
         if self.max_overhead is None or self.total_steps is None or self.first is None or step_seconds is None:
@@ -426,7 +428,9 @@ class OverheadBudget:
             count = max(count, 1)  # a replan trims the steps between, never the promised last one
         # The worker should finish a tracked step before the next one starts.
         gap = max(1, math.ceil(worker / step_seconds)) if step_seconds > 0 else 1
-        pool = list(candidates)
+        if self._candidates is None:  # read once: a replan must not walk the schedule again
+            self._candidates = sorted(set(candidates))
+        pool = self._candidates[bisect.bisect_left(self._candidates, step) :]
         done = [s for s in (self.plan or [self.first]) if s < step]
         if self.scheduled is None:
             self.scheduled = len({c for c in pool if step <= c < self.total_steps}) + 1

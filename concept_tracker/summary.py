@@ -101,44 +101,29 @@ def summarize_step(
         )
     # Chains of small tensor ops: on the few threads their size merits (see threads.py).
     with threads_for(2 * res.outputs.numel() * (2 if held is not None else 1), res.outputs.device):
-        return _summarize(step, res, trajectory, held, ratio, simple_max, complex_min, ids, resamples, seed)
-
-
-def _summarize(
-    step: int,
-    res: Interactions,
-    trajectory: Trajectory,
-    held: Interactions | None,
-    ratio: float,
-    simple_max: int | None,
-    complex_min: int | None,
-    ids: Sequence[Any] | None,
-    resamples: int,
-    seed: int,
-) -> StepSummary:
-    profile = order_profile(res, ratio)
-    kind_profiles = {kind: order_profile(res, ratio, kind=kind) for kind in res.effect_kinds}
-    scalars = concept_scalars(profile, kind_profiles, simple_max, complex_min)
-    if held is not None:
-        similarity = train_test_similarity(res, res.targets, held, held.targets)
-        scalars.update({tags.train_test_similarity(m): float(similarity[m]) for m in range(1, res.n + 1)})
-        bands = band_orders(res.n, simple_max, complex_min)
-        for band in tags.BANDS:
-            orders = list(getattr(bands, band))
-            value = float(similarity[orders].mean()) if orders else math.nan
-            scalars[tags.band_train_test_similarity(band)] = value
-    scalars.update(dynamics_scalars(trajectory))
-    scalars.update(
-        interval_scalars(res, trajectory, held, ratio, simple_max, complex_min, resamples=resamples, seed=seed)
-    )
-    return StepSummary(
-        step=step,
-        scalars=scalars,
-        histograms=effect_histograms(res),
-        top_concepts=top_concepts_table(res, step, trajectory.emergence_steps(), ids),
-        profile=profile,
-        kind_profiles=kind_profiles,
-    )
+        profile = order_profile(res, ratio)
+        kind_profiles = {kind: order_profile(res, ratio, kind=kind) for kind in res.effect_kinds}
+        scalars = concept_scalars(profile, kind_profiles, simple_max, complex_min)
+        if held is not None:
+            similarity = train_test_similarity(res, res.targets, held, held.targets)
+            scalars.update({tags.train_test_similarity(m): float(similarity[m]) for m in range(1, res.n + 1)})
+            bands = band_orders(res.n, simple_max, complex_min)
+            for band in tags.BANDS:
+                orders = list(getattr(bands, band))
+                value = float(similarity[orders].mean()) if orders else math.nan
+                scalars[tags.band_train_test_similarity(band)] = value
+        scalars.update(dynamics_scalars(trajectory))
+        scalars.update(
+            interval_scalars(res, trajectory, held, ratio, simple_max, complex_min, resamples=resamples, seed=seed)
+        )
+        return StepSummary(
+            step=step,
+            scalars=scalars,
+            histograms=effect_histograms(res),
+            top_concepts=top_concepts_table(res, step, trajectory.emergence_steps(), ids),
+            profile=profile,
+            kind_profiles=kind_profiles,
+        )
 
 
 def concept_scalars(
