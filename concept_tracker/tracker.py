@@ -79,8 +79,8 @@ class ConceptTracker(DeclaredState):
       ``interactions/heldout/...``), when ``store=True``.
 
     Only the masked forwards stall training; the rest runs on a background thread, in step
-    order (:meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for
-    it). The first tracked step runs whole inside :meth:`step`. Tracking never changes training:
+    order, its AND-OR solves in a worker process (:mod:`concept_tracker.solver_process`);
+    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it. The first tracked step runs whole inside :meth:`step`. Tracking never changes training:
     the engine restores training flags, grad mode and RNG states, and the tracker draws no random
     numbers. Bad arguments raise at construction, a failing first scheduled step raises, later
     failures (a background one at the next call) warn once per distinct message (``strict=True``
@@ -365,16 +365,8 @@ class ConceptTracker(DeclaredState):
         if self.figures:
             sample = self._probe.ids[0] if self._probe.ids is not None else 0
             history, shares = torch.stack(self._sample_effects), torch.stack(self._shares)
-            steps = self._trajectory.steps
-            figure = (
-                res,
-                summary.kind_profiles,
-                summary.get(tags.PHASE_BOUNDARY),
-                list(steps),
-                shares,
-                history,
-                sample,
-            )
+            steps, boundary = self._trajectory.steps, summary.get(tags.PHASE_BOUNDARY)
+            figure = (res, summary.kind_profiles, boundary, list(steps), shares, history, sample)
             self._figures.tracked(len(steps), step, *figure)
 
     # ------------------------------------------------------------------------------ lifecycle
