@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, cast
@@ -47,6 +48,28 @@ def stop(proc: subprocess.Popen, kill: bool) -> None:
     except OSError:
         pass
     threading.Thread(target=proc.wait, daemon=True).start()
+
+
+class Client:
+    """What the caller of a worker process keeps: the process, once started, and whether it
+    failed. After a failure the caller does the work itself; :attr:`fallback` says so in the one
+    warning :meth:`_fail` gives."""
+
+    fallback: str  # e.g. "figures are rendered in the training process from now on."
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._local = False  # work in this process (the worker failed)
+
+    def _stop(self, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop(proc, kill)
+
+    def _fail(self, reason: str) -> None:
+        warnings.warn(f"concept_tracker: {reason}; {self.fallback}", stacklevel=4)
+        self._local = True
+        self._stop(kill=True)
 
 
 def serve(answer: Callable[[Any], Any]) -> None:

@@ -246,13 +246,12 @@ class OverheadBudget:
 
     What tracking costs training: the time it waits inside the tracker's calls (:attr:`spent`:
     the masked forwards, the whole step when it runs inline, and the microseconds of every
-    untracked call), plus the time the background
-    worker's post-processing takes from training while both run (:attr:`interference`). The
-    latter is measured, not assumed: the training steps between two calls of the tracker are
-    timed, and the steps that ran while the worker was busy are compared with those that ran
-    while it was idle. Until it is measured, the worker is assumed to take its whole time from
-    training when the process has no core to spare for it (``contention=1``) and nothing
-    otherwise (``contention=0``).
+    untracked call), plus the time the background worker's post-processing takes from training
+    while both run (:attr:`interference`). The latter is measured, not assumed: the training
+    steps between two calls of the tracker are timed, and the steps that ran while the worker
+    was busy are compared with those that ran while it was idle. Until it is measured, the
+    worker is assumed to take its whole time from training when the process has no core to
+    spare for it (``contention=1``) and nothing otherwise (``contention=0``).
 
     Without a plan (the run's length unknown, or not yet measured), a step is refused when its
     expected cost (the last tracked step's stall plus its share of the worker's time, and for
@@ -267,9 +266,10 @@ class OverheadBudget:
     of one tracked step; those steps are picked by :func:`plan_steps`, the last step always among
     them when the allowance covers one step. After each planned step, once its worker is done,
     the rest of the plan is made again from the costs measured so far, so a machine busier than
-    at the start drops steps and a quieter one may add some; the last step, once planned, stays. Planned steps are tracked and no
-    others up to ``total_steps`` (a run that stops early may still track its last step if the
-    rule above allows it); after it (a run longer than announced) the rule applies again.
+    at the start drops steps and a quieter one may add some; the last step, once planned, stays.
+    Planned steps are tracked and no others up to ``total_steps`` (a run that stops early may
+    still track its last step if the rule above allows it); after it (a run longer than
+    announced) the rule applies again.
 
     Args:
         max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
@@ -294,9 +294,9 @@ class OverheadBudget:
         self.plan: list[int] | None = None  # steps tracked from the plan on, first tracked included
         self.scheduled: int | None = None  # scheduled steps the plan had to choose from
         self.replan_due = False  # a planned step was tracked since the plan was last made
-        self.idle = [0, 0.0]  # training steps timed while the worker was idle: count, seconds
+        self.idle_steps = 0  # training steps timed while the worker was idle
         self._recent_idle: deque[float] = deque(maxlen=IDLE_WINDOW)  # their latest durations
-        self.busy = [0, 0.0]  # the same while it was busy
+        self.busy = [0, 0.0]  # training steps timed while it was busy: count, seconds
         self._left: tuple[float, bool] | None = None  # end of the last call: time, worker busy
         self._candidates: list[int] | None = None  # the scheduled steps from the first plan on
 
@@ -313,10 +313,11 @@ class OverheadBudget:
         """At the start of a tracker call: time the training step since the end of the last one."""
         if self._left is not None:
             left, busy = self._left
-            bucket = self.busy if busy else self.idle
-            bucket[0] += 1
-            bucket[1] += now - left
-            if not busy:
+            if busy:
+                self.busy[0] += 1
+                self.busy[1] += now - left
+            else:
+                self.idle_steps += 1
                 self._recent_idle.append(now - left)
             self._left = None
 
@@ -331,7 +332,7 @@ class OverheadBudget:
         tracker's (a collection, another process) must not pass for the training's own speed,
         which would overstate both the allowance and the baseline the interference is
         measured from; the median errs towards charging tracking more."""
-        if self.idle[0] < PLAN_MIN_STEPS:
+        if self.idle_steps < PLAN_MIN_STEPS:
             return None
         return statistics.median(self._recent_idle)
 

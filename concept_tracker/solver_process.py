@@ -20,7 +20,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import threading
-import warnings
 from typing import IO, cast
 
 from torch import Tensor
@@ -35,16 +34,17 @@ def _command() -> list[str]:
     return interpreter.command("concept_tracker.solver_process", "_serve")
 
 
-class SolverProcess:
+class SolverProcess(interpreter.Client):
     """:func:`~concept_tracker.and_or.decompose` in a worker process (see the module docstring).
 
     Calls are answered in order; one caller at a time (the tracker's worker thread).
     """
 
+    fallback = "the AND-OR solver runs in the training process from now on."
+
     def __init__(self) -> None:
-        self._proc: subprocess.Popen | None = None
+        super().__init__()
         self._lock = threading.Lock()
-        self._local = False  # solve in this process (the worker failed)
 
     def decompose(
         self, values: Tensor, config: AndOrConfig | None = None, warm_start: tuple[Tensor, Tensor] | None = None
@@ -76,18 +76,6 @@ class SolverProcess:
     def _spawn(self) -> subprocess.Popen:
         self._proc = interpreter.start(_command(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return self._proc
-
-    def _stop(self, kill: bool) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            interpreter.stop(proc, kill)
-
-    def _fail(self, reason: str) -> None:
-        warnings.warn(
-            f"concept_tracker: {reason}; the AND-OR solver runs in the training process from now on.", stacklevel=4
-        )
-        self._local = True
-        self._stop(kill=True)
 
 
 def _serve() -> None:

@@ -80,8 +80,9 @@ class ConceptTracker(DeclaredState):
 
     Only the masked forwards stall training; the rest runs on a background thread, in step
     order, its AND-OR solves in a worker process (:mod:`concept_tracker.solver_process`);
-    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it. The first tracked step runs whole inside :meth:`step`. Tracking never changes training:
-    the engine restores training flags, grad mode and RNG states, and the tracker draws no random
+    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it.
+    The first tracked step runs whole inside :meth:`step`. Tracking never changes training: the
+    engine restores training flags, grad mode and RNG states, and the tracker draws no random
     numbers. Bad arguments raise at construction, a failing first scheduled step raises, later
     failures (a background one at the next call) warn once per distinct message (``strict=True``
     raises); :meth:`close` reports the step counts. One run per ``log_dir``: see
@@ -232,8 +233,11 @@ class ConceptTracker(DeclaredState):
             if not self._run.enter(self, global_step, self._cursor):
                 return None
             self._report_background()
-            worker_idle = not self._worker.pending()
-            if self.max_overhead is not None and timing.can_plan(global_step, worker_idle) and is_main_process():
+            if (
+                self.max_overhead is not None
+                and timing.can_plan(global_step, worker_idle=not self._worker.pending())
+                and is_main_process()
+            ):
                 self._plan(global_step, now)
             if not (last or self.schedule(global_step) or global_step == timing.total_steps):
                 return None

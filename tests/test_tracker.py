@@ -724,6 +724,6 @@ def test_every_training_step_is_timed_as_beside_the_worker_or_not(tmp_path):
             tracker.step(model, step)
             tracker.step(model, step)  # a repeated call is ignored, but still timed
     timing = tracker._timing
-    assert timing.idle[0] + timing.busy[0] == 61
+    assert timing.idle_steps + timing.busy[0] == 61
     assert timing.worker_cost is not None and timing.worker_cost > 0  # the first step's, run inline too
     assert timing.last_cost is not None and timing.last_cost < timing.spent

@@ -21,7 +21,6 @@ import pickle
 import queue
 import subprocess
 import threading
-import warnings
 from typing import IO, Any, cast
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -47,20 +46,21 @@ def _command() -> list[str]:
     return interpreter.command("concept_tracker.writers.render", "_serve")
 
 
-class FigureRenderer:
+class FigureRenderer(interpreter.Client):
     """Figures rendered by a worker process, in the order they were submitted.
 
     Results are ``(key, png)`` pairs, ``png`` the PNG bytes of the figure, or an exception when
     the figure function failed.
     """
 
+    fallback = "figures are rendered in the training process from now on."
+
     def __init__(self) -> None:
-        self._proc: subprocess.Popen | None = None
+        super().__init__()
         self._results: queue.Queue = queue.Queue()
         self._pending: dict[int, tuple[Any, str, tuple, dict]] = {}
         self._finished: list[tuple[Any, bytes | Exception]] = []
         self._next_id = 0
-        self._local = False  # render in this process (the worker failed)
 
     def submit(self, key: Any, name: str, *args: Any, **kwargs: Any) -> None:
         """Queue figure function ``name`` of :mod:`.figures` with its arguments under ``key``."""
@@ -130,19 +130,6 @@ class FigureRenderer:
         job = self._pending.pop(job_id, None)
         if job is not None:  # else it was rendered here after a timeout
             self._finished.append((job[0], image if error is None else RuntimeError(error)))
-
-    def _stop(self, kill: bool) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            interpreter.stop(proc, kill)
-
-    def _fail(self, reason: str) -> None:
-        warnings.warn(
-            f"concept_tracker: {reason}; figures are rendered in the training process from now on.",
-            stacklevel=4,
-        )
-        self._local = True
-        self._stop(kill=True)
 
     def _render_locally(self) -> None:
         if not self._local:
