@@ -107,6 +107,18 @@ def test_resamples_draw_whole_configurations():
         assert {m["config"]["task"] for m in sample} == {"digits", "planted"}
 
 
+def test_kendall_matches_scipy_with_ties():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 4, 12).astype(float), rng.integers(0, 5, 12).astype(float)
+        assert evidence.kendall(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
+    assert evidence.kendall(np.array([1.0, 2.0]), np.array([5.0, 3.0])) == -1.0
+    assert math.isnan(evidence.kendall(np.array([1.0, 1.0]), np.array([5.0, 3.0])))
+    assert evidence.kendall(np.array([1.0, np.nan, 2.0]), np.array([0.0, 9.0, 1.0])) == 1.0
+
+
 def test_best_of_repeats_the_pick_in_every_replicate():
     psis = {"a": np.array([0.1, 0.5, np.nan]), "b": np.array([0.3, 0.2, 0.4])}
     assert evidence.best_of(psis, ["a", "b"]).tolist() == [0.3, 0.5, 0.4]
@@ -141,18 +153,17 @@ def test_disagreement_pairs_each_seed_with_the_next():
     assert all("test_predictions" not in m for m in models)
 
 
-def test_training_stops_at_the_criterion_or_the_cap(monkeypatch):
+def test_training_stops_at_the_criterion_or_the_cap():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=gen)
     y = (x[:, 0] > 0).long()
     torch.manual_seed(0)
     model = evidence.build_mlp(4, 2, 16, 1)
-    step = evidence.train_mlp(model, x, y, 5e-2, seed=0)
+    step = evidence.train_mlp(model, x, y, 5e-2, seed=0, cap=1000)
     assert step is not None and step % evidence.CHECK_EVERY == 0
     assert evidence.loss_and_error(model, x, y)[0] <= evidence.CE_TARGET
-    monkeypatch.setattr(evidence, "STEP_CAP", 5)
     torch.manual_seed(0)
-    assert evidence.train_mlp(evidence.build_mlp(4, 2, 16, 1), x, y, 1e-2, seed=0) is None
+    assert evidence.train_mlp(evidence.build_mlp(4, 2, 16, 1), x, y, 1e-2, seed=0, cap=5) is None
 
 
 def two_layer(w1, w2) -> nn.Sequential:
@@ -230,8 +241,10 @@ def test_words_tokenizer_from_the_written_vocabulary(tmp_path):
     assert ids[:, 1:-1].min() >= len(evidence.SPECIALS)  # every word is its own token, no [UNK]
     assert 0.35 < task.pool_y.double().mean() < 0.65
     task.players.prepare(task.pool_x)
-    masked = task.players.mask(task.pool_x[0], torch.zeros(1, evidence.WORD_SLOTS, dtype=torch.bool))
-    assert masked[0, 1:-1].eq(4).all() and masked[0, 0] == ids[0, 0]  # words -> [MASK], [CLS] kept
+    masked = task.players.mask(task.pool_x[0], torch.zeros(1, evidence.WORD_PLAYERS, dtype=torch.bool))
+    players = slice(1, 1 + evidence.WORD_PLAYERS)
+    assert masked[0, players].eq(4).all()  # the player words -> [MASK]
+    assert torch.equal(masked[0, 1 + evidence.WORD_PLAYERS :], task.pool_x[0, 1 + evidence.WORD_PLAYERS :])
 
 
 def test_summary_line_keeps_the_contract():
@@ -244,3 +257,47 @@ def test_summary_line_keeps_the_contract():
     assert line["primary"] == evidence.PRIMARY and evidence.PRIMARY in line["ours"]
     assert set(line["tau"]) == set(line["psi"]) == set(evidence.ORIENTATION)
     assert "disagreement" not in line["baselines"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "evidence_results.json"
+
+
+def outside_blocks(text: str) -> str:
+    """``text`` without the generated blocks."""
+    import re
+
+    return re.sub(r"<!-- evidence:(\w+) -->.*?<!-- /evidence:\1 -->", "", text, flags=re.S)
+
+
+def test_docs_and_readme_are_generated_from_the_committed_results():
+    import json
+    import re
+
+    saved = json.loads(RESULTS.read_text())
+    blocks = evidence.markdown_blocks(saved)
+    for path, names in ((ROOT / "docs" / "evidence.md", ("headline", "zoo", "table", "targets")),
+                        (ROOT / "README.md", ("readme",))):
+        text = path.read_text()
+        assert evidence.replace_blocks(text, {n: blocks[n] for n in names}) == text, (
+            f"{path.name} differs from its results; run python benchmarks/evidence.py --docs {RESULTS.relative_to(ROOT)}"
+        )
+    # no figure typed by hand next to them: signed two-decimal numbers live in the blocks only
+    doc = outside_blocks((ROOT / "docs" / "evidence.md").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Do the readings predict generalization?")[1].split("\n## ")[0]
+    for text in (doc, outside_blocks(section)):
+        assert not re.findall(r"[+−-]\d\.\d\d", text)
+
+
+def test_committed_results_recompute():
+    # The point estimates in the committed file follow from its own model records.
+    import json
+
+    saved = json.loads(RESULTS.read_text())
+    assert saved["primary"] == evidence.PRIMARY and not saved["quick"]
+    out = evidence.analyse(saved["models"], reps=2)
+    for name in evidence.ORIENTATION:
+        for key, stat in (("psi", "psi"), ("overall", "tau")):
+            got, want = out[key]["gap_error"][name][stat], saved["stats"][key]["gap_error"][name][stat]
+            assert (want is None and math.isnan(got)) or got == pytest.approx(want, abs=1e-9)
