@@ -960,14 +960,33 @@ def readme_text(saved: dict) -> str:
     )
 
 
-DOC_BLOCKS = ("headline", "zoo", "table", "targets", "per_task")
+def quick_text(quick: dict) -> str:
+    """The --quick run's size and wall time, from its saved summary."""
+    z, p = quick["stats"]["zoo"], quick["stats"]["primary"]
+    return wrap(
+        f"`--quick` trained {z['models']} models ({z['converged']} reached the criterion) in {quick['seconds']:.0f} s "
+        f"wall on the same 2 shared CPU cores (load average {quick['load_average']:.1f}), one torch thread. It "
+        f"varies only training-set size and label noise, with two seeds, so its Ψ (primary {fmt(p['psi'])}, "
+        f"`{p['best_baseline']}` {fmt(p['baseline_psi'])}) rests on very few groups: it checks that the "
+        "study runs, not what it finds."
+    )
+
+
+def quick_summary(saved: dict) -> dict:
+    """What docs/evidence_quick.json keeps of a --quick run: its size, time and headline."""
+    return {"quick": saved["quick"], "seconds": saved["seconds"], "load_average": saved["load_average"],
+            "stats": {"zoo": saved["stats"]["zoo"], "primary": saved["stats"]["primary"]}}
+
+
+DOC_BLOCKS = ("headline", "zoo", "table", "targets", "per_task", "quick")
 """The generated blocks of docs/evidence.md; the README has one, "readme"."""
 
 
-def markdown_blocks(saved: dict) -> dict[str, str]:
-    """The generated parts of docs/evidence.md (and the README's paragraph), by marker name."""
+def markdown_blocks(saved: dict, quick: dict) -> dict[str, str]:
+    """The generated parts of docs/evidence.md (and the README's paragraph), by marker name, from
+    the full run's results and the --quick run's summary."""
     r = saved["stats"]
-    return {"headline": headline(saved), "zoo": zoo_text(saved), "table": table(r),
+    return {"quick": quick_text(quick), "headline": headline(saved), "zoo": zoo_text(saved), "table": table(r),
             "targets": targets_table(r), "per_task": per_task_table(saved), "readme": readme_text(saved)}
 
 
@@ -1044,11 +1063,16 @@ def main() -> None:
                         help="analyse the model records of an earlier run (its models.json) instead of training")
     parser.add_argument("--docs", default=None, metavar="RESULTS_JSON",
                         help="rewrite the generated blocks of docs/evidence.md from a saved results.json and exit")
+    parser.add_argument("--docs-quick", default=None, metavar="QUICK_RESULTS_JSON",
+                        help="with --docs: a --quick run's results.json, summarized into docs/evidence_quick.json")
     args = parser.parse_args()
+    root = Path(__file__).resolve().parents[1]
     if args.docs:
         saved = json.loads(Path(args.docs).read_text())
-        blocks = markdown_blocks(saved)
-        root = Path(__file__).resolve().parents[1]
+        quick_path = root / "docs" / "evidence_quick.json"
+        if args.docs_quick:
+            quick_path.write_text(json.dumps(quick_summary(json.loads(Path(args.docs_quick).read_text()))))
+        blocks = markdown_blocks(saved, json.loads(quick_path.read_text()))
         for path, names in ((root / "docs" / "evidence.md", DOC_BLOCKS),
                             (root / "README.md", ("readme",))):
             path.write_text(replace_blocks(path.read_text(), {n: blocks[n] for n in names}))
