@@ -28,7 +28,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from concept_tracker import TabularPlayers, TokenPlayers, report
+from concept_tracker import OutputConfig, TabularPlayers, TokenPlayers, report
 from concept_tracker.integrations._common import unwrap
 from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback
 from concept_tracker.schedules import at_steps, every
@@ -40,6 +40,7 @@ CUES = ["good", "great", "not"]
 FILLERS = ["the", "movie", "film", "was", "is", "really", "very", "plot", "acting", "story", "quite", "and"]
 N_WORDS = 6
 N_PLAYERS = 6
+NO_FIGURES = OutputConfig(figures=False)
 
 
 def make_tokenizer() -> BertTokenizer:
@@ -374,7 +375,7 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     tokenizer = make_tokenizer()
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), figures=False)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
         args=training_args(tmp_path, report_to=["tensorboard"], eval_strategy="steps", eval_steps=4, save_strategy="no"),
@@ -394,7 +395,7 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
     assert float(row.split()[-1]) == pytest.approx(last, abs=1e-3)
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), figures=False)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
         args=training_args(tmp_path / "b", report_to=["tensorboard"], max_steps=1, save_strategy="no"),
