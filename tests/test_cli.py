@@ -222,7 +222,9 @@ def rewrite_metadata(path, **changes):
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    meta.pop("sha256", None)  # files from before the settings had no checksum either
+    # Files from before the settings had no checksum either: the first format.
+    meta.pop("sha256", None)
+    meta["format"] = "concept-tracker/interactions/1"
     for key, value in changes.items():
         if value is None:
             meta.pop(key, None)
