@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .distributed import is_main_process
+from .store import INTERACTIONS_DIR
 
 LOCK_NAME = "concept_tracker.lock"
 
@@ -53,6 +54,15 @@ def new_run_dir(root: str | os.PathLike = "runs/concepts") -> str:
         k += 1
         path = base.with_name(f"{base.name}_{k}")
     return str(path)
+
+
+def run_entries(folder: str | os.PathLike) -> list[Path]:
+    """What a tracked run keeps in ``folder``: its TensorBoard event files and its stored
+    interactions (empty when ``folder`` holds no run; other files are not the run's)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith("events.out.tfevents") or p.name == INTERACTIONS_DIR)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -130,6 +130,67 @@ def test_analyze_refuses_to_overwrite_without_force(workdir, capsys):
     assert [s for s, _ in report.read_scalars(workdir / "run")[tags.PERF_SECONDS]] == [3, 4]
 
 
+def snapshot(folder):
+    """Every file under ``folder``: ``{relative path: bytes}``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_analyze_force_on_a_live_run_touches_nothing(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    run = workdir / "run"
+    live = ConceptTracker(TabularPlayers(), torch.randn(3, FEATURES), log_dir=run, schedule=at_steps([0, 9]), figures=False)
+    try:
+        live.step(seeded(build, seed=0), 0)
+        before = snapshot(run)
+        assert analyze(workdir, "--force") == 2
+        err = capsys.readouterr().err
+        assert "in use by another ConceptTracker" in err and str(run) in err
+        assert snapshot(run) == before
+        assert sorted(p.name for p in workdir.iterdir()) == ["ckpts", "data.pt", "run", "tiny_factory.py"]
+        assert live.step(seeded(build, seed=0), 9) is not None  # the live run goes on
+    finally:
+        live.close()
+    assert list_steps(run) == [0, 9]
+
+
+@pytest.mark.filterwarnings("ignore:ConceptTracker .* steps tracked of:UserWarning")
+@pytest.mark.parametrize("fault", ["another model", "nan weights"])
+def test_analyze_force_with_a_bad_second_checkpoint_keeps_the_old_analysis(workdir, capsys, fault):
+    """Another model fails when every checkpoint is loaded, before any is analyzed; NaN weights
+    pass that check and fail while analyzing: either way the old run stays as it was."""
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    run = workdir / "run"
+    before = snapshot(run)
+    bad = write_checkpoints(workdir / "other", steps=(3, 4, 8))[1]
+    if fault == "another model":
+        torch.save(nn.Linear(2, 2).state_dict(), bad)
+    else:
+        torch.save({k: torch.full_like(v, math.nan) for k, v in torch.load(bad).items()}, bad)
+    capsys.readouterr()
+    assert analyze(workdir, "--force", ckpts="other") == 2
+    err = capsys.readouterr().err
+    assert (str(bad) if fault == "another model" else "NaN") in err
+    assert snapshot(run) == before
+    assert sorted(p.name for p in workdir.iterdir()) == ["ckpts", "data.pt", "other", "run", "tiny_factory.py"]
+    assert report.summarize_run(run).steps == [0, 5, 10]
+
+
+def test_analyze_force_keeps_what_is_not_a_run(workdir):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    (workdir / "run" / "notes.txt").write_text("mine")
+    write_checkpoints(workdir / "other", steps=(3, 4))
+    assert analyze(workdir, "--force", ckpts="other") == 0
+    assert (workdir / "run" / "notes.txt").read_text() == "mine"
+    assert list_steps(workdir / "run") == [3, 4] and list_steps(workdir / "run", "heldout") == [3, 4]
+    assert len(list((workdir / "run").glob("events.out.tfevents*"))) == 1
+    assert sorted(p.name for p in workdir.iterdir()) == ["ckpts", "data.pt", "other", "run", "tiny_factory.py"]
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_truncated_checkpoint_is_named_with_exit_code_2(workdir, capsys, suffix):
     paths = write_checkpoints(workdir / "ckpts", suffix=suffix)
