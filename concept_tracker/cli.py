@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from . import report
 from .rundir import RunLock, run_entries
+from .values import VALUE_NAMES
 
 EXIT_USAGE = 2
 
@@ -41,13 +42,18 @@ the first checkpoint; held-out probes add the generalization/* scalars and need 
                    "heldout_inputs": ..., "heldout_labels": ...}
   .safetensors    tensors named inputs, labels, heldout_inputs, heldout_labels; dict inputs
   .npz            (e.g. tokenized text) as inputs.input_ids, inputs.attention_mask, ...
+causal language models (supervised fine-tuning): "labels" [B, T] (or inputs.labels) with the
+answer's token ids at its positions and -100 elsewhere, the shape of inputs.input_ids; the value
+then defaults to answer_log_prob, log p(answer | prompt).
 """
 
 PLAYER_FORMATS = """\
 --players formats:
   tabular[:COLUMNS]              feature columns of [B, d] inputs, e.g. tabular:0-9 or tabular:0,3,5
   patches:ROWSxCOLS[:PATCHES]    image patches, e.g. patches:2x5 or patches:4x4:1,2,5,6,9,10
-  tokens:N                       the first N words of Hugging Face inputs (input_ids, ...)
+  tokens:N                       the first N words of Hugging Face inputs (input_ids, ...);
+                                 --baseline zero or mean: the embedding of masked words when
+                                 the tokenizer has no mask token (default mean)
   mask:FILE                      a Captum-style feature mask (ids 0..n-1, -1 background) in a
                                  .pt / .safetensors / .npz file (tensor "feature_mask")
 """
@@ -138,7 +144,9 @@ def load_probe_data(path: str | Path) -> dict[str, Any]:
         raw = {"inputs": raw}
     if not isinstance(raw, dict):
         raise InputError(f"{path} holds a {type(raw).__name__}; save a Tensor or a dict (see --help for the formats).")
-    data = {name: _gather(raw, name) for name in ("inputs", "labels", "heldout_inputs", "heldout_labels")}
+    data: dict[str, Any] = {
+        name: _gather(raw, name) for name in ("inputs", "labels", "heldout_inputs", "heldout_labels")
+    }
     if data["inputs"] is None:
         raise InputError(
             f"{path} has no 'inputs' (found {sorted(raw)}); name the probe inputs 'inputs' or "
@@ -148,7 +156,18 @@ def load_probe_data(path: str | Path) -> dict[str, Any]:
         tensors = value.values() if isinstance(value, dict) else [value]
         if value is not None and not all(isinstance(t, Tensor) for t in tensors):
             raise InputError(f"{path}: '{name}' must be a tensor or a dict of tensors.")
+    for split in ("", "heldout_"):
+        inputs, labels = data[f"{split}inputs"], data[f"{split}labels"]
+        if isinstance(inputs, dict) and _is_answer(labels, inputs):
+            # Answer labels of a causal LM travel with the inputs, as in a fine-tuning batch.
+            data[f"{split}inputs"], data[f"{split}labels"] = {**inputs, "labels": labels}, None
     return data
+
+
+def _is_answer(labels: Any, inputs: dict[str, Any]) -> bool:
+    """Whether ``labels`` are answer labels [B, T] of causal LM ``inputs`` (the shape of input_ids)."""
+    ids = inputs.get("input_ids")
+    return isinstance(labels, Tensor) and isinstance(ids, Tensor) and labels.dim() == 2 and labels.shape == ids.shape
 
 
 def _index_list(text: str, what: str) -> list[int]:
@@ -197,8 +216,11 @@ def parse_players(spec: str, baseline: str | None = None, mask_token_id: int | N
         select = _index_list(select_text, "patches") if select_text else None
         return ImagePatchPlayers(grid=(int(match[1]), int(match[2])), select=select, **options)
     if kind == "tokens":
-        if baseline is not None:
-            raise InputError("--baseline does not apply to tokens players (masked words become the mask token).")
+        if baseline is not None and baseline not in ("zero", "mean"):
+            raise InputError(
+                f"--baseline={baseline!r} for tokens players; use zero or mean (the input embedding of "
+                "masked words when the tokenizer has no mask token)."
+            )
         if not rest.isdigit():
             raise InputError(f"--players={spec!r}: give the number of words, e.g. tokens:10.")
         return TokenPlayers(n=int(rest), mask_token_id=mask_token_id)
@@ -520,6 +542,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_value(inputs: Any) -> str:
+    """``--value`` when not given: ``answer_log_prob`` for inputs with answer labels, else ``log_odds``."""
+    return "answer_log_prob" if isinstance(inputs, dict) and _is_answer(inputs.get("labels"), inputs) else "log_odds"
+
+
 def _baseline_list(args: argparse.Namespace) -> list[str | None]:
     """The baselines to analyze under: ``--baselines`` split at commas, else ``[--baseline]``."""
     if args.baselines is None:
@@ -565,7 +592,7 @@ def _analyze_one(
         log_dir=log_dir,
         schedule=at_steps([step for step, _ in checkpoints]),
         kind=args.kind,
-        value=args.value,
+        value=args.value or _default_value(probes.inputs),
         ratio=args.ratio,
         batch_size=args.batch_size,
         strict=True,
@@ -691,9 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument(
         "--value",
-        default="log_odds",
-        choices=("log_odds", "logit", "log_prob", "output"),
-        help="value function (default log_odds)",
+        choices=VALUE_NAMES,
+        help="value function (default answer_log_prob when --data holds answer labels [B, T], else log_odds)",
     )
     analyze.add_argument("--ratio", type=float, default=0.05, help="salience threshold ratio (default 0.05)")
     analyze.add_argument(

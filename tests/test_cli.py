@@ -472,6 +472,50 @@ def test_analyze_hugging_face_folder_with_token_players(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert list_steps(tmp_path / "run") == [0, 4]
+    # The baseline of token players is named, in the stored files and in the printed table.
+    assert load_step(step_path(tmp_path / "run", 4))[1]["baseline"] == "mask token 1"
+    assert row(capsys.readouterr().out, "baseline") == ["mask token 1"]
+
+
+@pytest.mark.parametrize("where", ["labels", "inputs.labels"])
+def test_analyze_sft_checkpoints_with_answer_log_prob(tmp_path, capsys, where):
+    """Causal LM checkpoints with the answer labels [B, T] in --data: v(N) is the checkpoint's own
+    log p(answer | prompt), computed here from one unpadded forward."""
+    from models import tiny_lm, word_tokenizer
+
+    from concept_tracker.language_models import prompt_answer_batch
+
+    tokenizer = word_tokenizer()
+    prompts, answers = ["the cat sat on the mat", "a dog is big"], ["yes", "red blue"]
+    models = {}
+    for step in (0, 3):
+        models[step] = tiny_lm("gpt2")
+        with torch.no_grad():
+            for p in models[step].parameters():
+                p.add_(0.01 * step)
+        models[step].save_pretrained(tmp_path / "out" / f"checkpoint-{step}")
+        tokenizer.save_pretrained(tmp_path / "out" / f"checkpoint-{step}")
+    batch = prompt_answer_batch(tokenizer, prompts, answers, padding_side="right")
+    save_file({f"inputs.{k}": v for k, v in batch.items() if k != "labels"} | {where: batch["labels"]},
+              str(tmp_path / "sft.safetensors"))
+    argv = ["analyze", str(tmp_path / "out"), "--data", str(tmp_path / "sft.safetensors"), "--players", "tokens:3",
+            "--log-dir", str(tmp_path / "run")]
+    assert cli.main([*argv, "--value", "answer_log_prob"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for step, model in models.items():
+        res, meta = load_step(step_path(tmp_path / "run", step))
+        assert meta["value"] == "answer_log_prob" and meta["baseline"] == "mean input embedding"
+        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+            p = tokenizer(prompt)["input_ids"]
+            a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([p + a])).logits[0].double().log_softmax(-1)
+            direct = sum(float(logp[len(p) + j - 1, tok]) for j, tok in enumerate(a))
+            assert res.outputs[i, -1].item() == pytest.approx(direct, abs=1e-4)
+    assert row(out, "baseline") == ["mean input embedding"]
+    # Answer labels in --data make answer_log_prob the default value.
+    assert cli.main([*argv, "--force"]) == 0, capsys.readouterr().err
+    assert load_step(step_path(tmp_path / "run", 3))[1]["value"] == "answer_log_prob"
 
 
 def test_demo_runs_end_to_end_small(tmp_path):
