@@ -394,8 +394,10 @@ class ConceptTracker(DeclaredState):
                 raise
             warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
         finally:
-            self.writer.close()
-            self._run.close(self._timing.skipped)
+            try:
+                self.writer.close()
+            finally:  # the lock goes whatever the event file does
+                self._run.close(self._timing.skipped)
 
     def __enter__(self) -> ConceptTracker:
         return self

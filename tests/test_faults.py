@@ -8,6 +8,7 @@ tracking data, and mistakes that failed late (mid-training) or unclearly.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import subprocess
 import sys
@@ -253,6 +254,28 @@ def test_a_storage_failure_keeps_the_scalars(tmp_path, monkeypatch):
     assert sum("could not track step 1: OSError" in m for m in messages) == 1
     assert any("1 steps tracked of 3 scheduled, 0 skipped (max_overhead), 2 failed" in m for m in messages)
     assert list_steps(tmp_path) == [0] and scalar_steps(tmp_path) == [0, 1, 2]
+
+
+def test_close_on_a_full_disk_warns_once_releases_the_lock_and_keeps_the_stored_steps(tmp_path, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    t = tracker(tmp_path)
+    t.step(model(), 0)
+    kept = step_path(tmp_path, 0).read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for name in ("add_scalar", "add_histogram", "add_text", "add_custom_scalars", "flush", "close"):
+        monkeypatch.setattr(SummaryWriter, name, full_disk)
+    monkeypatch.setattr(storage, "save_step", full_disk)
+    messages = recorded(lambda: [t.step(model(), s) for s in (1, 2)] + [t.close()])
+    # One warning for the event file (not one per tag), one for the stored steps, the step counts.
+    assert len([m for m in messages if "TensorBoard" in m and "No space left" in m]) == 1
+    assert len([m for m in messages if "could not track step 1: OSError" in m]) == 1
+    assert len(messages) == 3 and "1 steps tracked of 3 scheduled" in messages[-1]
+    assert not (tmp_path / rundir.LOCK_NAME).exists()
+    assert list_steps(tmp_path) == [0] and step_path(tmp_path, 0).read_bytes() == kept
 
 
 def test_a_tensorboard_failure_keeps_the_stored_interactions(tmp_path, monkeypatch):
