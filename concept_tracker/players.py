@@ -658,6 +658,17 @@ class TokenPlayers(Players):
         return self._n
 
     @property
+    def baseline_description(self) -> str:
+        """``"mask token 103"``, or, masking by embedding, ``"mean input embedding"``, ``"zero
+        embedding"`` or ``"embedding tensor [hidden]"``."""
+        if self.mask_token_id is not None:
+            return f"mask token {self.mask_token_id}"
+        b = self.baselines
+        if isinstance(b, Tensor):
+            return f"embedding tensor {list(b.shape)}"
+        return "mean input embedding" if b == "mean" else "zero embedding"
+
+    @property
     def mask_token_id(self) -> int | None:
         """The id that masked tokens take, or None when words are masked by embedding."""
         if self._mask_token_id is not None:

@@ -389,8 +389,10 @@ class ConceptTracker(DeclaredState):
                 raise
             warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
         finally:
-            self.writer.close()
-            self._run.close(self._timing.skipped)
+            try:
+                self.writer.close()
+            finally:  # the lock goes whatever the event file does
+                self._run.close(self._timing.skipped)
 
     def __enter__(self) -> ConceptTracker:
         return self
@@ -409,11 +411,14 @@ class ConceptTracker(DeclaredState):
         """
         self._worker.drain()  # pending steps first: the state holds every step tracked so far
         settings = {"version": STATE_VERSION, "kind": self.kind, "ratio": self.ratio}
-        settings.update(fingerprint=self._fingerprint(), run=self._run.id)
+        settings.update(fingerprint=self._fingerprint(), run=self._run.id, step=self._run.last_step)
         return {**settings, "schedule": self.schedule.to_config(), **self._declared_state()}
 
     def _fingerprint(self) -> dict[str, Any]:
-        return run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
+        fingerprint = run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
+        # The readings and the report depend on these too: a resume must not change them.
+        bands = {"simple_max": self.simple_max, "complex_min": self.complex_min}
+        return {**fingerprint, "baseline": self.players.baseline_description, **bands}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`: steps up to the saved cursor are not tracked again.
@@ -436,7 +441,8 @@ class ConceptTracker(DeclaredState):
                     f"state was saved with {name}={state[name]!r} but this tracker has "
                     f"{name}={getattr(self, name)!r}; build the tracker with the saved {name}."
                 )
-        self._run.resume(state.get("fingerprint"), self._fingerprint(), state.get("run"))
+        saved_at = state.get("step", state.get("cursor"))  # states without "step": the last tracked one
+        self._run.resume(state.get("fingerprint"), self._fingerprint(), state.get("run"), saved_at)
         if state["schedule"] != self.schedule.to_config():
             warnings.warn(
                 f"resuming with schedule {self.schedule!r}, which differs from the saved "

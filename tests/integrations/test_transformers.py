@@ -32,7 +32,7 @@ from concept_tracker import OutputConfig, TabularPlayers, TokenPlayers, report
 from concept_tracker.integrations._common import unwrap
 from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback
 from concept_tracker.schedules import at_steps, every
-from concept_tracker.store import load_step
+from concept_tracker.store import list_steps, load_step
 from concept_tracker.writers import tags
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -460,3 +460,13 @@ def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report
         for step, value in series.items():
             logged = next(e[key] for e in trainer.state.log_history if e["step"] == step and key in e)
             assert value == pytest.approx(logged)
+
+
+def test_a_second_launch_into_a_used_folder_warns_once(tmp_path):
+    run(tmp_path / "first", log_dir=tmp_path / "concepts")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run(tmp_path / "second", log_dir=tmp_path / "concepts")
+    used = [str(w.message) for w in record if "already holds a run" in str(w.message)]
+    assert len(used) == 1, used
+    assert list_steps(tmp_path / "concepts") == [0, 3, 8]  # the first launch's run, untouched
