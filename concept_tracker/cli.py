@@ -533,7 +533,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
         print(report.summary_table([report.summarize_run(log_dir, readings={"ratio": args.ratio})]))
         print(f"\nWrote {log_dir}: tensorboard --logdir {log_dir}")
         return 0
-    runs = [report.summarize_run(t, name=f"baseline {b}", readings={"ratio": args.ratio}) for b, t in zip(names, targets)]
+    runs = [
+        report.summarize_run(t, name=f"baseline {b}", readings={"ratio": args.ratio}) for b, t in zip(names, targets)
+    ]
     print(report.summary_table(runs))
     print("\nAcross baselines:")
     for line in report.baseline_agreement({b: [r] for b, r in zip(names, runs)}):
