@@ -417,7 +417,7 @@ class ConceptTracker(DeclaredState):
     def _fingerprint(self) -> dict[str, Any]:
         fingerprint = run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
         # The readings and the report depend on these too: a resume must not change them.
-        bands = {"simple_max": self.simple_max, "complex_min": self.complex_min}
+        bands = {"simple_max": self.readings.simple_max, "complex_min": self.readings.complex_min}
         return {**fingerprint, "baseline": self.players.baseline_description, **bands}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
