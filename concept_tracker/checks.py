@@ -7,6 +7,7 @@ argument and fails at construction rather than mid-training.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,28 @@ def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False
         allowed = f"an int >= {minimum}" + (" or None" if optional else "")
         raise ValueError(f"{name}={value!r} must be {allowed}{f' ({unit})' if unit else ''}.")
     return value
+
+
+def check_step(value: Any, name: str = "global_step") -> int:
+    """A training step as a Python int: any integer type (Python, numpy, a 0-dim integer tensor).
+
+    Raises:
+        TypeError: for a float (even a whole one: a fractional step would be truncated), a bool,
+            a string or any other type, naming ``name``.
+        ValueError: for a negative step.
+    """
+    try:
+        step = operator.index(value)
+    except TypeError:
+        step = None
+    if isinstance(value, bool) or step is None:
+        raise TypeError(
+            f"{name}={value!r} has type {type(value).__name__}; pass the integer optimizer step (an int, a numpy "
+            "integer or a 0-dim integer tensor), e.g. int(step) or trainer.state.global_step."
+        )
+    if step < 0:
+        raise ValueError(f"{name}={step} is negative; pass the optimizer step, counted from 0.")
+    return step
 
 
 def check_fraction(name: str, value: Any, example: float = 0.1) -> float | None:

@@ -193,12 +193,20 @@ def _replicate(sample: Any, rows: int) -> Any:
     return {k: v[None].expand(rows, *v.shape) for k, v in sample.items() if k != "word_ids"}
 
 
+class NonFiniteValueError(ValueError):
+    """A model value that is NaN or inf. The message names the first sample and coalition hit;
+    ``warn_key`` is the same whichever they are, so a tracker warns about it once per run even
+    when another sample is hit at every step."""
+
+    warn_key = "NonFiniteValueError"
+
+
 def _check_finite(values: Tensor) -> None:
     """Raise naming the first sample and coalition whose value (in ``values`` [B, 2**n]) is NaN/inf."""
     if torch.isfinite(values).all():
         return
     b, s = (int(i) for i in (~torch.isfinite(values)).nonzero()[0])
-    raise ValueError(
+    raise NonFiniteValueError(
         f"the model's value is {values[b, s].item()} for sample {b}, coalition {s} (bitmask of "
         "kept players); check the players' baselines (a masked input the model cannot handle) "
         "and the model for NaN/inf outputs."
@@ -456,7 +464,7 @@ def sharded_coalition_values(
     if failed.any():
         if isinstance(error, ValueError):
             # The engine numbers the samples within this rank's block.
-            raise ValueError(
+            raise type(error)(
                 f"rank {me} values samples {block} of the batch (sample i below is the i-th of these): {error}"
             ) from error
         if error is not None:

@@ -36,7 +36,7 @@ from .interactions import Interactions
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, check_ratio, stack_effects
 from .pipeline import decompose_splits, warm_from_state, warm_state
-from .players import Players
+from .players import Players, claim_baseline
 from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, run_fingerprint
 from .rundir import RunGuard
 from .schedules import OverheadBudget, Schedule, budget_text, every, log_spaced
@@ -193,6 +193,7 @@ class ConceptTracker(DeclaredState):
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
         bands = band_orders(checks.check_players_fit(players, probe.inputs, "probe_inputs"), simple_max, complex_min)
+        claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
         self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once)
         if held is not None:
             checks.check_same_width(probe.inputs, held.inputs)
@@ -216,6 +217,8 @@ class ConceptTracker(DeclaredState):
         """Track ``model`` at ``global_step`` if the schedule (and the budget's plan) fires there.
 
         Call it once per optimizer step (repeated calls with the same step are ignored).
+        ``global_step`` may be any integer type (int, numpy integer, 0-dim integer tensor); a
+        float or a string raises ``TypeError``.
         ``last=True`` marks the run's final step: tracked unless ``max_overhead`` forbids it.
 
         Returns:
@@ -224,6 +227,7 @@ class ConceptTracker(DeclaredState):
             in :meth:`summaries`). None when not tracked (not scheduled, already tracked, skipped
             by ``max_overhead``, or failed without ``strict``).
         """
+        global_step = checks.check_step(global_step)
         now = time.perf_counter()
         timing = self._timing
         timing.start(now)
