@@ -40,15 +40,52 @@ _MAX_AUTO_ROWS = 4096
 _RESULT_COPIES = 6
 
 
+def _freeze_observers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """Stop the quantization observers of ``model`` from learning from the block that follows.
+
+    Fake-quantization modules (quantization-aware training, ``torch.ao.quantization.prepare_qat``)
+    and observers (``prepare``) update their statistics at every forward, in eval mode too, so
+    masked inputs would move the ranges that training quantizes with. Fake quantization is
+    switched to its current ranges (observer disabled), and every buffer of these modules is
+    saved, to be put back bitwise by the caller.
+
+    Returns:
+        ``(buffer, saved copy)`` pairs; empty for a model without quantization modules.
+    """
+    try:
+        from torch.ao.quantization import FakeQuantizeBase
+        from torch.ao.quantization.observer import ObserverBase
+    except ImportError:  # a torch build without eager-mode quantization has no such modules
+        return []
+    saved: list[tuple[Tensor, Tensor]] = []
+    for module in model.modules():
+        if isinstance(module, (FakeQuantizeBase, ObserverBase)):
+            saved.extend((b, b.detach().clone()) for b in module.buffers(recurse=False))
+            if isinstance(module, FakeQuantizeBase):
+                module.disable_observer()
+    return saved
+
+
+def _restore_buffers(saved: list[tuple[Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, copy in saved:
+            if buffer.shape != copy.shape:  # per-channel observers size their ranges at the first forward
+                buffer.resize_(copy.shape)
+            buffer.copy_(copy)
+
+
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Run a block in eval mode and restore everything training depends on afterwards.
 
-    Restores every module's ``training`` flag, grad mode, and the RNG states of torch (CPU and
-    every initialised CUDA device), numpy and ``random``, so that tracking leaves no trace on
-    the run it observes.
+    Restores every module's ``training`` flag, grad mode, the RNG states of torch (CPU and
+    every initialised CUDA device), numpy and ``random``, and the state of quantization
+    observers (frozen during the block, see :func:`_freeze_observers`), so that tracking leaves
+    no trace on the run it observes. Forward hooks the user registered do run on every masked
+    forward: a stateful hook sees the masked inputs.
     """
     flags = [(m, m.training) for m in model.modules()]
+    observers = _freeze_observers(model)
     grad_mode = torch.is_grad_enabled()
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -60,6 +97,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     finally:
         for module, flag in flags:
             module.training = flag
+        _restore_buffers(observers)
         torch.set_grad_enabled(grad_mode)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
