@@ -596,10 +596,12 @@ class TokenPlayers(Players):
 
     Causal language models: ``labels`` with the shape of ``input_ids`` mark the answer (the
     positions whose label is not -100, as in supervised fine-tuning batches); answer tokens are
-    never players and never masked, so the players are words of the prompt. A left-padded
-    batch (padding before the first token of some sample; see :meth:`prepare`) gets
-    ``position_ids`` counted from each sample's first token, so left and right padding give
-    the model the same positions.
+    never players and never masked, so the players are words of the prompt.
+
+    Padding: the masked rows carry exactly the keys of the sample, so the model numbers
+    positions as it did for training batches collated the same way. A left-padded batch
+    without ``position_ids`` stays so (a Hugging Face causal LM then counts positions from the
+    start of the row, padding included, in training as here); no ``position_ids`` are made up.
 
     Masking a word:
 
@@ -674,7 +676,6 @@ class TokenPlayers(Players):
         self.stop_words = frozenset(w.lower() for w in stop_words) if stop_words is not False else None
         self.baselines = baselines
         self._mean_embedding: tuple[tuple[int, int, int], Tensor] | None = None
-        self._left_padded = False
 
     @property
     def n(self) -> int:
@@ -773,25 +774,11 @@ class TokenPlayers(Players):
         if not isinstance(sample, Mapping) or "input_ids" not in sample:
             raise ValueError("TokenPlayers needs dict inputs with 'input_ids' (Hugging Face style).")
 
-    def prepare(self, inputs: Any) -> None:
-        """Note whether the batch is left-padded: then every sample gets ``position_ids``
-        (samples batched together must have the same keys)."""
-        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-        self._left_padded = (
-            isinstance(mask, Tensor)
-            and mask.dim() == 2
-            and "position_ids" not in inputs
-            and bool(((mask[:, 0] == 0) & mask.bool().any(1)).any())
-        )
-
     def _model_keys(self, sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The sample's model inputs: without ``word_ids`` and ``labels`` (the model would
-        compute a loss on every masked row), with ``position_ids`` counted from the first
-        token when the batch is left-padded."""
-        out = {k: v for k, v in sample.items() if k not in ("word_ids", "labels")}
-        if self._left_padded and "attention_mask" in sample:
-            out["position_ids"] = (sample["attention_mask"].long().cumsum(0) - 1).clamp(min=0)
-        return out
+        """The sample's model inputs: its own keys but ``word_ids`` and ``labels`` (the model
+        would compute a loss on every masked row). Nothing is added: the model must see the
+        position convention of its training batches."""
+        return {k: v for k, v in sample.items() if k not in ("word_ids", "labels")}
 
     def mask(self, sample: Mapping[str, Tensor], coalitions: Tensor) -> dict[str, Tensor]:
         return self.masker(sample)(coalitions)
