@@ -106,6 +106,14 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         random.setstate(py_rng)
 
 
+def progress_bar_open() -> bool:
+    """Whether a tqdm progress bar is open in this process (any tqdm class: they share one
+    registry of open bars), e.g. the Hugging Face Trainer's or Lightning's."""
+    from tqdm import tqdm
+
+    return len(getattr(tqdm, "_instances", ())) > 0
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
     for t in model.parameters():

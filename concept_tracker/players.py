@@ -682,6 +682,17 @@ class TokenPlayers(Players):
         return self._n
 
     @property
+    def baseline_description(self) -> str:
+        """``"mask token 103"`` when masking by token, else ``"embedding: mean over the
+        vocabulary"``, ``"embedding: zero"`` or ``"embedding: tensor [hidden]"``."""
+        token = self.mask_token_id
+        if token is not None:
+            return f"mask token {token}"
+        if isinstance(self.baselines, Tensor):
+            return f"embedding: tensor {list(self.baselines.shape)}"
+        return "embedding: zero" if self.baselines == "zero" else "embedding: mean over the vocabulary"
+
+    @property
     def mask_token_id(self) -> int | None:
         """The id that masked tokens take, or None when words are masked by embedding."""
         if self._mask_token_id is not None:

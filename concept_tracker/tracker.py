@@ -31,7 +31,7 @@ from . import store as storage
 from .and_or import AndOrConfig, decompose
 from .checks import check_band_cutoffs, check_fraction, check_int, check_kind, check_players, check_schedule, check_type
 from .distributed import is_main_process, main_process_flag
-from .engine import compute_interactions
+from .engine import compute_interactions, progress_bar_open
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, check_ratio, stack_effects
@@ -56,7 +56,8 @@ concepts change fastest) plus every 1,000th step for long runs."""
 
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
-"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar."""
+"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar
+(unless another tqdm bar is open, such as the Hugging Face Trainer's)."""
 
 
 class ConceptTracker(DeclaredState):
@@ -310,7 +311,9 @@ class ConceptTracker(DeclaredState):
     def _track(self, model: nn.Module, step: int, start: float) -> StepSummary | None:
         """The masked forwards here, on the live weights; the rest on the worker (:meth:`_finish`)."""
         splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
-        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process()
+        # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
+        # interleave with it, line by line and escape code by escape code.
+        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
         # On CUDA the small [B, 2**n] values come to the CPU here, so the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
         if not is_main_process():
@@ -365,7 +368,7 @@ class ConceptTracker(DeclaredState):
 
     def _write(self, step: int, res: Interactions, summary: StepSummary) -> None:
         writer = self.writer
-        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None))
+        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None))
         for tag, magnitude in summary.histograms.items():
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)

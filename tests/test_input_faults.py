@@ -199,3 +199,45 @@ def test_image_patch_players_on_text_stop_the_trainer_before_training(tmp_path):
     with pytest.raises(ValueError, match="ImagePatchPlayers.*use TokenPlayers"):
         trainer.train()
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # not one step trained
+
+
+# ------------------------------------------------------------------------------ progress bars
+
+
+@pytest.mark.parametrize("outer_bar", [False, True])
+def test_a_slow_step_shows_its_bar_only_when_no_other_bar_is_open(tmp_path, monkeypatch, capsys, outer_bar):
+    """Under the Hugging Face Trainer's (or Lightning's, or a loop's) own tqdm bar, a nested
+    "coalitions" bar would interleave its lines and escape codes with it."""
+    from tqdm.auto import tqdm
+
+    import concept_tracker.tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "PROGRESS_AFTER", 0.0)  # every step counts as slow
+    bar = tqdm(total=2, desc="training") if outer_bar else None
+    with tracker(tmp_path) as t:
+        for step in range(2):
+            t.step(mlp(d_in=4), step)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    err = capsys.readouterr().err
+    assert ("coalitions" in err) is not outer_bar
+    assert ("training" in err) is outer_bar
+
+
+# ------------------------------------------------------------------------------ docs and charts
+
+
+@pytest.mark.parametrize("max_overhead", [None, 0.5])
+def test_the_skipped_steps_chart_is_there_only_with_a_budget(tmp_path, monkeypatch, max_overhead):
+    from concept_tracker.writers import tags
+
+    layouts = []
+    real = tags.custom_layout
+    monkeypatch.setattr(tags, "custom_layout", lambda *args: layouts.append(real(*args)) or layouts[-1])
+    with tracker(tmp_path, max_overhead=max_overhead) as t:
+        t.step(mlp(d_in=4), 0)
+    charts = {title for layout in layouts for title in layout["perf"]}
+    assert layouts and ("skipped steps" in charts) is (max_overhead is not None)
+    assert "seconds per tracked step" in charts
