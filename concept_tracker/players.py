@@ -948,12 +948,14 @@ def claim_baseline(players: Players, owner: object, probe_inputs: Any) -> None:
     Args:
         players: the tracker's players, prepared on ``probe_inputs`` already.
         owner: the tracker.
-        probe_inputs: [B, ...] the tracker's probe inputs.
+        probe_inputs: [B, ...] the tracker's probe inputs (fewer than 2 samples, or dict
+            inputs: the mean there is is kept).
     """
     if not isinstance(players, _MapPlayers) or players._mean is None or players._mean_by == "user":
         return
     mine = players._mean_owner is not None and players._mean_owner() is owner
-    if not mine and (players._mean_by == "inputs" or players._mean_owner is not None):
+    averageable = isinstance(probe_inputs, Tensor) and probe_inputs.shape[0] >= 2  # else keep what there is
+    if averageable and not mine and (players._mean_by == "inputs" or players._mean_owner is not None):
         before, source = players._mean, players._mean_source
         players._mean = None
         players.prepare(probe_inputs)

@@ -241,3 +241,13 @@ def test_the_skipped_steps_chart_is_there_only_with_a_budget(tmp_path, monkeypat
     charts = {title for layout in layouts for title in layout["perf"]}
     assert layouts and ("skipped steps" in charts) is (max_overhead is not None)
     assert "seconds per tracked step" in charts
+
+
+def test_token_players_say_what_a_masked_word_becomes():
+    """Stored with every step and shown by report: no longer "unknown" for token players."""
+    tokenizer = wordpiece_tokenizer()
+    assert ct.TokenPlayers(tokenizer=tokenizer).baseline_description == f"mask token {tokenizer.mask_token_id}"
+    assert ct.TokenPlayers(mask_token_id=7).baseline_description == "mask token 7"
+    assert ct.TokenPlayers().baseline_description == "embedding: mean over the vocabulary"
+    assert ct.TokenPlayers(baselines="zero").baseline_description == "embedding: zero"
+    assert ct.TokenPlayers(baselines=torch.zeros(16)).baseline_description == "embedding: tensor [16]"
