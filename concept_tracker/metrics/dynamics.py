@@ -116,6 +116,43 @@ def detour_ratio(series: Tensor, orders: Iterable[int] | None = None) -> Tensor 
     return _detour(path_length(series), displacement(series), n, orders)
 
 
+def unit_effects(series: Tensor) -> Tensor:
+    """Effects divided, per step and sample, by their total size ``sum_{S != empty} |I(S)|``.
+
+    The output's scale (the logits grow through training) multiplies every effect of a step
+    by the same factor; on unit effects it cancels. The empty set (``I(empty) = v(empty)``, not
+    a concept) is left out of the total and set to 0. A step of a sample without any effect
+    stays 0.
+
+    Args:
+        series: [T, B, 2**n] (or [T, B, K, 2**n], kinds pooled in the total) effects over steps.
+    Returns:
+        Same shape, float64.
+    """
+    squeeze = series.dim() == 3
+    series = _check_series(series).clone()
+    series[..., 0] = 0.0
+    total = series.abs().sum((-2, -1), keepdim=True)
+    unit = series / torch.where(total > 0, total, torch.ones_like(total))
+    return unit.squeeze(-2) if squeeze else unit
+
+
+def scale_free_detour_ratio(series: Tensor, orders: Iterable[int] | None = None) -> Tensor | float:
+    """Detour ratio ``P / D`` of the unit effects (:func:`unit_effects`), per order or pooled.
+
+    Unlike :func:`detour_ratio`, it does not change when every effect of a step is multiplied
+    by a positive factor of that step (a growing output scale): only how the concepts share
+    the output moves the path.
+
+    Args:
+        series: [T, B, 2**n] (or [T, B, K, 2**n]) effects over steps.
+        orders: None for every order; a set of orders to pool into one ratio.
+    Returns:
+        [n + 1] float64 (NaN where D = 0), or a float for a set of ``orders``.
+    """
+    return detour_ratio(unit_effects(series), orders)
+
+
 def _flip_step(last_sign: Tensor, effects: Tensor, salient: Tensor) -> tuple[Tensor, Tensor]:
     """One step of sign-flip tracking.
 
