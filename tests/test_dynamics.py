@@ -92,6 +92,27 @@ def test_scale_free_detour_ignores_a_growing_output_scale():
     assert scale_free_detour_ratio(series, complex_band) == pytest.approx(float(path[mask].sum() / disp[mask].sum()))
 
 
+def test_trajectory_scale_free_detour_matches_the_pure_function_and_survives_a_restore():
+    gen = torch.Generator().manual_seed(4)
+    series = torch.randn(6, 3, 16, generator=gen, dtype=torch.float64) * torch.logspace(0, 2, 6).view(6, 1, 1)
+    traj = trajectory(series[:3])
+    resumed = Trajectory()
+    resumed.load_state_dict(traj.state_dict())
+    for step, effects in zip(range(3, 6), series[3:]):
+        traj.append(step, effects)
+        resumed.append(step, effects)
+    torch.testing.assert_close(traj.scale_free_detour_ratio(), scale_free_detour_ratio(series), equal_nan=True)
+    torch.testing.assert_close(resumed.scale_free_detour_ratio(), scale_free_detour_ratio(series), equal_nan=True)
+    assert traj.scale_free_detour_ratio([3, 4]) == pytest.approx(scale_free_detour_ratio(series, [3, 4]))
+    # A state saved before the unit effects were kept: the scale-free ratio is unknown, not wrong.
+    old = {k: v for k, v in trajectory(series[:3]).state_dict().items() if not k.startswith("unit_")}
+    legacy = Trajectory()
+    legacy.load_state_dict(old)
+    legacy.append(3, series[3])
+    assert math.isnan(legacy.scale_free_detour_ratio([3, 4]))
+    assert legacy.detour_ratio([3, 4]) == pytest.approx(detour_ratio(series[:4], [3, 4]))
+
+
 def test_sign_flips_count_changes_while_salient():
     # {0, 1} (index 3) goes +, -, + while salient next to a steady {0} = 4: two flips at order 2.
     series = f64([[[0, 4, 0, 1]], [[0, 4, 0, -1]], [[0, 4, 0, 1]]])

@@ -386,8 +386,13 @@ class Trajectory:
                 "emergence": torch.full(current.shape, -1, dtype=torch.int64),
             }
         s = self._state
+        unit = unit_effects(current[None])[0]
+        if "unit_last" not in s:
+            s.update(unit_first=unit.clone(), unit_last=unit, unit_path=torch.zeros_like(unit))
         s["path"] += (current - s["last"]).abs()
         s["last"] = current
+        s["unit_path"] += (unit - s["unit_last"]).abs()
+        s["unit_last"] = unit
         s["last_sign"], flipped = _flip_step(s["last_sign"], current, salient)
         s["flips"] += flipped
         s["ever_salient"] |= salient
@@ -407,6 +412,18 @@ class Trajectory:
         n = self._require("detour_ratio()")
         s = self._state
         return _detour(s["path"], (s["last"] - s["first"]).abs(), n, orders)
+
+    def scale_free_detour_ratio(self, orders: Iterable[int] | None = None) -> Tensor | float:
+        """Detour ratio of the unit effects as of the latest step; see
+        :func:`scale_free_detour_ratio` (NaN for a trajectory restored from a state saved
+        before it was kept).
+
+        Returns:
+            [n + 1] float64 per order, or one float for a set of ``orders``.
+        """
+        n = self._require("scale_free_detour_ratio()")
+        s = self._state
+        return _detour(s["unit_path"], (s["unit_last"] - s["unit_first"]).abs(), n, orders)
 
     def detour_terms(self) -> tuple[Tensor, Tensor]:
         """Per-sample path length and displacement as of the latest step, for intervals
@@ -491,7 +508,8 @@ class Trajectory:
             dict with "ratio", "simple_max", "complex_min", "steps", "high_order_strength",
             "high_order_share" and,
             after the first step, the running tensors ("first", "last", "path", "last_sign",
-            "flips", "ever_salient", "salient", "emergence").
+            "flips", "ever_salient", "salient", "emergence", and "unit_first", "unit_last",
+            "unit_path" for the scale-free detour ratio).
         """
         state: dict[str, Tensor | int | float | list | None] = {
             "ratio": self.ratio,
@@ -534,6 +552,11 @@ class Trajectory:
                     f"state has steps but no tensors {absent}; pass an unmodified Trajectory.state_dict()."
                 )
             tensors = {k: state[k].detach().to("cpu", dtype).clone() for k, dtype in dtypes.items()}
+            # States saved before the unit effects were kept: their path is unknown (NaN).
+            for k in ("unit_first", "unit_last", "unit_path"):
+                kept = state.get(k)
+                lost = torch.full_like(tensors["last"], math.nan)
+                tensors[k] = kept.detach().to("cpu", torch.float64).clone() if isinstance(kept, Tensor) else lost
         self.ratio = check_ratio(float(state["ratio"]))
         self.simple_max = state.get("simple_max")
         self.complex_min = state.get("complex_min")
