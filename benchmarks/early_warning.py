@@ -304,6 +304,27 @@ def markdown(results: dict) -> str:
                 r = results[split]["by_min_rise"][str(m)][group]
                 cells.append(f"{r['delta_mean']:+.4f}, {r['stops']} of {r['runs']}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"By dataset, all runs, min_rise = {results['min_rise']}: mean test error, stops, and the concept rule "
+        "against held-out-loss early stopping run by run (lower / higher / equal test error):",
+        "",
+        "| dataset | labels | runs | concept rule | held-out loss | no stopping | stops (concept, held-out loss) "
+        "| concept vs held-out loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in dict.fromkeys(r["dataset"] for r in results["runs"]):
+        for group in ("noisy", "clean"):
+            runs = [r for r in results["runs"] if r["dataset"] == dataset and (r["noise"] > 0) == (group == "noisy")]
+            outs = [policies(r, results["min_rise"]) for r in runs]
+            mean = {p: statistics.fmean(o[p]["test_error"] for o in outs) for p in POLICY_NAMES}
+            stops = {p: sum(o[p]["stop"] is not None for o in outs) for p in ("concept", "val_loss")}
+            diff = [o["concept"]["test_error"] - o["val_loss"]["test_error"] for o in outs]
+            paired = f"{sum(x < 0 for x in diff)} / {sum(x > 0 for x in diff)} / {sum(x == 0 for x in diff)}"
+            lines.append(
+                f"| {dataset} | {group} | {len(runs)} | {mean['concept']:.3f} | {mean['val_loss']:.3f} "
+                f"| {mean['none']:.3f} | {stops['concept']}, {stops['val_loss']} | {paired} |"
+            )
     d = results["detour"]
     lines += [
         "",
@@ -314,6 +335,12 @@ def markdown(results: dict) -> str:
         tau = d["tau_plain_vs_scale_growth" if key == "plain" else "tau_scale_free_vs_scale_growth"]
         changes = ", ".join(f"{after / before - 1:+.0%}" for before, after in (t[key] for t in d["temperature_runs"]))
         lines.append(f"| {label} | {tau:+.2f} | {changes} |")
+    m = results["machine"]
+    lines += [
+        "",
+        f"{len(results['runs'])} runs in {m['seconds'] / 60:.0f} minutes on {m['cpus']} shared CPU cores "
+        f"(torch {m['torch']}, one thread, load average {m['load_average']:.1f} at the end).",
+    ]
     return "\n".join(lines)
 
 

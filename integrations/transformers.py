@@ -116,8 +116,9 @@ class ConceptTrackerCallback(TrainerCallback):
             (``dynamics/high_order_share``): the step where its smoothed series is lowest
             before a sustained rise of at least ``MIN_RISE``. When the Trainer logs evaluation
             losses, the message also gives the step where the eval-train loss gap started to
-            grow. Off by default: in our tests it did not beat early stopping on the held-out
-            loss (docs/evidence.md).
+            grow. Off by default: in our tests it fired on most clean runs, and on noisy runs
+            it beat early stopping on the held-out loss on one of three datasets
+            (docs/evidence.md).
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
         **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
             ``batch_size``, ``max_overhead``, ``strict``, ...). The callback passes the Trainer's
