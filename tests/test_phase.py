@@ -207,6 +207,8 @@ class _Planted(torch.nn.Module):
 
 def test_the_tracker_reads_the_boundary_off_the_share_not_absolute_strength(tmp_path):
     from concept_tracker import ConceptTracker, every
+    from concept_tracker.config import BudgetConfig, OutputConfig
+    from concept_tracker.probes import ProbeSet
     from concept_tracker.writers import tags
 
     # H(t) = a doubles at every step (the output scale grows), while the share dips to its
@@ -216,13 +218,12 @@ def test_the_tracker_reads_the_boundary_off_the_share_not_absolute_strength(tmp_
     logged = {}
     with ConceptTracker(
         TabularPlayers(baselines="zero"),
-        torch.ones(2, 4),
-        [1, 1],
+        ProbeSet(torch.ones(2, 4), torch.tensor([1, 1])),
         log_dir=tmp_path,
         schedule=every(1),
-        figures=False,
+        output=OutputConfig(figures=False),
         strict=True,
-        sync=True,  # step() returns each step's readings
+        budget=BudgetConfig(sync=True),  # step() returns each step's readings
     ) as tracker:
         for step, s in enumerate(share):
             with torch.no_grad():
