@@ -137,8 +137,8 @@ ORIENTATION: dict[str, tuple[int, str]] = {
     "frobenius_margin": (+1, "log prod ||W||_F^2 / margin^2"),
     "frobenius_margin_m": (+1, "log prod ||W||_F^2 / (margin^2 m)"),
     "path_norm": (+1, "log path norm (MLPs only)"),
-    "flatness": (+1, "PAC-Bayes flatness 1/sigma^2, as log"),
-    "flatness_m": (+1, "PAC-Bayes flatness 1/(sigma^2 m), as log"),
+    "flatness": (+1, "PAC-Bayes flatness 1/σ², as a log"),
+    "flatness_m": (+1, "PAC-Bayes flatness over the training-set size, 1/(σ² m), as a log"),
     "ww_alpha_weighted": (+1, "WeightWatcher's weighted alpha, mean over layers"),
     # a reference that needs a twin
     "disagreement": (+1, "share of test inputs on which two seeds of the configuration disagree"),
