@@ -181,9 +181,9 @@ class ConceptTrackerCallback(TrainerCallback):
     # ------------------------------------------------------------------------------ events
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, processing_class=None, **kwargs):
-        self.tracker = self._guard("set up", self._build, args, state, train_dataloader, processing_class, model)
-        if self.tracker is None:
-            return
+        # A setup mistake (players that cannot mask these inputs, ...) raises before training,
+        # rather than leaving the whole run untracked behind one warning.
+        self.tracker = self._build(args, state, train_dataloader, processing_class, model)
         if state.global_step > 0:
             self._guard("resume", self._resume, self.tracker, args, state)
         else:

@@ -191,10 +191,12 @@ def spec_scalar_tags(n: int, kinds: list[str], generalization: bool) -> list[str
     return tags
 
 
-def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str, list[Any]]]:
+def custom_layout(kinds: list[str], generalization: bool, budget: bool = False) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout (``SummaryWriter.add_custom_scalars``) grouping the charts.
 
-    Each chart overlays every order (tags are matched as regular expressions).
+    Each chart overlays every order (tags are matched as regular expressions). The "skipped
+    steps" chart is there only with ``budget`` (a tracker with ``max_overhead``): without one no
+    step is skipped and the chart would stay empty.
 
     Returns:
         ``{category: {chart title: ["Multiline", [tag regex, ...]]}}``; the intervals category
@@ -237,6 +239,7 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
     layout["perf"] = {
         "seconds per tracked step": ["Multiline", [PERF_SECONDS]],
         "forwards per second": ["Multiline", [FORWARDS_PER_SECOND]],
-        "skipped steps": ["Multiline", [SKIPPED_STEPS]],
     }
+    if budget:
+        layout["perf"]["skipped steps"] = ["Multiline", [SKIPPED_STEPS]]
     return layout

@@ -416,7 +416,7 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
     assert float(row.split()[-1]) == pytest.approx(last, abs=1e-3)
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), output=NO_FIGURES)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([0]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
         args=training_args(tmp_path / "b", report_to=["tensorboard"], max_steps=1, save_strategy="no"),
