@@ -530,10 +530,12 @@ def _run_analyze(args: argparse.Namespace) -> int:
         for baseline, target in zip(baselines, targets):
             _analyze_one(args, checkpoints, factory, data, probes, device, baseline, fresh(target))
     if names is None:
-        print(report.summary_table([report.summarize_run(log_dir, ratio=args.ratio)]))
+        print(report.summary_table([report.summarize_run(log_dir, readings={"ratio": args.ratio})]))
         print(f"\nWrote {log_dir}: tensorboard --logdir {log_dir}")
         return 0
-    runs = [report.summarize_run(t, name=f"baseline {b}", ratio=args.ratio) for b, t in zip(names, targets)]
+    runs = [
+        report.summarize_run(t, name=f"baseline {b}", readings={"ratio": args.ratio}) for b, t in zip(names, targets)
+    ]
     print(report.summary_table(runs))
     print("\nAcross baselines:")
     for line in report.baseline_agreement({b: [r] for b, r in zip(names, runs)}):
@@ -572,7 +574,9 @@ def _analyze_one(
     """Track every checkpoint under one baseline into ``log_dir``."""
     from tqdm.auto import tqdm
 
+    from .config import BudgetConfig, ReadingsConfig
     from .players import TokenPlayers, fit_mean_baseline
+    from .probes import ProbeSet
     from .schedules import at_steps
     from .tracker import ConceptTracker
 
@@ -583,20 +587,18 @@ def _analyze_one(
     else:
         # A "mean" baseline is the mean of every input in --data, not only the --probes drawn.
         fit_mean_baseline(players, data["inputs"])
+    heldout = None if data["heldout_inputs"] is None else ProbeSet(data["heldout_inputs"], data["heldout_labels"])
     tracker = ConceptTracker(
         players,
-        probes.inputs,
-        probes.labels,
-        heldout_inputs=data["heldout_inputs"],
-        heldout_targets=data["heldout_labels"],
+        probes,
+        heldout,
         log_dir=log_dir,
         schedule=at_steps([step for step, _ in checkpoints]),
         kind=args.kind,
         value=args.value or _default_value(probes.inputs),
-        ratio=args.ratio,
-        batch_size=args.batch_size,
+        readings=ReadingsConfig(ratio=args.ratio),
+        budget=BudgetConfig(batch_size=args.batch_size),
         strict=True,
-        probe_ids=probes.ids,
     )
     with tracker:
         for step, path in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
@@ -619,7 +621,7 @@ def _run_report(args: argparse.Namespace) -> int:
     grouped = [report.baseline_runs(d) for d in dirs]
     if all(grouped):
         return _report_baselines(grouped, names, options, html)
-    runs = [report.summarize_run(d, name=name, **options) for d, name in zip(dirs, names)]
+    runs = [report.summarize_run(d, name=name, readings=options) for d, name in zip(dirs, names)]
     print(report.summary_table(runs))
     print("\nTrain-test similarity by order (last tracked step):")
     print(report.similarity_table(runs))
@@ -640,7 +642,7 @@ def _report_baselines(
             f"the runs share no baseline ({[sorted(g) for g in grouped]}); analyze them with the same --baselines."
         )
     by_baseline = {
-        b: [report.summarize_run(g[b], name=name, **options) for g, name in zip(grouped, names)] for b in shared
+        b: [report.summarize_run(g[b], name=name, readings=options) for g, name in zip(grouped, names)] for b in shared
     }
     for baseline, runs in by_baseline.items():
         print(f"Baseline {baseline}:")

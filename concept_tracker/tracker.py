@@ -7,7 +7,7 @@ are pure functions of :mod:`concept_tracker.summary`. Only process rank 0 writes
 
 Plain PyTorch::
 
-    tracker = ConceptTracker(TabularPlayers(), probe_x, probe_y, log_dir="runs/concepts")
+    tracker = ConceptTracker(TabularPlayers(), ProbeSet(probe_x, probe_y), log_dir="runs/concepts")
     for step, (x, y) in enumerate(loader):
         ...  # forward, backward, optimizer step
         tracker.step(model, step)
@@ -19,33 +19,43 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 
 from . import checks
 from . import store as storage
-from .and_or import AndOrConfig, decompose
-from .checks import check_band_cutoffs, check_fraction, check_int, check_kind, check_players, check_schedule, check_type
+from .and_or import AndOrConfig
+from .budget import OverheadBudget, budget_text
+from .checks import check_kind, check_players, check_schedule
+from .config import BudgetConfig, OutputConfig, ReadingsConfig, configs, warn_legacy
 from .distributed import is_main_process, main_process_flag
-from .engine import compute_interactions
+from .engine import compute_interactions, progress_bar_open
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory
-from .metrics.profile import OrderProfile, band_orders, check_ratio, stack_effects
-from .pipeline import decompose_splits, warm_from_state, warm_state
-from .players import Players
-from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, run_fingerprint
+from .metrics.profile import OrderProfile, band_orders, stack_effects
+from .pipeline import warm_from_state, warm_state
+from .players import Players, claim_baseline
+from .probes import (
+    Probes,
+    ProbeSet,
+    heldout_set,
+    legacy_probes,
+    probe_from_state,
+    probe_set,
+    probe_state,
+    run_fingerprint,
+)
 from .rundir import RunGuard
-from .schedules import OverheadBudget, Schedule, budget_text, every, log_spaced
-from .solver_process import SolverProcess
+from .schedules import Schedule, every, log_spaced
 from .state import DeclaredState, stack_list, unstack_list
-from .summary import StepSummary, summarize_step
+from .summary import StepSummary
 from .threads import spare_cores
 from .values import resolve_value, value_name
-from .worker import StepWorker
+from .worker import Answer, Worker
 from .writers import tags
 from .writers.step_figures import StepFigures
 from .writers.tensorboard import TensorBoardWriter
@@ -56,7 +66,10 @@ concepts change fastest) plus every 1,000th step for long runs."""
 
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
-"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar."""
+"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar
+(unless another tqdm bar is open, such as the Hugging Face Trainer's)."""
+MAX_PENDING = 4
+"""Tracked steps whose background work may wait; a step beyond waits for the worker (bounded)."""
 
 
 class ConceptTracker(DeclaredState):
@@ -78,10 +91,10 @@ class ConceptTracker(DeclaredState):
     - the raw interactions, ``<log_dir>/interactions/step_{step:08d}.safetensors`` (held-out:
       ``interactions/heldout/...``), when ``store=True``.
 
-    Only the masked forwards stall training; the rest runs on a background thread, in step
-    order, its AND-OR solves in a worker process (:mod:`concept_tracker.solver_process`);
-    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it.
-    The first tracked step runs whole inside :meth:`step`. Tracking never changes training: the
+    Only the masked forwards stall training; the rest of a step runs in one background process
+    (:mod:`concept_tracker.worker`) and is applied, in step order, at the next calls;
+    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it
+    (bounded). Tracking never changes training: the
     engine restores training flags, grad mode and RNG states, and the tracker draws no random
     numbers. Bad arguments raise at construction, a failing first scheduled step raises, later
     failures (a background one at the next call) warn once per distinct message (``strict=True``
@@ -95,205 +108,166 @@ class ConceptTracker(DeclaredState):
     Args:
         players: how each sample splits into players (``TabularPlayers``, ...). A "mean" baseline
             not fitted yet (``players.fit(train_x)``) becomes the mean of the probe inputs.
-        probe_inputs: Tensor [B, ...] or dict of tensors [B, ...]; fixed for the whole run.
-        probe_targets: [B] target classes (labels); None = the model's predictions at the
-            first tracked step, then fixed.
-        heldout_inputs: held-out probes for ``generalization/*`` (needs aligned players).
-        heldout_targets: their classes; None = predictions at the first tracked step.
+        probes: the probe samples, fixed for the whole run: a :class:`ProbeSet` (``inputs``
+            Tensor [B, ...] or dict of tensors [B, ...]; ``labels`` [B] target classes, None =
+            the model's predictions at the first tracked step, then fixed; ``ids``, stored with
+            the raw interactions), an ``(inputs, labels)`` tuple, or the inputs alone.
+        heldout: held-out probes for ``generalization/*`` (needs aligned players), in the same
+            forms; None = none.
         log_dir: directory of the event file and the raw interactions; one run per directory
             (e.g. ``new_run_dir()``): one holding another run's interactions is refused unless
             :meth:`load` / :meth:`load_state_dict` resumes it before the first step.
         schedule: a :class:`~concept_tracker.schedules.Schedule`; None = ``DEFAULT_SCHEDULE``,
             ``log_spaced(0, 10000, 20) | every(1000)``.
-        kind: "and", "or" or "and_or".
+        kind: "and", "or", "and_or", or an ``AndOrConfig`` (kind "and_or" with those solver
+            settings).
         value: value function name or callable (see ``compute_interactions``).
-        ratio: salience threshold ratio (threshold ``ratio * max |I(S)|`` per sample).
-        batch_size: rows per forward (None: automatic).
-        and_or: ``AndOrConfig`` for kind "and_or".
-        max_overhead: None, or the largest fraction (0 < f < 1) of wall time that tracking may
-            cost training: its stalls plus what the background work takes from training steps
-            (measured). With ``total_steps``, the steps to track are planned once the first is
-            measured and again after each planned step (first, last, the rest log-spaced;
-            ``OverheadBudget``); else a step is skipped when it would exceed the budget. Skips:
-            ``perf/skipped_steps``, plan: ``text/overhead_budget``, one warning. :meth:`close`
-            draws no late figures then.
-        total_steps: the run's last step, when known (the integrations pass it).
-        sync: finish each tracked step inside :meth:`step` instead of on the background
-            worker (:mod:`concept_tracker.worker`); for debugging.
+        readings: :class:`~concept_tracker.config.ReadingsConfig`: salience ratio, band
+            cut-offs, bootstrap resamples and seed, shared with the trajectory, the summaries
+            and ``report``.
+        output: :class:`~concept_tracker.config.OutputConfig`: store the raw interactions, draw
+            figures (a worker process renders them, see :mod:`concept_tracker.writers.render`),
+            or log into an open ``SummaryWriter``.
+        budget: :class:`~concept_tracker.config.BudgetConfig`: ``max_overhead`` (skips:
+            ``perf/skipped_steps``, plan: ``text/overhead_budget``, one warning; :meth:`close`
+            then draws no late figures), ``total_steps``, ``batch_size``, ``sync``.
         strict: re-raise exceptions from :meth:`step` instead of warning.
-        store: write the raw interactions of every tracked step.
-        writer: an open ``SummaryWriter`` to log into (e.g. Lightning's); None opens one in
-            ``log_dir`` on the first write.
-        simple_max, complex_min: band cut-offs (default ``n // 3`` and ``n // 2 + 1``).
-        figures: draw the matplotlib figures, at the 1st, 2nd, 4th, 8th, ... tracked step and,
-            for the last tracked step, at :meth:`close`. A worker process renders them (see
-            :mod:`concept_tracker.writers.render`): one takes a few tenths of a second of CPU,
-            more than the rest of a tracked step for small models.
-        probe_ids: B JSON-able ids of the probe samples (e.g. dataset indices), stored with
-            the raw interactions.
-        heldout_ids: ids of the held-out probes, likewise.
+        **legacy: the keywords of earlier releases, for this release only (one ``FutureWarning``):
+            ``probe_inputs``, ``probe_targets`` (also as the third positional argument),
+            ``probe_ids``, ``heldout_inputs``, ``heldout_targets``, ``heldout_ids``,
+            ``ratio``, ``simple_max``, ``complex_min`` (readings), ``store``, ``figures``,
+            ``writer`` (output), ``max_overhead``, ``total_steps``, ``batch_size``, ``sync``
+            (budget) and ``and_or`` (kind).
     """
 
     def __init__(
         self,
         players: Players,
-        probe_inputs: Inputs,
-        probe_targets: Tensor | Sequence[int] | None = None,
+        probes: Probes | None = None,
+        heldout: Probes | None = None,
         *,
-        heldout_inputs: Inputs | None = None,
-        heldout_targets: Tensor | Sequence[int] | None = None,
         log_dir: str | os.PathLike = "runs/concepts",
         schedule: Schedule | None = None,
-        kind: str = "and",
+        kind: str | AndOrConfig = "and",
         value: Any = "log_odds",
-        ratio: float = 0.05,
-        batch_size: int | None = None,
-        and_or: AndOrConfig | None = None,
-        max_overhead: float | None = None,
+        readings: ReadingsConfig | None = None,
+        output: OutputConfig | None = None,
+        budget: BudgetConfig | None = None,
         strict: bool = False,
-        store: bool = True,
-        writer: SummaryWriter | None = None,
-        simple_max: int | None = None,
-        complex_min: int | None = None,
-        figures: bool = True,
-        probe_ids: Sequence[Any] | None = None,
-        heldout_ids: Sequence[Any] | None = None,
-        total_steps: int | None = None,
-        sync: bool = False,
+        **legacy: Any,
     ) -> None:
+        probes, heldout, moved = legacy_probes(probes, heldout, legacy)
+        given = {"kind": kind, "readings": readings, "output": output, "budget": budget}
+        found, more = configs(given, legacy, "ConceptTracker")
+        warn_legacy("ConceptTracker", moved + more, legacy)
+        kind = found["kind"]
+        if probes is None:
+            raise TypeError("ConceptTracker needs probes: a ProbeSet, an (inputs, labels) tuple or the inputs.")
+        self.readings, self.output, self.budget = found["readings"], found["output"], found["budget"]
         self.players = check_players(players)
-        self.kind = check_kind(kind)
+        self.and_or = kind if isinstance(kind, AndOrConfig) else None
+        self.kind = "and_or" if self.and_or is not None else check_kind(kind)
         resolve_value(value)
         self.schedule = check_schedule(schedule) or DEFAULT_SCHEDULE
-        self.ratio = check_ratio(ratio)
-        self.batch_size = check_int("batch_size", batch_size, optional=True, unit="rows per forward")
-        self.max_overhead = check_fraction("max_overhead", max_overhead)
-        self.and_or = check_type("and_or", and_or, AndOrConfig, "an AndOrConfig or None for the defaults")
-        check_type("writer", writer, SummaryWriter, "a torch SummaryWriter or None")
-        check_band_cutoffs(simple_max, complex_min)
         self.log_dir = checks.check_log_dir(log_dir)
-        self.value = value
-        self.strict = strict
-        self.store = store
-        self.simple_max = simple_max
-        self.complex_min = complex_min
-        self.figures = figures
+        self.value, self.strict = value, strict
+        # The step path reads these often; they are the configs' fields.
+        self.ratio, self.batch_size, self.max_overhead = (
+            self.readings.ratio,
+            self.budget.batch_size,
+            self.budget.max_overhead,
+        )
+        self.store, self.figures = self.output.store, self.output.figures
         # What the readings depend on besides the interactions; stored with every step.
-        self._settings: dict[str, Any] = {"ratio": self.ratio, "simple_max": simple_max, "complex_min": complex_min}
-        self.writer = TensorBoardWriter(self.log_dir, writer)
+        self._settings: dict[str, Any] = self.readings.stored
+        self.writer = TensorBoardWriter(self.log_dir, self.output.writer)
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
-        self._worker = StepWorker(sync=sync)
-        # Background solves run in their own process, off the training's interpreter lock.
-        self._solver = SolverProcess() if self.kind == "and_or" and not sync else None
+        self._worker = Worker(inline=self.budget.sync)
+        # Tracked steps whose forwards are done: queued, then (one at a time) on the worker.
+        self._queue: deque[tuple[int, dict[str, Interactions], float]] = deque()  # step, values, stall
+        self._inflight: tuple[int, int, float] | None = None  # job id, step, stall
+        self._summaries: deque[StepSummary] = deque(maxlen=32)  # finished, not handed out
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
-        probe = probe_set("probe", probe_inputs, probe_targets, probe_ids)
+        probe = probe_set(probes)
         self._probe: ProbeSet = self._add_state("probe", probe, probe_state, probe_from_state)
-        held = heldout_set(players, heldout_inputs, heldout_targets, heldout_ids)
+        held = heldout_set(players, heldout)
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
-        bands = band_orders(checks.check_players_fit(players, probe.inputs, "probe_inputs"), simple_max, complex_min)
-        self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once)
+        n = checks.check_players_fit(players, probe.inputs, "probes")
+        bands = band_orders(n, self.readings.simple_max, self.readings.complex_min)
+        claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
+        self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once, self._worker.submit)
         if held is not None:
             checks.check_same_width(probe.inputs, held.inputs)
-            checks.check_players_fit(players, held.inputs, "heldout_inputs")
+            checks.check_players_fit(players, held.inputs, "heldout")
         self._cursor: int | None = self._add_state("cursor", None)  # last step tracked, skipped or failed
-        trajectory = Trajectory(ratio=self.ratio, simple_max=simple_max, complex_min=complex_min)
-        self._trajectory = self._add_state("trajectory", trajectory)
+        self._trajectory = self._add_state("trajectory", Trajectory(self.readings))
         warm: dict[str, Interactions | None] = {"probe": None, "heldout": None}
         self._warm_start = self._add_state("warm_start", warm, warm_state, warm_from_state)
         self._shares: list[Tensor] = self._add_state("shares", [], stack_list, unstack_list)  # [n + 1] per step
         # [K, 2**n] effects of probe sample 0 at every tracked step, for the trajectory figure.
         self._sample_effects: list[Tensor] = self._add_state("sample_effects", [], stack_list, unstack_list)
-        total_steps = check_int("total_steps", total_steps, 0, optional=True, unit="the run's last step")
-        self._timing = self._add_state(
-            "timing", OverheadBudget(self.max_overhead, total_steps, contention=0.0 if spare_cores() else 1.0)
-        )
+        contention = 0.0 if spare_cores() else 1.0
+        budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention)
+        self._timing = self._add_state("timing", budget_state)
 
     # ----------------------------------------------------------------------------- stepping
 
     def step(self, model: nn.Module, global_step: int, *, last: bool = False) -> StepSummary | None:
-        """Track ``model`` at ``global_step`` if the schedule (and the budget's plan) fires there.
+        """Track ``model`` at ``global_step`` if the schedule (and the budget) says so.
 
         Call it once per optimizer step (repeated calls with the same step are ignored).
+        ``global_step`` may be any integer type (int, numpy integer, 0-dim integer tensor); a
+        float or a string raises ``TypeError``.
         ``last=True`` marks the run's final step: tracked unless ``max_overhead`` forbids it.
+        Every call first applies the background work finished since the last one, in step order.
 
         Returns:
             For a tracked step, its :class:`~concept_tracker.summary.StepSummary` (a mapping
-            ``{tag: value}``), with scalars only with ``sync=True`` on rank 0 (else they follow
-            in :meth:`summaries`). None when not tracked (not scheduled, already tracked, skipped
-            by ``max_overhead``, or failed without ``strict``).
+            ``{tag: value}``), with scalars when its background work is already done (``sync=True``,
+            on rank 0), else empty (they follow in :meth:`summaries`). None when not tracked (not
+            scheduled, already tracked, skipped by ``max_overhead``, or failed without ``strict``).
         """
-        now = time.perf_counter()
-        timing = self._timing
-        timing.start(now)
-        timing.arrived(now)
-        summary = None
+        global_step = checks.check_step(global_step)
+        start = time.perf_counter()
+        self._timing.call_began(start)
         try:
             if not self._run.enter(self, global_step, self._cursor):
                 return None
-            self._report_background()
-            if (
-                self.max_overhead is not None
-                and timing.can_plan(global_step, worker_idle=not self._worker.pending())
-                and is_main_process()
-            ):
-                self._plan(global_step, now)
-            if not (last or self.schedule(global_step) or global_step == timing.total_steps):
+            self._collect()
+            if not (last or self.schedule(global_step) or global_step == self._timing.horizon):
                 return None
             self._cursor = global_step
             self._run.tally.scheduled += 1
             try:
                 # Rank 0 decides for all ranks: the engine's forwards are collective.
-                if self.max_overhead is not None and main_process_flag(timing.refuses(global_step, now, last)):
-                    self._skip(global_step)
+                if not main_process_flag(not is_main_process() or self._allows(global_step, start, last)):
                     return None
-                summary = self._track(model, global_step, now)
-                return summary
+                self._track(model, global_step, start)
             except Exception as err:
                 self._run.failed(f"step {global_step}", err, self.strict)
                 return None
-            finally:
-                if summary is not None:
-                    if self._worker.sync:  # the whole step was the stall
-                        timing.last_cost = time.perf_counter() - now
-                    timing.tracked(global_step)
+            self._collect(wait=len(self._queue) > MAX_PENDING)  # a stuck worker: bounded, then inline
+            self._timing.tracked(global_step, time.perf_counter() - start)
+            done = self._summaries[-1] if self._summaries else None
+            return done if done is not None and done.step == global_step else StepSummary(global_step)
         finally:
-            end = time.perf_counter()
-            timing.spent += end - now  # every call counts, also the microseconds of untracked ones
-            # The next training step is timed as running beside background work, or not.
-            timing.left(end, self._worker.pending() > 0 or self._figures.busy())
+            self._timing.call_ended(time.perf_counter(), self._worker.busy())
 
-    def _report_background(self) -> None:
-        """Failures of steps finished on the worker since the last call: warn once per message."""
-        for label, err in self._worker.failures():
-            self._run.failed(label, err, self.strict)
-
-    def summaries(self, wait: bool = False) -> list[StepSummary]:
-        """Finished step summaries not yet handed out, in step order (see ``StepWorker.results``)."""
-        return self._worker.results(wait)
-
-    def _skip(self, step: int) -> None:
-        self._timing.skipped += 1
-        if self._timing.plan is not None:
-            return  # counted; logged with the next tracked step and in the budget text
-        skipped = self._timing.skipped
-        self._worker.submit(f"step {step}", lambda: self.writer.scalars({tags.SKIPPED_STEPS: skipped}, step))
-        if self._timing.skipped == 1 and is_main_process():
-            reason = self._timing.skip_reason(tags.SKIPPED_STEPS)
-            warnings.warn(f"ConceptTracker skipped step {step}: {reason}", stacklevel=3)
-
-    def _plan(self, step: int, now: float) -> None:
-        """(Re)plan the tracked steps of a run of known length (see ``OverheadBudget.make_plan``)."""
-        total, first = cast(int, self._timing.total_steps), self._timing.plan is None
-        self._timing.make_plan(step, now, (s for s in range(step, total) if self.schedule(s)))
-        text = budget_text(self._timing, cast(float, self.max_overhead), now)
-        self._worker.submit("the budget plan", lambda: self.writer.text(tags.BUDGET_TEXT, text, step))
-        if first and self._timing.cut:
-            warnings.warn(f"ConceptTracker: {self._timing.cut} (see the {tags.BUDGET_TEXT!r} text).", stacklevel=3)
+    def _allows(self, step: int, now: float, last: bool) -> bool:
+        """The budget's answer; a new plan goes to the budget text, a skip without a plan to its
+        scalar (with a plan: with the next tracked step, and in the budget text)."""
+        allowed = self._timing.allows(step, now, last)
+        news = self._timing.news()
+        if news is not None:
+            self.writer.text(tags.BUDGET_TEXT, news, step)
+        if not allowed and self._timing.plan is None:
+            self.writer.scalars({tags.SKIPPED_STEPS: self._timing.skipped}, step)
+        return allowed
 
     def _compute(self, model: nn.Module, split: str, show_progress: bool) -> Interactions:
-        """The engine on one probe set; for kind "and_or" only the values (see ``decompose_splits``)."""
+        """The engine on one probe set; for kind "and_or" only the values (the split is the worker's)."""
         probes: ProbeSet = getattr(self, f"_{split}")
         kind = "and" if self.kind == "and_or" else self.kind
         options = dict(value=self.value, kind=kind, batch_size=self.batch_size, show_progress=show_progress)
@@ -303,69 +277,85 @@ class ConceptTracker(DeclaredState):
             setattr(self, f"_{split}", probes._replace(labels=res.targets.detach().cpu()))
         return res
 
-    def _track(self, model: nn.Module, step: int, start: float) -> StepSummary | None:
-        """The masked forwards here, on the live weights; the rest on the worker (:meth:`_finish`)."""
+    def _track(self, model: nn.Module, step: int, start: float) -> None:
+        """The masked forwards, here on the live weights (a setup mistake raises at the first
+        scheduled step); the rest of the step is queued for the worker."""
         splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
-        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process()
-        # On CUDA the small [B, 2**n] values come to the CPU here, so the worker never touches the device.
+        # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
+        # interleave with it, line by line and escape code by escape code.
+        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
+        # On CUDA the small [B, 2**n] values come to the CPU here: the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
-        if not is_main_process():
-            return StepSummary(step)
-        stall = self._timing.last_cost = time.perf_counter() - start
-        # The first scheduled step runs whole here, so that a setup mistake raises before training.
-        waited = self._worker.sync or self._run.tally.scheduled == 1
-        self._worker.submit(f"step {step}", lambda: self._finish(step, results, stall, waited), inline=waited)
-        if waited:
-            return self._worker.last_result
-        return StepSummary(step)
+        if is_main_process():
+            self._queue.append((step, results, time.perf_counter() - start))
 
-    def _finish(self, step: int, results: dict[str, Interactions], stall: float, waited: bool) -> StepSummary:
-        """Everything after the forwards: decomposition, dynamics, summary, store and writers."""
-        start = time.perf_counter()
-        if self.kind == "and_or":  # warm-started from the previous tracked step's split
-            solve = decompose if waited or self._solver is None else self._solver.decompose
-            results = decompose_splits(results, self._warm_start, self.and_or, solve)
+    def _collect(self, wait: bool = False) -> None:
+        """Apply the steps the worker finished, in step order, sending it the next queued step
+        once the previous one is applied (its warm start and dynamics are the next one's input).
+        ``wait``: until every queued step is applied (each wait bounded, see ``Worker.answers``)."""
+        while True:
+            if self._inflight is None and self._queue:
+                step, results, stall = self._queue.popleft()
+                warm = self._warm_start if self.kind == "and_or" else None
+                args = (step, results, warm, self.and_or, self._trajectory, self._probe.ids)
+                self._inflight = (self._worker.submit("finish_step", *args), step, stall)
+            answers = self._worker.answers(wait)
+            for answer in answers:
+                if not self._figures.received(answer):
+                    _, step, stall = cast(tuple, self._inflight)
+                    self._inflight = None
+                    try:
+                        self._finish(step, stall, answer)
+                    except Exception as err:
+                        self._run.failed(f"step {step}", err, self.strict)
+            if not answers:
+                return
+
+    def _finish(self, step: int, stall: float, answer: Answer) -> None:
+        """Take the worker's result of tracked ``step`` into the state, then store and log it."""
+        if answer.error is not None:
+            raise answer.error
+        results, self._trajectory, summary = answer.value
+        if self.kind == "and_or":
             self._warm_start.update(results)
-        res, held = results["probe"], results.get("heldout")
-        effects = stack_effects(res)  # [B, K, 2**n]
-        self._trajectory.append(step, effects)
-        summary = summarize_step(step, res, self._trajectory, held=held, ids=self._probe.ids, **self._settings)
+        res = results["probe"]
         self._shares.append(cast(OrderProfile, summary.profile).share)
-        self._sample_effects.append(effects[0].float())
-        failure = None  # a storage failure is raised once the scalars are written
+        self._sample_effects.append(stack_effects(res)[0].float())
+        self._timing.finished(0.0 if answer.inline else answer.seconds)
+        rows = sum(part.outputs.numel() for part in results.values())
+        perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: answer.seconds}
+        perf[tags.PERF_SECONDS] = stall + (answer.seconds if answer.inline else 0.0)  # what training waited
         try:
-            for split, part, probes in (("probe", res, self._probe), ("heldout", held, self._heldout)):
-                if self.store and part is not None and probes is not None:
-                    meta = {**self._settings, "baseline": self.players.baseline_description}
-                    storage.save_step(self.log_dir, step, part, probes.ids, split, run=self._run.id, **meta)
-        except Exception as err:
-            failure = err
-        self._write(step, res, summary)
-        rows = res.outputs.numel() + (held.outputs.numel() if held is not None else 0)
-        seconds = time.perf_counter() - start
-        perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: seconds}
-        perf[tags.PERF_SECONDS] = stall + (seconds if waited else 0.0)  # what training waited
-        if self._timing.plan is not None:
-            perf[tags.SKIPPED_STEPS] = self._timing.skipped
-        self.writer.scalars(perf, step)
-        self.writer.flush()
-        self._figures.log(wait=False)
-        self._timing.worker_cost = 0.0 if self._worker.sync else seconds
-        self._timing.background += 0.0 if waited else seconds
-        if failure is not None:
-            raise failure
+            meta = {**self._settings, "baseline": self.players.baseline_description}
+            for split, part in results.items() if self.store else ():
+                ids = cast(ProbeSet, getattr(self, f"_{split}")).ids
+                storage.save_step(self.log_dir, step, part, ids, split, run=self._run.id, **meta)
+        finally:  # the scalars are logged even when the store fails
+            self._write(step, res, summary, perf)
         self._run.tally.tracked += 1
-        return summary
+        self._summaries.append(summary)
+
+    def summaries(self, wait: bool = False) -> list[StepSummary]:
+        """Step summaries finished since the last call (the latest 32), in step order; ``wait``:
+        first every tracked step."""
+        self._collect(wait)
+        done = list(self._summaries)
+        self._summaries.clear()
+        return done
 
     # ------------------------------------------------------------------------------ writing
 
-    def _write(self, step: int, res: Interactions, summary: StepSummary) -> None:
+    def _write(self, step: int, res: Interactions, summary: StepSummary, perf: dict[str, float]) -> None:
         writer = self.writer
-        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None))
+        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None))
         for tag, magnitude in summary.histograms.items():
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)
         writer.scalars(summary.scalars, step)
+        if self._timing.plan is not None:
+            perf[tags.SKIPPED_STEPS] = self._timing.skipped
+        writer.scalars(perf, step)
+        writer.flush()
         if self.figures:
             sample = self._probe.ids[0] if self._probe.ids is not None else 0
             history, shares = torch.stack(self._sample_effects), torch.stack(self._shares)
@@ -376,24 +366,23 @@ class ConceptTracker(DeclaredState):
     # ------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Draw the figures of the last tracked step if they are not drawn yet, log every figure
-        the renderer process still owes, stop it, then flush and close the TensorBoard writer
-        (an external writer is only flushed)."""
+        """Finish every tracked step, draw the figures of the last one if not drawn yet, wait for
+        the figures owed (each wait bounded, see :mod:`concept_tracker.worker`), stop the worker,
+        then flush and close the TensorBoard writer (an external writer is only flushed)."""
         try:
-            self._worker.close()  # every tracked step written before the figures and the writer close
-            if self._solver is not None:
-                self._solver.close()
-            self._report_background()
+            self._collect(wait=True)
             if self.max_overhead is not None:
-                self.writer.text(tags.BUDGET_TEXT, budget_text(self._timing, self.max_overhead), self._cursor or 0)
+                self.writer.text(tags.BUDGET_TEXT, budget_text(self._timing), self._cursor or 0)
             # Under a budget, the last step's figures are not drawn: that work would come after
             # the budget's last say.
             self._figures.close(draw_last=self.max_overhead is None)
+            self._collect(wait=True)
         except Exception as err:
             if self.strict:
                 raise
-            warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
+            warnings.warn(f"ConceptTracker could not finish at close: {type(err).__name__}: {err}", stacklevel=2)
         finally:
+            self._worker.close()
             try:
                 self.writer.close()
             finally:  # the lock goes whatever the event file does
@@ -414,7 +403,7 @@ class ConceptTracker(DeclaredState):
             cursor, the trajectory, the "and_or" warm starts, the figure history, timing). Save
             it with :meth:`save` or inside a training checkpoint.
         """
-        self._worker.drain()  # pending steps first: the state holds every step tracked so far
+        self._collect(wait=True)  # pending steps first: the state holds every step tracked so far
         settings = {"version": STATE_VERSION, "kind": self.kind, "ratio": self.ratio}
         settings.update(fingerprint=self._fingerprint(), run=self._run.id, step=self._run.last_step)
         return {**settings, "schedule": self.schedule.to_config(), **self._declared_state()}
@@ -422,7 +411,7 @@ class ConceptTracker(DeclaredState):
     def _fingerprint(self) -> dict[str, Any]:
         fingerprint = run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
         # The readings and the report depend on these too: a resume must not change them.
-        bands = {"simple_max": self.simple_max, "complex_min": self.complex_min}
+        bands = {"simple_max": self.readings.simple_max, "complex_min": self.readings.complex_min}
         return {**fingerprint, "baseline": self.players.baseline_description, **bands}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -454,7 +443,7 @@ class ConceptTracker(DeclaredState):
                 f"{Schedule.from_config(state['schedule'])!r}; dynamics continue on the new schedule.",
                 stacklevel=2,
             )
-        self._worker.drain()
+        self._collect(wait=True)
         self._load_declared_state(state)
         self._figures.forget()
 

@@ -21,7 +21,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from concept_tracker import ConceptTracker, TabularPlayers, at_steps, band_orders, cli, order_profile, report
+from concept_tracker import (
+    ConceptTracker,
+    OutputConfig,
+    ReadingsConfig,
+    TabularPlayers,
+    at_steps,
+    band_orders,
+    cli,
+    order_profile,
+    report,
+)
 from concept_tracker.store import list_steps, load_step, step_path, tracked_settings
 from concept_tracker.writers import tags
 
@@ -378,23 +388,25 @@ def test_report_reads_stored_bands_and_files_without_settings_make_no_claim(tmp_
     model = seeded(build, seed=0)
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
     run = tmp_path / "run"
-    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0, 1]), ratio=0.1,
-                        simple_max=2, complex_min=4, figures=False, strict=True) as tracker:
+    readings = ReadingsConfig(ratio=0.1, simple_max=2, complex_min=4)
+    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0, 1]), readings=readings,
+                        output=OutputConfig(figures=False), strict=True) as tracker:
         for step in (0, 1):
             tracker.step(model, step)
     # A file written without settings (say, before an upgrade) does not contradict the others.
     rewrite_metadata(step_path(run, 0), **dict.fromkeys(SETTINGS))
     summary = report.summarize_run(run)
     assert (summary.ratio, summary.bands, summary.settings_note) == (0.1, band_orders(FEATURES, 2, 4), None)
-    assert report.summarize_run(run, simple_max=1).bands == band_orders(FEATURES, 1, 4)
+    assert report.summarize_run(run, readings={"simple_max": 1}).bands == band_orders(FEATURES, 1, 4)
+    assert report.summarize_run(run, readings=ReadingsConfig()).bands == band_orders(FEATURES)  # used as is
 
 
 def test_report_band_options_override_the_stored_cut_offs(tmp_path, capsys):
     model = seeded(build, seed=0)
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
     run = tmp_path / "run"
-    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0]), simple_max=2, complex_min=4,
-                        figures=False, strict=True) as tracker:
+    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0]), strict=True,
+                        readings=ReadingsConfig(simple_max=2, complex_min=4), output=OutputConfig(figures=False)) as tracker:
         tracker.step(model, 0)
     assert cli.main(["report", str(run)]) == 0
     out = capsys.readouterr().out
@@ -409,8 +421,8 @@ def test_report_of_runs_with_other_bands_labels_each(tmp_path):
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
     runs = []
     for name, simple_max in (("a", 1), ("b", 2)):
-        with ConceptTracker(TabularPlayers(), inputs, log_dir=tmp_path / name, schedule=at_steps([0]),
-                            simple_max=simple_max, figures=False, strict=True) as tracker:
+        with ConceptTracker(TabularPlayers(), inputs, log_dir=tmp_path / name, schedule=at_steps([0]), strict=True,
+                            readings=ReadingsConfig(simple_max=simple_max), output=OutputConfig(figures=False)) as tracker:
             tracker.step(model, 0)
         runs.append(report.summarize_run(tmp_path / name, name=name))
     labels = [label for label, _ in report.summary_rows(runs)]
@@ -517,7 +529,7 @@ def test_analyze_sft_checkpoints_with_answer_log_prob(tmp_path, capsys, where):
     out = capsys.readouterr().out
     for step, model in models.items():
         res, meta = load_step(step_path(tmp_path / "run", step))
-        assert meta["value"] == "answer_log_prob" and meta["baseline"] == "mean input embedding"
+        assert meta["value"] == "answer_log_prob" and meta["baseline"] == "embedding: mean over the vocabulary"
         for i, (prompt, answer) in enumerate(zip(prompts, answers)):
             p = tokenizer(prompt)["input_ids"]
             a = tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -525,7 +537,7 @@ def test_analyze_sft_checkpoints_with_answer_log_prob(tmp_path, capsys, where):
                 logp = model(input_ids=torch.tensor([p + a])).logits[0].double().log_softmax(-1)
             direct = sum(float(logp[len(p) + j - 1, tok]) for j, tok in enumerate(a))
             assert res.outputs[i, -1].item() == pytest.approx(direct, abs=1e-4)
-    assert row(out, "baseline") == ["mean input embedding"]
+    assert row(out, "baseline") == ["embedding: mean over the vocabulary"]
     # Answer labels in --data make answer_log_prob the default value.
     assert cli.main([*argv, "--force"]) == 0, capsys.readouterr().err
     assert load_step(step_path(tmp_path / "run", 3))[1]["value"] == "answer_log_prob"
