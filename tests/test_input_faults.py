@@ -18,11 +18,13 @@ def rows(count: int = 6, width: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(count, width, generator=torch.Generator().manual_seed(seed))
 
 
-def tracker(log_dir, players=None, x=None, y=None, **options) -> ct.ConceptTracker:
-    options.setdefault("schedule", ct.every(1))
+def tracker(log_dir, players=None, x=None, y=None, **budget) -> ct.ConceptTracker:
     players = ct.TabularPlayers(baselines="zero") if players is None else players
     x = rows() if x is None else x
-    return ct.ConceptTracker(players, x, y, log_dir=log_dir, figures=False, **options)
+    return ct.ConceptTracker(
+        players, ct.ProbeSet(x, y), log_dir=log_dir, schedule=ct.every(1),
+        output=ct.OutputConfig(figures=False), budget=ct.BudgetConfig(**budget),
+    )  # fmt: skip
 
 
 def messages(record) -> list[str]:
@@ -173,7 +175,7 @@ def test_players_fitted_by_the_user_share_one_mean_across_trackers(tmp_path):
 
 def test_image_patch_players_on_text_fail_at_setup(tmp_path):
     text = {"input_ids": torch.randint(5, 20, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
-    with pytest.raises(ValueError, match="ImagePatchPlayers cannot mask probe_inputs.*TokenPlayers"):
+    with pytest.raises(ValueError, match="ImagePatchPlayers cannot mask probes.*TokenPlayers"):
         tracker(tmp_path, players=ct.ImagePatchPlayers(grid=(2, 2)), x=text)
 
 
@@ -187,7 +189,7 @@ def test_image_patch_players_on_text_stop_the_trainer_before_training(tmp_path):
     tokenizer = wordpiece_tokenizer()
     texts = ["the cat is very happy today .", "a dog was running .", "the dog is sad .", "a cat was playing ."]
     data = [{**tokenizer(t), "labels": i % 2} for i, t in enumerate(texts * 2)]
-    callback = ConceptTrackerCallback(ct.ImagePatchPlayers(grid=(2, 2)), num_probe=4, figures=False)
+    callback = ConceptTrackerCallback(ct.ImagePatchPlayers(grid=(2, 2)), num_probe=4, output=ct.OutputConfig(figures=False))
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[], save_strategy="no",
         use_cpu=True, disable_tqdm=True,
