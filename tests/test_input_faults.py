@@ -162,6 +162,24 @@ def test_players_reused_by_a_second_tracker_take_its_own_mean(tmp_path):
         tracker(tmp_path / "c", players=players, x=second_x).close()
 
 
+def test_a_callback_reusing_players_fits_them_on_the_second_runs_training_data(tmp_path):
+    """The framework callbacks fit unfitted players on training items before building their
+    tracker (fit_mean_baseline); a mean they fitted for an earlier run counts as unfitted."""
+    from concept_tracker.players import fit_mean_baseline, mean_unfitted
+
+    players = ct.TabularPlayers()
+    first_train, second_train = rows(40, seed=3), rows(40, seed=4) + 2.0
+    assert fit_mean_baseline(players, first_train)
+    tracker(tmp_path / "a", players=players).close()
+    assert mean_unfitted(players)  # claimed by the first run's tracker
+    assert fit_mean_baseline(players, second_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second run's own training data: nothing to warn about
+        tracker(tmp_path / "b", players=players, x=rows(seed=5)).close()
+    assert torch.allclose(players._mean, second_train.mean(0))
+    assert not mean_unfitted(ct.TabularPlayers().fit(first_train))  # a user's fit is never replaced
+
+
 def test_players_fitted_by_the_user_share_one_mean_across_trackers(tmp_path):
     train = rows(40, seed=3)
     players = ct.TabularPlayers().fit(train)
