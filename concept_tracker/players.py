@@ -20,7 +20,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .transforms import MAX_PLAYERS, coalition_matrix
+from .transforms import MAX_SAMPLED_PLAYERS, coalition_matrix
 from .values import IGNORE_INDEX
 
 Sample = Any
@@ -32,10 +32,11 @@ Baselines = str | float | Tensor
 def _check_n(n: int, param: str) -> None:
     if n < 1:
         raise ValueError(f"{param} gives n={n} players; at least 1 is needed.")
-    if n > MAX_PLAYERS:
+    # The exact readings stop at 20 players (checked where they run); the sampled order
+    # spectrum reads more.
+    if n > MAX_SAMPLED_PLAYERS:
         raise ValueError(
-            f"{param} gives n={n} players; at most {MAX_PLAYERS} are supported "
-            f"(2**n coalitions per sample). Choose fewer players."
+            f"{param} gives n={n} players; at most {MAX_SAMPLED_PLAYERS} are supported. Choose fewer players."
         )
 
 
