@@ -4,6 +4,7 @@ The core never imports ``concept_tracker.integrations`` (transformers, accelerat
 """
 
 from .and_or import AndOrConfig, AndOrResult, decompose
+from .config import BudgetConfig, OutputConfig, ReadingsConfig
 from .engine import compute_interactions
 from .interactions import Interactions
 from .language_models import prompt_answer_batch
@@ -34,14 +35,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AndOrConfig",
     "AndOrResult",
+    "BudgetConfig",
     "ConceptTracker",
     "DEFAULT_SCHEDULE",
     "FeatureMaskPlayers",
     "ImagePatchPlayers",
     "Interactions",
+    "OutputConfig",
     "Players",
     "OrderSpectrum",
     "ProbeSet",
+    "ReadingsConfig",
     "Schedule",
     "StepSummary",
     "TabularPlayers",

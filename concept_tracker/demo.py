@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from . import report
+from .config import OutputConfig
 from .players import ImagePatchPlayers
 from .probes import ProbeSet, select_probes
 from .schedules import log_spaced
@@ -213,18 +214,12 @@ def train_run(
     writer = SummaryWriter(str(log_dir))
     tracker = ConceptTracker(
         players,
-        probes.inputs,
-        probes.labels,
-        heldout_inputs=heldout.inputs,
-        heldout_targets=heldout.labels,
+        probes,
+        heldout,
         log_dir=log_dir,
         schedule=log_spaced(0, config.steps, config.tracked_steps),
-        kind=config.kind,
-        and_or=solver_config(config),
-        writer=writer,
-        probe_ids=probes.ids,
-        heldout_ids=heldout.ids,
-        figures=config.figures,
+        kind=solver_config(config) or config.kind,
+        output=OutputConfig(writer=writer, figures=config.figures),
         strict=True,
     )
     spacing = max(1, config.steps // config.evaluations)

@@ -20,24 +20,14 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .transforms import MAX_SAMPLED_PLAYERS, coalition_matrix
+from .checks import check_num_players
+from .transforms import coalition_matrix
 from .values import IGNORE_INDEX
 
 Sample = Any
 """One sample: a Tensor without the batch dimension, or a mapping of such tensors (HF style)."""
 
 Baselines = str | float | Tensor
-
-
-def _check_n(n: int, param: str) -> None:
-    if n < 1:
-        raise ValueError(f"{param} gives n={n} players; at least 1 is needed.")
-    # The exact readings stop at 20 players (checked where they run); the sampled order
-    # spectrum reads more.
-    if n > MAX_SAMPLED_PLAYERS:
-        raise ValueError(
-            f"{param} gives n={n} players; at most {MAX_SAMPLED_PLAYERS} are supported. Choose fewer players."
-        )
 
 
 # Largest per-call weight map (2**n coalitions x elements per sample) that _MapPlayers keeps.
@@ -371,7 +361,7 @@ class TabularPlayers(_MapPlayers):
         super().__init__(baselines)
         if features is not None:
             features = [int(f) for f in features]
-            _check_n(len(features), "features")
+            check_num_players(len(features), "features")
             if len(set(features)) != len(features) or min(features) < 0:
                 raise ValueError(f"features={features} must be distinct non-negative column indices.")
         self.features = features
@@ -394,7 +384,7 @@ class TabularPlayers(_MapPlayers):
             )
         d = inputs.shape[1]
         if self.features is None:
-            _check_n(d, "features=None (every column)")
+            check_num_players(d, "features=None (every column)")
         elif max(self.features) >= d:
             raise ValueError(f"features={self.features} names a column >= d={d}, the input width.")
         self._width = d
@@ -467,16 +457,16 @@ class ImagePatchPlayers(_MapPlayers):
         total = rows * cols
         if select is None:
             ids = list(range(total))
-            _check_n(len(ids), f"grid={grid} with select=None (every patch)")
+            check_num_players(len(ids), f"grid={grid} with select=None (every patch)")
         elif isinstance(select, int):
             if not 1 <= select <= total:
                 raise ValueError(f"select={select} must be between 1 and rows*cols={total}.")
-            _check_n(select, f"select={select}")
+            check_num_players(select, f"select={select}")
             perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
             ids = sorted(perm[:select].tolist())
         else:
             ids = [int(p) for p in select]
-            _check_n(len(ids), f"select={list(select)!r}")
+            check_num_players(len(ids), f"select={list(select)!r}")
             if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= total:
                 raise ValueError(f"select={ids} must be distinct patch ids in [0, {total}).")
         self.patches = ids
@@ -526,7 +516,7 @@ class FeatureMaskPlayers(_MapPlayers):
             raise ValueError("feature_mask must be an integer tensor of player ids (-1 = background).")
         fm = feature_mask.long()
         n = int(fm.max().item()) + 1 if fm.numel() else 0
-        _check_n(n, "feature_mask")
+        check_num_players(n, "feature_mask")
         present = torch.unique(fm[fm >= 0])
         if fm.min() < -1 or present.numel() != n:
             missing = sorted(set(range(n)) - set(present.tolist()))
@@ -639,7 +629,7 @@ class TokenPlayers(Players):
         stop_words: bool | Collection[str] = False,
         baselines: str | Tensor = "mean",
     ) -> None:
-        _check_n(int(n), f"n={n}")
+        check_num_players(int(n), f"n={n}")
         if not callable(select) and select not in ("first", "random"):
             raise ValueError(f"select={select!r}; use 'first', 'random' or a callable.")
         if isinstance(stop_words, str) or not isinstance(stop_words, (bool, Collection)):
@@ -666,6 +656,17 @@ class TokenPlayers(Players):
     @property
     def n(self) -> int:
         return self._n
+
+    @property
+    def baseline_description(self) -> str:
+        """``"mask token 103"``, or, masking by embedding, ``"mean input embedding"``, ``"zero
+        embedding"`` or ``"embedding tensor [hidden]"``."""
+        if self.mask_token_id is not None:
+            return f"mask token {self.mask_token_id}"
+        b = self.baselines
+        if isinstance(b, Tensor):
+            return f"embedding tensor {list(b.shape)}"
+        return "mean input embedding" if b == "mean" else "zero embedding"
 
     @property
     def mask_token_id(self) -> int | None:

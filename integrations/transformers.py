@@ -36,6 +36,7 @@ import socket
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ from concept_tracker.tracker import ConceptTracker
 from concept_tracker.values import model_logits
 from concept_tracker.writers import tags
 
-from ._common import check_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
+from ._common import checked_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
 
 logger = logging.get_logger(__name__)
 
@@ -75,9 +76,6 @@ HEADLINE_TAGS = (
     tags.HIGH_ORDER_SHARE,
 )
 """Scalars copied into the Trainer's logs, so that every reporter (W&B, MLflow, ...) sees them."""
-
-_DRAWN = {f"{split}_{part}" for split in ("probe", "heldout") for part in ("inputs", "targets", "ids")}
-"""Tracker keywords the callback fills in from the datasets."""
 
 LABEL_POOL = 2048
 """At most this many dataset items are read to stratify the probe draw by label."""
@@ -116,9 +114,9 @@ class ConceptTrackerCallback(TrainerCallback):
             losses, the stop message also gives the step where the eval-train loss gap started
             to grow. Off by default.
         patience: tracked steps to wait after the boundary first shows, for ``stop_on_overfit``.
-        **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
-            ``batch_size``, ``max_overhead``, ``strict``, ...). The callback passes the Trainer's
-            ``max_steps`` as ``total_steps``, so ``max_overhead`` plans the tracked steps.
+        **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``strict``,
+            ``readings``, ``output``, ``budget``). The Trainer's ``max_steps`` becomes the
+            budget's ``total_steps``, so ``max_overhead`` plans the tracked steps.
 
     With ``stop_on_overfit``, each tracked step's readings are awaited at that step (the
     decision needs them), so training waits for the whole tracked step.
@@ -160,14 +158,12 @@ class ConceptTrackerCallback(TrainerCallback):
         self.num_probe = check_int("num_probe", num_probe, 1, unit="probes per dataset")
         self.schedule = check_schedule(schedule)
         self.patience = check_int("patience", patience, 0, unit="tracked steps")
-        reserved = _DRAWN | {"log_dir", "schedule", "total_steps"}
-        check_tracker_options(tracker_options, "ConceptTrackerCallback", reserved)
         self.probe_dataset = probe_dataset
         self.heldout_dataset = heldout_dataset
         self.log_dir = None if log_dir is None else str(log_dir)
         self.seed = seed
         self.stop_on_overfit = stop_on_overfit
-        self.tracker_options = tracker_options
+        self.tracker_options = checked_tracker_options(tracker_options, "ConceptTrackerCallback")
         self.tracker: ConceptTracker | None = None
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._boundary_run = 0  # consecutive tracked steps reporting a phase boundary
@@ -280,19 +276,10 @@ class ConceptTrackerCallback(TrainerCallback):
         log_dir = self.log_dir or trainer_dir or _concepts_log_dir(args)
         # The Trainer's TensorBoard callback already writes the losses into its own folder.
         self._write_losses = log_dir != trainer_dir
-        return ConceptTracker(
-            self.players,
-            probe.inputs,
-            probe.labels,
-            probe_ids=probe.ids,
-            heldout_inputs=None if held is None else held.inputs,
-            heldout_targets=None if held is None else held.labels,
-            heldout_ids=None if held is None else held.ids,
-            log_dir=log_dir,
-            schedule=run_schedule(self.schedule, state.max_steps, period),
-            total_steps=state.max_steps if state.max_steps > 0 else None,
-            **options,
-        )
+        total = state.max_steps if state.max_steps > 0 else None
+        options["budget"] = replace(options["budget"], total_steps=total)
+        schedule = run_schedule(self.schedule, state.max_steps, period)
+        return ConceptTracker(self.players, probe, held, log_dir=log_dir, schedule=schedule, **options)
 
     def _track(self, model: nn.Module, step: int, last: bool = False) -> StepSummary | None:
         tracker = self.tracker

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from concept_tracker.config import ReadingsConfig
 from concept_tracker.metrics.dynamics import (
     Trajectory,
     detour_ratio,
@@ -23,8 +24,8 @@ def f64(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def trajectory(series: torch.Tensor, steps=None, **kwargs) -> Trajectory:
-    traj = Trajectory(**kwargs)
+def trajectory(series: torch.Tensor, steps=None, readings: ReadingsConfig | None = None) -> Trajectory:
+    traj = Trajectory(readings)
     for step, effects in zip(steps or range(series.shape[0]), series):
         traj.append(step, effects)
     return traj
@@ -96,7 +97,7 @@ def test_trajectory_agrees_with_pure_functions_on_random_series():
     gen = torch.Generator().manual_seed(1)
     series = torch.randn(7, 3, 16, generator=gen, dtype=torch.float64).cumsum(0)
     steps = [0, 3, 4, 10, 11, 50, 51]
-    traj = trajectory(series, steps, ratio=0.1)
+    traj = trajectory(series, steps, ReadingsConfig(ratio=0.1))
     torch.testing.assert_close(traj.detour_ratio(), detour_ratio(series))
     assert traj.detour_ratio([2, 3]) == pytest.approx(detour_ratio(series, [2, 3]))
     assert torch.equal(traj.sign_flips(), sign_flips(series, ratio=0.1))
@@ -119,14 +120,15 @@ def test_state_dict_round_trip_mid_series():
     gen = torch.Generator().manual_seed(2)
     series = torch.randn(8, 2, 8, generator=gen, dtype=torch.float64).cumsum(0)
     steps = [10 * t for t in range(8)]
-    unbroken = trajectory(series, steps, ratio=0.1, simple_max=1, complex_min=3)
-    first = trajectory(series[:4], steps[:4], ratio=0.1, simple_max=1, complex_min=3)
+    readings = ReadingsConfig(ratio=0.1, simple_max=1, complex_min=3)
+    unbroken = trajectory(series, steps, readings)
+    first = trajectory(series[:4], steps[:4], readings)
     state = first.state_dict()
     plain = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
     assert json.loads(json.dumps(plain)) == plain
     resumed = Trajectory()
     resumed.load_state_dict(state)
-    assert resumed.ratio == 0.1 and resumed.simple_max == 1 and resumed.complex_min == 3
+    assert resumed.readings == readings
     for step, effects in zip(steps[4:], series[4:]):
         resumed.append(step, effects)
     torch.testing.assert_close(resumed.detour_ratio(), unbroken.detour_ratio())
@@ -136,8 +138,8 @@ def test_state_dict_round_trip_mid_series():
     for a, b in zip(resumed.high_order_strength(), unbroken.high_order_strength()):
         torch.testing.assert_close(a, b)
     empty = Trajectory()
-    empty.load_state_dict(Trajectory(ratio=0.2).state_dict())
-    assert empty.ratio == 0.2 and empty.steps == []
+    empty.load_state_dict(Trajectory(ReadingsConfig(ratio=0.2)).state_dict())
+    assert empty.readings.ratio == 0.2 and empty.steps == []
 
 
 def test_append_rejects_bad_steps_and_shapes():
@@ -202,3 +204,13 @@ def test_trajectory_phase_boundary_and_loss_gap():
     assert loss_gap_step({0: 1.0, 1: 0.9}, {0: 0.5, 1: 0.5}) is None
     with pytest.raises(ValueError, match="train_losses"):
         traj.phase_boundary(evals)
+
+
+def test_the_old_loose_keywords_still_work_with_a_future_warning():
+    with pytest.warns(FutureWarning, match=r"ratio= -> readings=ReadingsConfig\(ratio=...\)"):
+        traj = Trajectory(ratio=0.2, simple_max=1)
+    assert traj.readings == ReadingsConfig(ratio=0.2, simple_max=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*rate"):
+        Trajectory(rate=0.2)
+    with pytest.raises(ValueError, match="ratio=2"):
+        Trajectory(ReadingsConfig(ratio=2))

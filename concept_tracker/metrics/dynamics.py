@@ -18,14 +18,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, overload
 
 import torch
 from torch import Tensor
 
+from ..checks import check_ratio
+from ..config import ReadingsConfig, configs, warn_legacy
 from ..transforms import num_players
 from .phase import high_order_share, phase_boundary, smooth, valley_before_rise
-from .profile import Bands, band_orders, check_ratio, salient_mask, sum_by_order
+from .profile import Bands, band_orders, salient_mask, sum_by_order
 
 LossLog = Mapping[int, float] | Sequence[tuple[int, float]]
 """Losses by step: ``{step: loss}`` or ``[(step, loss), ...]``."""
@@ -266,8 +269,9 @@ class Trajectory:
     of the same name on the full series.
 
     Args:
-        ratio: salience threshold ratio.
-        simple_max, complex_min: band cut-offs for the high-order strength H(t) and share.
+        readings: the salience ratio and the band cut-offs (for the high-order strength H(t)
+            and share); None: ``ReadingsConfig()``. The loose ``ratio=``, ``simple_max=`` and
+            ``complex_min=`` of earlier releases still work, with a ``FutureWarning``.
 
     Example:
         >>> traj = Trajectory()
@@ -277,10 +281,10 @@ class Trajectory:
         tensor([nan, 1., 1.], dtype=torch.float64)
     """
 
-    def __init__(self, ratio: float = 0.05, simple_max: int | None = None, complex_min: int | None = None):
-        self.ratio = check_ratio(ratio)
-        self.simple_max = simple_max
-        self.complex_min = complex_min
+    def __init__(self, readings: ReadingsConfig | None = None, **legacy: Any):
+        found, moved = configs({"readings": readings}, legacy, "Trajectory")
+        warn_legacy("Trajectory", moved, legacy)
+        self.readings: ReadingsConfig = found["readings"]
         self._steps: list[int] = []
         self._strength: list[float] = []
         self._share: list[float] = []
@@ -301,7 +305,7 @@ class Trajectory:
         """The simple / medium / complex orders for this trajectory's ``n`` (None before the
         first append); pass ``bands.simple`` or ``bands.complex`` to :meth:`detour_ratio`."""
         n = self.n
-        return None if n is None else band_orders(n, self.simple_max, self.complex_min)
+        return None if n is None else band_orders(n, self.readings.simple_max, self.readings.complex_min)
 
     def _require(self, what: str) -> int:
         if not self._state:
@@ -336,7 +340,8 @@ class Trajectory:
         if not torch.isfinite(current).all():
             raise ValueError(f"effects at step={step} contain NaN or inf; check the model's outputs.")
         pooled = current if current.dim() == 3 else current.unsqueeze(-2)
-        salient = _salient(pooled, self.ratio).reshape(current.shape)
+        readings = self.readings
+        salient = _salient(pooled, readings.ratio).reshape(current.shape)
         if not self._state:
             self._state = {
                 "first": current.clone(),
@@ -357,7 +362,7 @@ class Trajectory:
         s["salient"] = salient
         s["emergence"] = _emergence_step(s["emergence"], salient, step)
         self._steps.append(step)
-        self._strength.append(high_order_strength(current, self.ratio, self.simple_max, self.complex_min))
+        self._strength.append(high_order_strength(current, readings.ratio, readings.simple_max, readings.complex_min))
         by_order = _order_totals(torch.where(salient, current.abs(), torch.zeros_like(current)), n)
         self._share.append(float(high_order_share(by_order, len(self.bands.simple))))
 
@@ -457,9 +462,7 @@ class Trajectory:
             "flips", "ever_salient", "salient", "emergence").
         """
         state: dict[str, Tensor | int | float | list | None] = {
-            "ratio": self.ratio,
-            "simple_max": self.simple_max,
-            "complex_min": self.complex_min,
+            **self.readings.stored,
             "steps": list(self._steps),
             "high_order_strength": list(self._strength),
             "high_order_share": list(self._share),
@@ -497,9 +500,12 @@ class Trajectory:
                     f"state has steps but no tensors {absent}; pass an unmodified Trajectory.state_dict()."
                 )
             tensors = {k: state[k].detach().to("cpu", dtype).clone() for k, dtype in dtypes.items()}
-        self.ratio = check_ratio(float(state["ratio"]))
-        self.simple_max = state.get("simple_max")
-        self.complex_min = state.get("complex_min")
+        self.readings = replace(
+            self.readings,
+            ratio=float(state["ratio"]),
+            simple_max=state.get("simple_max"),
+            complex_min=state.get("complex_min"),
+        )
         # States saved before the share was kept: those steps have no share (the rule skips NaN).
         share = [float(x) for x in state.get("high_order_share", [math.nan] * len(steps))]
         if len(share) != len(steps):

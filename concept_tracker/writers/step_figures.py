@@ -9,16 +9,17 @@ T tracked steps; the scalars keep every step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from ..interactions import Interactions
 from ..metrics.profile import Bands, OrderProfile
 from . import tags
-from .figures import trajectory_series
-from .render import FigureRenderer
 from .tensorboard import TensorBoardWriter
+
+if TYPE_CHECKING:
+    from .render import FigureRenderer
 
 TRAJECTORY_CONCEPTS = 3
 """Concepts per band drawn in the trajectory figure."""
@@ -68,6 +69,10 @@ class StepFigures:
                 salient-strength shares per order; history: [T, K, 2**n] effects of probe sample
                 0, whose id is ``sample``.
         """
+        # Imported here: matplotlib takes about a second to load, and a run may draw no figure.
+        from .figures import trajectory_series
+        from .render import FigureRenderer
+
         if self._renderer is None:
             self._renderer = FigureRenderer()
         submit = self._renderer.submit

@@ -28,11 +28,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from concept_tracker import TabularPlayers, TokenPlayers, report
+from concept_tracker import OutputConfig, TabularPlayers, TokenPlayers, report
 from concept_tracker.integrations._common import unwrap
 from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback
 from concept_tracker.schedules import at_steps, every
-from concept_tracker.store import load_step
+from concept_tracker.store import list_steps, load_step
 from concept_tracker.writers import tags
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -40,6 +40,7 @@ CUES = ["good", "great", "not"]
 FILLERS = ["the", "movie", "film", "was", "is", "really", "very", "plot", "acting", "story", "quite", "and"]
 N_WORDS = 6
 N_PLAYERS = 6
+NO_FIGURES = OutputConfig(figures=False)
 
 
 def make_tokenizer() -> BertTokenizer:
@@ -374,7 +375,7 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     tokenizer = make_tokenizer()
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), figures=False)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
         args=training_args(tmp_path, report_to=["tensorboard"], eval_strategy="steps", eval_steps=4, save_strategy="no"),
@@ -394,7 +395,7 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
     assert float(row.split()[-1]) == pytest.approx(last, abs=1e-3)
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), figures=False)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
         args=training_args(tmp_path / "b", report_to=["tensorboard"], max_steps=1, save_strategy="no"),
@@ -459,3 +460,13 @@ def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report
         for step, value in series.items():
             logged = next(e[key] for e in trainer.state.log_history if e["step"] == step and key in e)
             assert value == pytest.approx(logged)
+
+
+def test_a_second_launch_into_a_used_folder_warns_once(tmp_path):
+    run(tmp_path / "first", log_dir=tmp_path / "concepts")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run(tmp_path / "second", log_dir=tmp_path / "concepts")
+    used = [str(w.message) for w in record if "already holds a run" in str(w.message)]
+    assert len(used) == 1, used
+    assert list_steps(tmp_path / "concepts") == [0, 3, 8]  # the first launch's run, untouched
