@@ -694,6 +694,23 @@ class OrderSpectrum:
     ratio: float
 
 
+def spectrum_scalars(spectrum: OrderSpectrum) -> dict[str, float]:
+    """The TensorBoard scalars of a sampled order spectrum: ``spectrum/{band}_share`` averaged
+    over the probes with their ``_ci_low`` / ``_ci_high``, and ``spectrum/forwards``.
+
+    Returns:
+        ``{tag: value}`` (tags from :mod:`concept_tracker.writers.tags`).
+    """
+    from .writers import tags
+
+    out: dict[str, float] = {}
+    for tag, name in zip(tags.SPECTRUM_SHARES, ("simple_share", "medium_share", "complex_share")):
+        value, low, high = spectrum.overall[name]
+        out.update({tag: value, tags.ci_low(tag): low, tags.ci_high(tag): high})
+    out[tags.SPECTRUM_FORWARDS] = float(spectrum.forwards)
+    return out
+
+
 def band_shares(strength: Tensor, simple_max: int, complex_min: int) -> Tensor:
     """Shares of salient strength per band.
 

@@ -324,3 +324,28 @@ def test_random_blocks_are_unbiased_per_order():
     for m in range(3, est.block_size + 1):
         assert abs(mean[m] - exact[m]) <= 4 * se[m] + 1e-12, (m, mean[m], exact[m], se[m])
     assert exact[3 : est.block_size + 1].sum() > 0.2 * exact[1:].sum()  # the blocks carry real weight
+
+
+def test_stored_fields_and_scalars_are_its_own(tmp_path):
+    from concept_tracker.spectrum import spectrum_scalars
+    from concept_tracker.store import list_steps, load_spectrum, save_spectrum
+    from concept_tracker.writers import tags
+
+    out = ct.order_spectrum(
+        mlp(d_in=12, seed=2), torch.randn(3, 12), ct.TabularPlayers(baselines="zero"), forwards_per_probe=300
+    )
+    path = save_spectrum(tmp_path, 7, out, run="r1")
+    tensors, meta = load_spectrum(path)
+    assert torch.equal(tensors["simple_share"], out.simple_share)
+    assert torch.equal(tensors["complex_ci_high"], out.complex_interval.high)
+    assert meta["step"] == 7 and meta["forwards"] == out.forwards and meta["overall"] == out.overall
+    assert list_steps(tmp_path) == []  # no exact interactions file was written
+    scalars = spectrum_scalars(out)
+    assert scalars["spectrum/simple_share"] == out.overall["simple_share"][0]
+    assert scalars["spectrum/forwards"] == out.forwards
+    assert not any(tag.startswith("concepts/") for tag in scalars)  # an estimate never fills an exact tag
+    assert set(tags.spectrum_layout()["spectrum (sampled)"]) == {
+        "simple_share (95% interval)",
+        "medium_share (95% interval)",
+        "complex_share (95% interval)",
+    }
