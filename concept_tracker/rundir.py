@@ -324,7 +324,7 @@ class RunGuard:
         self.tally.warn_once(
             f"ConceptTracker could not track {what}: {reason} Training continues; the same error at "
             "later steps is not reported again. Pass strict=True to raise instead.",
-            key=reason,
+            key=getattr(err, "warn_key", reason),  # errors whose message names a sample share one key
             stacklevel=4,
         )
 

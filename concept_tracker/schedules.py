@@ -96,11 +96,13 @@ class at_steps(Schedule):
     """Fire at exactly the given steps.
 
     Args:
-        steps: non-negative integer steps, in any order; duplicates are dropped.
+        steps: non-negative integer steps (at least one), in any order; duplicates are dropped.
     """
 
     def __init__(self, steps: Iterable[int]) -> None:
         steps = [check_int(f"steps[{i}]", step, 0) for i, step in enumerate(steps)]
+        if not steps:
+            raise ValueError("steps=[] never fires, so nothing would be tracked; pass at least one step.")
         self.steps: tuple[int, ...] = tuple(sorted(set(steps)))
         # A set lookup: schedules are consulted at every training step.
         self._lookup = frozenset(self.steps)

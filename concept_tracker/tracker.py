@@ -31,12 +31,12 @@ from .and_or import AndOrConfig, decompose
 from .checks import check_kind, check_players, check_schedule
 from .config import BudgetConfig, OutputConfig, ReadingsConfig, configs, warn_legacy
 from .distributed import is_main_process, main_process_flag
-from .engine import compute_interactions
+from .engine import compute_interactions, progress_bar_open
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, stack_effects
 from .pipeline import decompose_splits, warm_from_state, warm_state
-from .players import Players
+from .players import Players, claim_baseline
 from .probes import (
     Probes,
     ProbeSet,
@@ -65,7 +65,8 @@ concepts change fastest) plus every 1,000th step for long runs."""
 
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
-"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar."""
+"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar
+(unless another tqdm bar is open, such as the Hugging Face Trainer's)."""
 
 
 class ConceptTracker(DeclaredState):
@@ -190,6 +191,7 @@ class ConceptTracker(DeclaredState):
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
         n = checks.check_players_fit(players, probe.inputs, "probes")
         bands = band_orders(n, self.readings.simple_max, self.readings.complex_min)
+        claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
         self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once)
         if held is not None:
             checks.check_same_width(probe.inputs, held.inputs)
@@ -211,6 +213,8 @@ class ConceptTracker(DeclaredState):
         """Track ``model`` at ``global_step`` if the schedule (and the budget's plan) fires there.
 
         Call it once per optimizer step (repeated calls with the same step are ignored).
+        ``global_step`` may be any integer type (int, numpy integer, 0-dim integer tensor); a
+        float or a string raises ``TypeError``.
         ``last=True`` marks the run's final step: tracked unless ``max_overhead`` forbids it.
 
         Returns:
@@ -219,6 +223,7 @@ class ConceptTracker(DeclaredState):
             in :meth:`summaries`). None when not tracked (not scheduled, already tracked, skipped
             by ``max_overhead``, or failed without ``strict``).
         """
+        global_step = checks.check_step(global_step)
         now = time.perf_counter()
         timing = self._timing
         timing.start(now)
@@ -301,7 +306,9 @@ class ConceptTracker(DeclaredState):
     def _track(self, model: nn.Module, step: int, start: float) -> StepSummary | None:
         """The masked forwards here, on the live weights; the rest on the worker (:meth:`_finish`)."""
         splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
-        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process()
+        # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
+        # interleave with it, line by line and escape code by escape code.
+        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
         # On CUDA the small [B, 2**n] values come to the CPU here, so the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
         if not is_main_process():
@@ -356,7 +363,7 @@ class ConceptTracker(DeclaredState):
 
     def _write(self, step: int, res: Interactions, summary: StepSummary) -> None:
         writer = self.writer
-        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None))
+        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None))
         for tag, magnitude in summary.histograms.items():
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)

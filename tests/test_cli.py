@@ -516,7 +516,7 @@ def test_analyze_sft_checkpoints_with_answer_log_prob(tmp_path, capsys, where):
     out = capsys.readouterr().out
     for step, model in models.items():
         res, meta = load_step(step_path(tmp_path / "run", step))
-        assert meta["value"] == "answer_log_prob" and meta["baseline"] == "mean input embedding"
+        assert meta["value"] == "answer_log_prob" and meta["baseline"] == "embedding: mean over the vocabulary"
         for i, (prompt, answer) in enumerate(zip(prompts, answers)):
             p = tokenizer(prompt)["input_ids"]
             a = tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -524,7 +524,7 @@ def test_analyze_sft_checkpoints_with_answer_log_prob(tmp_path, capsys, where):
                 logp = model(input_ids=torch.tensor([p + a])).logits[0].double().log_softmax(-1)
             direct = sum(float(logp[len(p) + j - 1, tok]) for j, tok in enumerate(a))
             assert res.outputs[i, -1].item() == pytest.approx(direct, abs=1e-4)
-    assert row(out, "baseline") == ["mean input embedding"]
+    assert row(out, "baseline") == ["embedding: mean over the vocabulary"]
     # Answer labels in --data make answer_log_prob the default value.
     assert cli.main([*argv, "--force"]) == 0, capsys.readouterr().err
     assert load_step(step_path(tmp_path / "run", 3))[1]["value"] == "answer_log_prob"
