@@ -672,6 +672,8 @@ class OrderSpectrum:
             (candidates found from the residual), strongest first, as (player ids, effect).
         simple_max, complex_min: the band cut-offs used.
         ratio: salience threshold ratio.
+        targets: [B] target per sample the values read (the model's predictions when none
+            was given), or None for a value function without one.
     """
 
     simple_share: Tensor
@@ -692,6 +694,7 @@ class OrderSpectrum:
     simple_max: int
     complex_min: int
     ratio: float
+    targets: Tensor | None
 
 
 def spectrum_scalars(spectrum: OrderSpectrum) -> dict[str, float]:
@@ -912,4 +915,5 @@ def order_spectrum(
         simple_max=simple_max,
         complex_min=complex_min,
         ratio=ratio,
+        targets=targets,
     )

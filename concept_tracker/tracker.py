@@ -50,6 +50,7 @@ from .probes import (
 from .rundir import RunGuard
 from .schedules import OverheadBudget, Schedule, budget_text, every, log_spaced
 from .solver_process import SolverProcess
+from .spectrum import OrderSpectrum, order_spectrum, spectrum_scalars
 from .state import DeclaredState, stack_list, unstack_list
 from .summary import StepSummary, summarize_step
 from .threads import spare_cores
@@ -62,6 +63,12 @@ from .writers.tensorboard import TensorBoardWriter
 DEFAULT_SCHEDULE = log_spaced(0, 10000, 20) | every(1000)
 """Used when ``schedule=None``: 20 log-spaced steps over the first 10,000 (dense early, when
 concepts change fastest) plus every 1,000th step for long runs."""
+
+SAMPLED_ABOVE = 16
+"""Players above which the tracker reads the sampled order spectrum instead of the exact
+readings (``2**n`` forwards per probe sample: 131,072 at n = 17; the exact path stops at 20)."""
+SPECTRUM_FORWARDS = 4096
+"""Forwards per probe sample of the sampled order spectrum when ``ReadingsConfig.spectrum`` is None."""
 
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
@@ -190,6 +197,19 @@ class ConceptTracker(DeclaredState):
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
         n = checks.check_players_fit(players, probe.inputs, "probes")
+        # Above SAMPLED_ABOVE players the sampled order spectrum replaces the exact readings;
+        # at or below, it is read beside them when readings.spectrum asks for it.
+        self._sampled_only = n > SAMPLED_ABOVE
+        self._spectrum = self.readings.spectrum or (SPECTRUM_FORWARDS if self._sampled_only else None)
+        if self._sampled_only:
+            warnings.warn(
+                f"ConceptTracker: n={n} players, above {SAMPLED_ABOVE}: the tracker reads the sampled order "
+                f"spectrum (spectrum/* tags, {self._spectrum} forwards per probe sample; set "
+                f"readings=ReadingsConfig(spectrum=...) to change it) instead of the exact readings (2**{n} "
+                "forwards per probe sample). Per-coalition readings (dynamics, held-out similarity, figures, "
+                f"kind={self.kind!r}) need the exact ones and are not tracked.",
+                stacklevel=2,
+            )
         bands = band_orders(n, self.readings.simple_max, self.readings.complex_min)
         claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
         self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once)
@@ -305,23 +325,78 @@ class ConceptTracker(DeclaredState):
 
     def _track(self, model: nn.Module, step: int, start: float) -> StepSummary | None:
         """The masked forwards here, on the live weights; the rest on the worker (:meth:`_finish`)."""
-        splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
+        splits = [] if self._sampled_only else ["probe"] + (["heldout"] if self._heldout is not None else [])
         # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
         # interleave with it, line by line and escape code by escape code.
         show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
         # On CUDA the small [B, 2**n] values come to the CPU here, so the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
+        spectrum = self._read_spectrum(model) if self._spectrum is not None else None
         if not is_main_process():
             return StepSummary(step)
         stall = self._timing.last_cost = time.perf_counter() - start
         # The first scheduled step runs whole here, so that a setup mistake raises before training.
         waited = self._worker.sync or self._run.tally.scheduled == 1
-        self._worker.submit(f"step {step}", lambda: self._finish(step, results, stall, waited), inline=waited)
+        finish = (
+            (lambda: self._finish_spectrum(step, cast(OrderSpectrum, spectrum), stall, waited))
+            if self._sampled_only
+            else (lambda: self._finish(step, results, stall, waited, spectrum))
+        )
+        self._worker.submit(f"step {step}", finish, inline=waited)
         if waited:
             return self._worker.last_result
         return StepSummary(step)
 
-    def _finish(self, step: int, results: dict[str, Interactions], stall: float, waited: bool) -> StepSummary:
+    def _read_spectrum(self, model: nn.Module) -> OrderSpectrum:
+        """The sampled order spectrum of the probes (the same seed at every step: the same
+        random masks, so steps differ by the model only)."""
+        probes = self._probe
+        spectrum = order_spectrum(
+            model,
+            probes.inputs,
+            self.players,
+            probes.labels,
+            value=self.value,
+            forwards_per_probe=cast(int, self._spectrum),
+            simple_max=self.readings.simple_max,
+            complex_min=self.readings.complex_min,
+            seed=self.readings.seed,
+            ratio=self.ratio,
+            batch_size=self.batch_size,
+        )
+        if probes.labels is None and spectrum.targets is not None:
+            # Predictions at the first tracked step become the fixed targets of the run.
+            self._probe = probes._replace(labels=spectrum.targets.detach().cpu())
+        return spectrum
+
+    def _write_spectrum(self, step: int, spectrum: OrderSpectrum) -> dict[str, float]:
+        """Its own scalars, layout and file: an estimate never fills an exact tag or field."""
+        scalars = spectrum_scalars(spectrum)
+        self.writer.layout(tags.spectrum_layout())
+        self.writer.scalars(scalars, step)
+        if self.store:
+            storage.save_spectrum(self.log_dir, step, spectrum, run=self._run.id)
+        return scalars
+
+    def _finish_spectrum(self, step: int, spectrum: OrderSpectrum, stall: float, waited: bool) -> StepSummary:
+        """A tracked step of the sampled order spectrum alone (more than SAMPLED_ABOVE players)."""
+        start = time.perf_counter()
+        summary = StepSummary(step, scalars=self._write_spectrum(step, spectrum))
+        seconds = time.perf_counter() - start
+        perf = {tags.FORWARDS_PER_SECOND: spectrum.forwards / max(stall, 1e-9), tags.WORKER_SECONDS: seconds}
+        perf[tags.PERF_SECONDS] = stall + (seconds if waited else 0.0)
+        if self._timing.plan is not None:
+            perf[tags.SKIPPED_STEPS] = self._timing.skipped
+        self.writer.scalars(perf, step)
+        self.writer.flush()
+        self._timing.worker_cost = 0.0 if self._worker.sync else seconds
+        self._timing.background += 0.0 if waited else seconds
+        self._run.tally.tracked += 1
+        return summary
+
+    def _finish(
+        self, step: int, results: dict[str, Interactions], stall: float, waited: bool, spectrum: OrderSpectrum | None
+    ) -> StepSummary:
         """Everything after the forwards: decomposition, dynamics, summary, store and writers."""
         start = time.perf_counter()
         if self.kind == "and_or":  # warm-started from the previous tracked step's split
@@ -343,7 +418,10 @@ class ConceptTracker(DeclaredState):
         except Exception as err:
             failure = err
         self._write(step, res, summary)
+        if spectrum is not None:
+            summary.scalars.update(self._write_spectrum(step, spectrum))
         rows = res.outputs.numel() + (held.outputs.numel() if held is not None else 0)
+        rows += spectrum.forwards if spectrum is not None else 0
         seconds = time.perf_counter() - start
         perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: seconds}
         perf[tags.PERF_SECONDS] = stall + (seconds if waited else 0.0)  # what training waited

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from itertools import combinations
 
 import numpy as np
@@ -349,3 +350,64 @@ def test_stored_fields_and_scalars_are_its_own(tmp_path):
         "medium_share (95% interval)",
         "complex_share (95% interval)",
     }
+
+
+# ---------------------------------------------------------------- in the tracker
+
+
+def test_tracker_reads_the_spectrum_beside_the_exact_readings(tmp_path):
+    from concept_tracker.config import OutputConfig, ReadingsConfig
+    from concept_tracker.store import list_steps, load_spectrum, spectrum_path
+
+    model = mlp(d_in=8, seed=5)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    probes = ct.ProbeSet(x, torch.arange(6) % 3)
+    plain = ct.ConceptTracker(
+        ct.TabularPlayers(baselines="zero"), probes, log_dir=tmp_path / "a", output=OutputConfig(figures=False)
+    )
+    both = ct.ConceptTracker(
+        ct.TabularPlayers(baselines="zero"),
+        probes,
+        log_dir=tmp_path / "b",
+        readings=ReadingsConfig(spectrum=100),
+        output=OutputConfig(figures=False),
+    )
+    with plain, both:
+        exact = plain.step(model, 0)
+        summary = both.step(model, 0)
+    assert summary is not None and exact is not None
+    for tag, value in exact.items():  # the exact readings are untouched
+        assert summary[tag] == pytest.approx(value, nan_ok=True, abs=1e-12), tag
+    spectrum_tags = {t for t in summary if t.startswith("spectrum/")}
+    assert spectrum_tags and not spectrum_tags & set(exact)
+    assert list_steps(tmp_path / "b") == [0]
+    tensors, meta = load_spectrum(spectrum_path(tmp_path / "b", 0))
+    assert meta["forwards_per_probe"] == 100 and summary["spectrum/forwards"] == meta["forwards"]
+    assert summary["spectrum/simple_share"] == pytest.approx(meta["overall"]["simple_share"][0])
+
+
+def test_tracker_above_16_players_reads_the_sampled_spectrum_only(tmp_path):
+    from concept_tracker.config import BudgetConfig, ReadingsConfig
+    from concept_tracker.store import list_steps, spectrum_path
+
+    n = 24
+    model = nn.Sequential(nn.Linear(n, 16), nn.Tanh(), nn.Linear(16, 3))
+    x = torch.randn(4, n, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="n=24 players, above 16.*sampled order spectrum.*300 forwards"):
+        tracker = ct.ConceptTracker(
+            ct.TabularPlayers(baselines="zero"),
+            ct.ProbeSet(x),
+            log_dir=tmp_path,
+            schedule=ct.every(1),
+            readings=ReadingsConfig(spectrum=300),
+            budget=BudgetConfig(max_overhead=0.5, total_steps=3, sync=True),
+        )
+    weights = [p.detach().clone() for p in model.parameters()]
+    with tracker, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a budget skip depends on the load
+        summaries = [tracker.step(model, step) for step in range(4)]
+    tracked = [s for s in summaries if s is not None]
+    assert tracked and all(set(s) <= {t for t in s if t.startswith("spectrum/")} for s in tracked)
+    assert all(0.0 <= s["spectrum/simple_share"] <= 1.0 for s in tracked)
+    assert spectrum_path(tmp_path, tracked[0].step).is_file() and list_steps(tmp_path) == []
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
