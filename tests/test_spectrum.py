@@ -356,26 +356,28 @@ def test_stored_fields_and_scalars_are_its_own(tmp_path):
 
 
 def test_tracker_reads_the_spectrum_beside_the_exact_readings(tmp_path):
-    from concept_tracker.config import OutputConfig, ReadingsConfig
+    from concept_tracker.config import BudgetConfig, OutputConfig, ReadingsConfig
     from concept_tracker.store import list_steps, load_spectrum, spectrum_path
 
     model = mlp(d_in=8, seed=5)
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
     probes = ct.ProbeSet(x, torch.arange(6) % 3)
+    quiet, sync = OutputConfig(figures=False), BudgetConfig(sync=True)
     plain = ct.ConceptTracker(
-        ct.TabularPlayers(baselines="zero"), probes, log_dir=tmp_path / "a", output=OutputConfig(figures=False)
+        ct.TabularPlayers(baselines="zero"), probes, log_dir=tmp_path / "a", output=quiet, budget=sync
     )
     both = ct.ConceptTracker(
         ct.TabularPlayers(baselines="zero"),
         probes,
         log_dir=tmp_path / "b",
         readings=ReadingsConfig(spectrum=100),
-        output=OutputConfig(figures=False),
+        output=quiet,
+        budget=sync,
     )
     with plain, both:
         exact = plain.step(model, 0)
         summary = both.step(model, 0)
-    assert summary is not None and exact is not None
+    assert summary is not None and exact is not None and len(exact) > 10
     for tag, value in exact.items():  # the exact readings are untouched
         assert summary[tag] == pytest.approx(value, nan_ok=True, abs=1e-12), tag
     spectrum_tags = {t for t in summary if t.startswith("spectrum/")}
