@@ -272,7 +272,8 @@ def qat_training(tmp_path, track: bool) -> dict[str, torch.Tensor]:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 4, generator=gen(1)), torch.randint(0, 3, (32,), generator=gen(2))
     players = ct.TabularPlayers(baselines="zero")
-    tracker = ct.ConceptTracker(players, x[:4], y[:4], log_dir=tmp_path, schedule=ct.every(1), figures=False)
+    output = ct.OutputConfig(figures=False)
+    tracker = ct.ConceptTracker(players, (x[:4], y[:4]), log_dir=tmp_path, schedule=ct.every(1), output=output)
     for step in range(4):
         if track:
             assert tracker.step(model, step) is not None
