@@ -115,6 +115,28 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
+def check_step(value: Any, name: str = "global_step") -> int:
+    """A training step as a Python int: any integer type (Python, numpy, a 0-dim integer tensor).
+
+    Raises:
+        TypeError: for a float (even a whole one: a fractional step would be truncated), a bool,
+            a string or any other type, naming ``name``.
+        ValueError: for a negative step.
+    """
+    try:
+        step = operator.index(value)
+    except TypeError:
+        step = None
+    if isinstance(value, bool) or step is None:
+        raise TypeError(
+            f"{name}={value!r} has type {type(value).__name__}; pass the integer optimizer step (an int, a numpy "
+            "integer or a 0-dim integer tensor), e.g. int(step) or trainer.state.global_step."
+        )
+    if step < 0:
+        raise ValueError(f"{name}={step} is negative; pass the optimizer step, counted from 0.")
+    return step
+
+
 def check_type(name: str, value: T | None, expected: type, fix: str) -> T | None:
     """``value`` must be None or an instance of ``expected``; ``fix`` says what to pass."""
     if value is not None and not isinstance(value, expected):

@@ -203,6 +203,8 @@ def dynamics_scalars(trajectory: Trajectory) -> dict[str, float]:
     for band in tags.DETOUR_BANDS:
         chosen = getattr(bands, band)
         out[tags.band_detour_ratio(band)] = float(trajectory.detour_ratio(chosen)) if chosen else math.nan
+        scale_free = float(trajectory.scale_free_detour_ratio(chosen)) if chosen else math.nan
+        out[tags.band_scale_free_detour_ratio(band)] = scale_free
     out[tags.SIGN_FLIPS] = float(trajectory.sign_flips().sum())
     forgotten = trajectory.forgotten()
     out.update({tags.forgotten(m): float(forgotten[m]) for m in orders})

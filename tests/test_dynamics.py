@@ -15,8 +15,10 @@ from concept_tracker.metrics.dynamics import (
     high_order_strength,
     loss_gap_step,
     phase_boundary,
+    scale_free_detour_ratio,
     sign_flips,
     smooth,
+    unit_effects,
 )
 
 
@@ -58,6 +60,58 @@ def test_detour_pools_a_set_of_orders_and_marks_no_displacement():
     assert traj.detour_ratio(traj.bands.complex) == 3
     with pytest.raises(ValueError, match="orders"):
         detour_ratio(series, [3])
+
+
+def test_unit_effects_by_hand():
+    # Sample 0: |I| over the non-empty sets sums to 4; sample 1 has no effect at all.
+    series = f64([[[5, 1, -1, 2], [3, 0, 0, 0]]])
+    torch.testing.assert_close(unit_effects(series), f64([[[0, 0.25, -0.25, 0.5], [0, 0, 0, 0]]]))
+    # Kinds pooled: one total over AND and OR of a sample.
+    pooled = f64([[[[0, 1, 0, 0], [0, 0, 0, 3]]]])
+    torch.testing.assert_close(unit_effects(pooled), f64([[[[0, 0.25, 0, 0], [0, 0, 0, 0.75]]]]))
+
+
+def test_scale_free_detour_ignores_a_growing_output_scale():
+    gen = torch.Generator().manual_seed(3)
+    series = torch.randn(7, 4, 2, 16, generator=gen, dtype=torch.float64)  # [T, B, K, 2**4]
+    growth = torch.logspace(0, 3, 7, dtype=torch.float64).view(7, 1, 1, 1)  # x1000 over the run
+    per_sample = torch.rand(1, 4, 1, 1, generator=gen, dtype=torch.float64) + 0.5
+    scaled = series * growth * per_sample
+    torch.testing.assert_close(scale_free_detour_ratio(scaled), scale_free_detour_ratio(series), equal_nan=True)
+    complex_band = [3, 4]
+    assert scale_free_detour_ratio(scaled, complex_band) == pytest.approx(scale_free_detour_ratio(series, complex_band))
+    # The plain ratio follows the scale: the late, large steps dominate its path.
+    assert abs(detour_ratio(scaled, complex_band) - detour_ratio(series, complex_band)) > 0.1
+    # Brute force: the ratio of the unit effects, path over displacement, summed per order.
+    unit = series.clone()
+    unit[..., 0] = 0
+    unit = unit / unit.abs().sum((-2, -1), keepdim=True)
+    orders = torch.tensor([bin(s).count("1") for s in range(16)])
+    path = (unit[1:] - unit[:-1]).abs().sum((0, 1, 2))
+    disp = (unit[-1] - unit[0]).abs().sum((0, 1))
+    mask = (orders == 3) | (orders == 4)
+    assert scale_free_detour_ratio(series, complex_band) == pytest.approx(float(path[mask].sum() / disp[mask].sum()))
+
+
+def test_trajectory_scale_free_detour_matches_the_pure_function_and_survives_a_restore():
+    gen = torch.Generator().manual_seed(4)
+    series = torch.randn(6, 3, 16, generator=gen, dtype=torch.float64) * torch.logspace(0, 2, 6).view(6, 1, 1)
+    traj = trajectory(series[:3])
+    resumed = Trajectory()
+    resumed.load_state_dict(traj.state_dict())
+    for step, effects in zip(range(3, 6), series[3:]):
+        traj.append(step, effects)
+        resumed.append(step, effects)
+    torch.testing.assert_close(traj.scale_free_detour_ratio(), scale_free_detour_ratio(series), equal_nan=True)
+    torch.testing.assert_close(resumed.scale_free_detour_ratio(), scale_free_detour_ratio(series), equal_nan=True)
+    assert traj.scale_free_detour_ratio([3, 4]) == pytest.approx(scale_free_detour_ratio(series, [3, 4]))
+    # A state saved before the unit effects were kept: the scale-free ratio is unknown, not wrong.
+    old = {k: v for k, v in trajectory(series[:3]).state_dict().items() if not k.startswith("unit_")}
+    legacy = Trajectory()
+    legacy.load_state_dict(old)
+    legacy.append(3, series[3])
+    assert math.isnan(legacy.scale_free_detour_ratio([3, 4]))
+    assert legacy.detour_ratio([3, 4]) == pytest.approx(detour_ratio(series[:4], [3, 4]))
 
 
 def test_sign_flips_count_changes_while_salient():

@@ -119,6 +119,43 @@ def detour_ratio(series: Tensor, orders: Iterable[int] | None = None) -> Tensor 
     return _detour(path_length(series), displacement(series), n, orders)
 
 
+def unit_effects(series: Tensor) -> Tensor:
+    """Effects divided, per step and sample, by their total size ``sum_{S != empty} |I(S)|``.
+
+    The output's scale (the logits grow through training) multiplies every effect of a step
+    by the same factor; on unit effects it cancels. The empty set (``I(empty) = v(empty)``, not
+    a concept) is left out of the total and set to 0. A step of a sample without any effect
+    stays 0.
+
+    Args:
+        series: [T, B, 2**n] (or [T, B, K, 2**n], kinds pooled in the total) effects over steps.
+    Returns:
+        Same shape, float64.
+    """
+    squeeze = series.dim() == 3
+    series = _check_series(series).clone()
+    series[..., 0] = 0.0
+    total = series.abs().sum((-2, -1), keepdim=True)
+    unit = series / torch.where(total > 0, total, torch.ones_like(total))
+    return unit.squeeze(-2) if squeeze else unit
+
+
+def scale_free_detour_ratio(series: Tensor, orders: Iterable[int] | None = None) -> Tensor | float:
+    """Detour ratio ``P / D`` of the unit effects (:func:`unit_effects`), per order or pooled.
+
+    Unlike :func:`detour_ratio`, it does not change when every effect of a step is multiplied
+    by a positive factor of that step (a growing output scale): only how the concepts share
+    the output moves the path.
+
+    Args:
+        series: [T, B, 2**n] (or [T, B, K, 2**n]) effects over steps.
+        orders: None for every order; a set of orders to pool into one ratio.
+    Returns:
+        [n + 1] float64 (NaN where D = 0), or a float for a set of ``orders``.
+    """
+    return detour_ratio(unit_effects(series), orders)
+
+
 def _flip_step(last_sign: Tensor, effects: Tensor, salient: Tensor) -> tuple[Tensor, Tensor]:
     """One step of sign-flip tracking.
 
@@ -354,8 +391,13 @@ class Trajectory:
                 "emergence": torch.full(current.shape, -1, dtype=torch.int64),
             }
         s = self._state
+        unit = unit_effects(current[None])[0]
+        if "unit_last" not in s:
+            s.update(unit_first=unit.clone(), unit_last=unit, unit_path=torch.zeros_like(unit))
         s["path"] += (current - s["last"]).abs()
         s["last"] = current
+        s["unit_path"] += (unit - s["unit_last"]).abs()
+        s["unit_last"] = unit
         s["last_sign"], flipped = _flip_step(s["last_sign"], current, salient)
         s["flips"] += flipped
         s["ever_salient"] |= salient
@@ -375,6 +417,18 @@ class Trajectory:
         n = self._require("detour_ratio()")
         s = self._state
         return _detour(s["path"], (s["last"] - s["first"]).abs(), n, orders)
+
+    def scale_free_detour_ratio(self, orders: Iterable[int] | None = None) -> Tensor | float:
+        """Detour ratio of the unit effects as of the latest step; see
+        :func:`scale_free_detour_ratio` (NaN for a trajectory restored from a state saved
+        before it was kept).
+
+        Returns:
+            [n + 1] float64 per order, or one float for a set of ``orders``.
+        """
+        n = self._require("scale_free_detour_ratio()")
+        s = self._state
+        return _detour(s["unit_path"], (s["unit_last"] - s["unit_first"]).abs(), n, orders)
 
     def detour_terms(self) -> tuple[Tensor, Tensor]:
         """Per-sample path length and displacement as of the latest step, for intervals
@@ -459,7 +513,8 @@ class Trajectory:
             dict with "ratio", "simple_max", "complex_min", "steps", "high_order_strength",
             "high_order_share" and,
             after the first step, the running tensors ("first", "last", "path", "last_sign",
-            "flips", "ever_salient", "salient", "emergence").
+            "flips", "ever_salient", "salient", "emergence", and "unit_first", "unit_last",
+            "unit_path" for the scale-free detour ratio).
         """
         state: dict[str, Tensor | int | float | list | None] = {
             **self.readings.stored,
@@ -500,6 +555,11 @@ class Trajectory:
                     f"state has steps but no tensors {absent}; pass an unmodified Trajectory.state_dict()."
                 )
             tensors = {k: state[k].detach().to("cpu", dtype).clone() for k, dtype in dtypes.items()}
+            # States saved before the unit effects were kept: their path is unknown (NaN).
+            for k in ("unit_first", "unit_last", "unit_path"):
+                kept = state.get(k)
+                lost = torch.full_like(tensors["last"], math.nan)
+                tensors[k] = kept.detach().to("cpu", torch.float64).clone() if isinstance(kept, Tensor) else lost
         self.readings = replace(
             self.readings,
             ratio=float(state["ratio"]),
