@@ -262,6 +262,7 @@ def test_close_on_a_full_disk_warns_once_releases_the_lock_and_keeps_the_stored_
 
     t = tracker(tmp_path)
     t.step(model(), 0)
+    t.summaries(wait=True)  # step 0 stored before the disk fills
     kept = step_path(tmp_path, 0).read_bytes()
 
     def full_disk(*args, **kwargs):
