@@ -762,3 +762,22 @@ def test_every_training_step_is_timed_as_beside_the_worker_or_not(tmp_path):
     assert timing.idle_steps + timing.busy[0] == 61
     assert timing.worker_cost is not None and timing.worker_cost > 0  # measured by the worker
     assert timing.last_cost is not None and timing.last_cost < timing.spent
+
+
+def test_tracked_steps_are_written_at_exit_without_close(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from concept_tracker import ConceptTracker, TabularPlayers, every\n"
+        "x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])\n"
+        f"t = ConceptTracker(TabularPlayers(), x, y, log_dir={str(tmp_path)!r}, schedule=every(1), figures=False)\n"
+        "model = nn.Linear(3, 2)\n"
+        "for step in range(2):\n"
+        "    t.step(model, step)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert list_steps(tmp_path) == [0, 1]
