@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint install install-test benchmarks clean
+.PHONY: demo docs-numbers test test-slow lint install install-test benchmarks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/concept-tracker demo
 
+# Reruns the demo at its seed and rewrites the README's demo block, docs/demo_results.json and
+# the docs/demo_*.png figures from that one run.
+docs-numbers: $(VENV)/.installed
+	$(PY) tools/docs_numbers.py
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check concept_tracker integrations
 	$(VENV)/bin/ruff format --check concept_tracker integrations
@@ -33,6 +38,10 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(PY) -m pytest -q
+
+# Tests marked slow (a fresh demo run compared with docs/demo_results.json).
+test-slow: $(VENV)/.installed-test
+	CONCEPT_TRACKER_SLOW=1 $(PY) -m pytest -q -m slow
 
 benchmarks: $(VENV)/.installed-test
 	$(PY) benchmarks/transforms.py

@@ -4,6 +4,7 @@ The core never imports ``concept_tracker.integrations`` (transformers, accelerat
 """
 
 from .and_or import AndOrConfig, AndOrResult, decompose
+from .config import BudgetConfig, OutputConfig, ReadingsConfig
 from .engine import compute_interactions
 from .interactions import Interactions
 from .language_models import prompt_answer_batch
@@ -33,13 +34,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AndOrConfig",
     "AndOrResult",
+    "BudgetConfig",
     "ConceptTracker",
     "DEFAULT_SCHEDULE",
     "FeatureMaskPlayers",
     "ImagePatchPlayers",
     "Interactions",
+    "OutputConfig",
     "Players",
     "ProbeSet",
+    "ReadingsConfig",
     "Schedule",
     "StepSummary",
     "TabularPlayers",

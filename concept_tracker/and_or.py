@@ -54,11 +54,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from .checks import check_int, check_number
 from .threads import threads_for
 from .transforms import and_inverse, and_transform, num_players, or_inverse, or_transform
 
@@ -105,14 +105,14 @@ class AndOrConfig:
     relaxation: float = 1.8
 
     def __post_init__(self) -> None:
-        _check_number("bound_ratio", self.bound_ratio, low=0.0)
-        _check_int("max_iter", self.max_iter, low=1)
-        _check_number("tol", self.tol, low=0.0)
-        _check_int("check_every", self.check_every, low=1)
-        _check_number("rho_start", self.rho_start, low=0.0, strict=True)
-        _check_number("rho_end", self.rho_end, low=0.0, strict=True)
-        _check_int("rho_ramp", self.rho_ramp, low=0)
-        _check_number("relaxation", self.relaxation, low=0.0, strict=True)
+        check_number("bound_ratio", self.bound_ratio, 0.0)
+        check_int("max_iter", self.max_iter, 1)
+        check_number("tol", self.tol, 0.0)
+        check_int("check_every", self.check_every, 1)
+        check_number("rho_start", self.rho_start, 0.0, strict=True)
+        check_number("rho_end", self.rho_end, 0.0, strict=True)
+        check_int("rho_ramp", self.rho_ramp, 0)
+        check_number("relaxation", self.relaxation, 0.0, strict=True)
         if self.relaxation >= 2.0:
             raise ValueError(f"relaxation={self.relaxation!r}; ADMM needs 0 < relaxation < 2 (1.6 is typical).")
 
@@ -244,18 +244,6 @@ def decompose(
 
 
 # ----------------------------------------------------------------------------------- checks
-
-
-def _check_number(name: str, value: Any, low: float, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name}={value!r}; it must be a finite number {relation} {low}.")
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r}; it must be an int >= {low}.")
 
 
 def _check_values(values: Tensor) -> Tensor:

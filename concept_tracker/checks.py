@@ -1,23 +1,31 @@
-"""Argument checks shared by every entry point: the tracker, the engine and the integrations.
+"""Argument checks shared by every entry point: the tracker, the engine, the players, the
+schedules, the solver, the metrics and the integrations.
 
 Each check raises ``ValueError`` naming the parameter, the value received and the fix, and
 returns the value (normalized where noted), so a constructor validates with one line per
-argument and fails at construction rather than mid-training.
+argument and fails at construction rather than mid-training. This module sits below the
+modules it serves (it imports only ``transforms`` and ``interactions``), so players and
+schedules are recognised by what they provide, not by their class.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from .interactions import KINDS
-from .players import Players
-from .schedules import Schedule
+from .transforms import MAX_PLAYERS
+
+if TYPE_CHECKING:
+    from .players import Players
+    from .schedules import Schedule
 
 T = TypeVar("T")
 
@@ -25,17 +33,29 @@ PLAYER_KINDS = "TabularPlayers, ImagePatchPlayers, TokenPlayers or FeatureMaskPl
 
 
 def check_players(players: Players) -> Players:
-    """``players`` must be one of the library's player kinds."""
-    if not isinstance(players, Players):
+    """``players`` must be one of the library's player kinds (a ``Players``)."""
+    if not all(callable(getattr(players, name, None)) for name in ("prepare", "masker", "names")):
         raise ValueError(
             f"players has type {type(players).__name__}; pass a concept_tracker player kind ({PLAYER_KINDS})."
         )
     return players
 
 
+def check_num_players(n: int, param: str) -> int:
+    """``n`` players, as ``param`` gives them, must be between 1 and ``MAX_PLAYERS``."""
+    if n < 1:
+        raise ValueError(f"{param} gives n={n} players; at least 1 is needed.")
+    if n > MAX_PLAYERS:
+        raise ValueError(
+            f"{param} gives n={n} players; at most {MAX_PLAYERS} are supported "
+            f"(2**n coalitions per sample). Choose fewer players."
+        )
+    return n
+
+
 def check_schedule(schedule: Schedule | None) -> Schedule | None:
-    """``schedule`` must be a :class:`Schedule` or None (the caller's default)."""
-    if schedule is not None and not isinstance(schedule, Schedule):
+    """``schedule`` must be a ``Schedule`` or None (the caller's default)."""
+    if schedule is not None and not (callable(schedule) and callable(getattr(schedule, "to_config", None))):
         raise ValueError(
             f"schedule has type {type(schedule).__name__}; pass every(n), log_spaced(...), "
             "at_steps([...]) or a combination with |, or None for the default."
@@ -43,28 +63,78 @@ def check_schedule(schedule: Schedule | None) -> Schedule | None:
     return schedule
 
 
-def check_kind(kind: str) -> str:
+def check_kind(kind: Any) -> str:
     """``kind`` must name an interaction kind: "and", "or" or "and_or"."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; use one of {list(KINDS)}.")
     return kind
 
 
-def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False, unit: str = "") -> Any:
-    """``value`` must be an int >= ``minimum`` (bools refused), or None when ``optional``."""
+def check_int(name: str, value: Any, minimum: int | None = 1, *, optional: bool = False, unit: str = "") -> Any:
+    """``value`` as a Python int >= ``minimum`` (any integer type, bools refused; None: no
+    minimum), or None when ``optional``."""
     if optional and value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an int >= {minimum}" + (" or None" if optional else "")
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or (minimum is not None and number < minimum):
+        allowed = ("an int" if minimum is None else f"an int >= {minimum}") + (" or None" if optional else "")
         raise ValueError(f"{name}={value!r} must be {allowed}{f' ({unit})' if unit else ''}.")
+    return number
+
+
+def check_number(name: str, value: Any, low: float, *, strict: bool = False) -> float:
+    """``value`` must be a finite number >= ``low`` (> ``low`` when ``strict``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        raise ValueError(f"{name}={value!r}; it must be a finite number {'>' if strict else '>='} {low}.")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any, example: float = 0.1, *, optional: bool = True) -> Any:
+    """``value`` must be a number strictly between 0 and 1, or None when ``optional``."""
+    if optional and value is None:
+        return None
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
+        allowed = "None or a fraction" if optional else "a fraction"
+        raise ValueError(f"{name}={value!r} must be {allowed} in (0, 1), e.g. {example}.")
     return value
 
 
-def check_fraction(name: str, value: Any, example: float = 0.1) -> float | None:
-    """``value`` must be None or a number strictly between 0 and 1."""
-    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
-        raise ValueError(f"{name}={value!r} must be None or a fraction in (0, 1), e.g. {example}.")
-    return value
+def check_ratio(ratio: float) -> float:
+    """The salience threshold ``ratio`` as a float in [0, 1)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise ValueError(f"ratio={ratio!r} must be a finite number; the default is 0.05.")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(
+            f"ratio={ratio!r} is outside [0, 1); the salience threshold is ratio * max |I(S)|, "
+            "so use a small fraction such as 0.05."
+        )
+    return float(ratio)
+
+
+def check_step(value: Any, name: str = "global_step") -> int:
+    """A training step as a Python int: any integer type (Python, numpy, a 0-dim integer tensor).
+
+    Raises:
+        TypeError: for a float (even a whole one: a fractional step would be truncated), a bool,
+            a string or any other type, naming ``name``.
+        ValueError: for a negative step.
+    """
+    try:
+        step = operator.index(value)
+    except TypeError:
+        step = None
+    if isinstance(value, bool) or step is None:
+        raise TypeError(
+            f"{name}={value!r} has type {type(value).__name__}; pass the integer optimizer step (an int, a numpy "
+            "integer or a 0-dim integer tensor), e.g. int(step) or trainer.state.global_step."
+        )
+    if step < 0:
+        raise ValueError(f"{name}={step} is negative; pass the optimizer step, counted from 0.")
+    return step
 
 
 def check_type(name: str, value: T | None, expected: type, fix: str) -> T | None:

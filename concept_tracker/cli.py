@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import shutil
 import sys
+import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from . import report
+from .rundir import RunLock, run_entries
+from .values import VALUE_NAMES
 
 EXIT_USAGE = 2
 
@@ -37,13 +42,18 @@ the first checkpoint; held-out probes add the generalization/* scalars and need 
                    "heldout_inputs": ..., "heldout_labels": ...}
   .safetensors    tensors named inputs, labels, heldout_inputs, heldout_labels; dict inputs
   .npz            (e.g. tokenized text) as inputs.input_ids, inputs.attention_mask, ...
+causal language models (supervised fine-tuning): "labels" [B, T] (or inputs.labels) with the
+answer's token ids at its positions and -100 elsewhere, the shape of inputs.input_ids; the value
+then defaults to answer_log_prob, log p(answer | prompt).
 """
 
 PLAYER_FORMATS = """\
 --players formats:
   tabular[:COLUMNS]              feature columns of [B, d] inputs, e.g. tabular:0-9 or tabular:0,3,5
   patches:ROWSxCOLS[:PATCHES]    image patches, e.g. patches:2x5 or patches:4x4:1,2,5,6,9,10
-  tokens:N                       the first N words of Hugging Face inputs (input_ids, ...)
+  tokens:N                       the first N words of Hugging Face inputs (input_ids, ...);
+                                 --baseline zero or mean: the embedding of masked words when
+                                 the tokenizer has no mask token (default mean)
   mask:FILE                      a Captum-style feature mask (ids 0..n-1, -1 background) in a
                                  .pt / .safetensors / .npz file (tensor "feature_mask")
 """
@@ -134,7 +144,9 @@ def load_probe_data(path: str | Path) -> dict[str, Any]:
         raw = {"inputs": raw}
     if not isinstance(raw, dict):
         raise InputError(f"{path} holds a {type(raw).__name__}; save a Tensor or a dict (see --help for the formats).")
-    data = {name: _gather(raw, name) for name in ("inputs", "labels", "heldout_inputs", "heldout_labels")}
+    data: dict[str, Any] = {
+        name: _gather(raw, name) for name in ("inputs", "labels", "heldout_inputs", "heldout_labels")
+    }
     if data["inputs"] is None:
         raise InputError(
             f"{path} has no 'inputs' (found {sorted(raw)}); name the probe inputs 'inputs' or "
@@ -144,7 +156,18 @@ def load_probe_data(path: str | Path) -> dict[str, Any]:
         tensors = value.values() if isinstance(value, dict) else [value]
         if value is not None and not all(isinstance(t, Tensor) for t in tensors):
             raise InputError(f"{path}: '{name}' must be a tensor or a dict of tensors.")
+    for split in ("", "heldout_"):
+        inputs, labels = data[f"{split}inputs"], data[f"{split}labels"]
+        if isinstance(inputs, dict) and _is_answer(labels, inputs):
+            # Answer labels of a causal LM travel with the inputs, as in a fine-tuning batch.
+            data[f"{split}inputs"], data[f"{split}labels"] = {**inputs, "labels": labels}, None
     return data
+
+
+def _is_answer(labels: Any, inputs: dict[str, Any]) -> bool:
+    """Whether ``labels`` are answer labels [B, T] of causal LM ``inputs`` (the shape of input_ids)."""
+    ids = inputs.get("input_ids")
+    return isinstance(labels, Tensor) and isinstance(ids, Tensor) and labels.dim() == 2 and labels.shape == ids.shape
 
 
 def _index_list(text: str, what: str) -> list[int]:
@@ -193,8 +216,11 @@ def parse_players(spec: str, baseline: str | None = None, mask_token_id: int | N
         select = _index_list(select_text, "patches") if select_text else None
         return ImagePatchPlayers(grid=(int(match[1]), int(match[2])), select=select, **options)
     if kind == "tokens":
-        if baseline is not None:
-            raise InputError("--baseline does not apply to tokens players (masked words become the mask token).")
+        if baseline is not None and baseline not in ("zero", "mean"):
+            raise InputError(
+                f"--baseline={baseline!r} for tokens players; use zero or mean (the input embedding of "
+                "masked words when the tokenizer has no mask token)."
+            )
         if not rest.isdigit():
             raise InputError(f"--players={spec!r}: give the number of words, e.g. tokens:10.")
         return TokenPlayers(n=int(rest), mask_token_id=mask_token_id)
@@ -387,22 +413,90 @@ def _tokenizer_for(path: Path) -> Any:
         return None
 
 
-def prepare_log_dir(log_dir: Path, force: bool) -> None:
-    """Refuse to mix two analyses in one directory; with ``force`` clear the old one's output
-    (its event files and stored interactions, nothing else)."""
-    if not log_dir.exists():
-        return
-    if not log_dir.is_dir():
+def _old_runs(log_dir: Path) -> list[Path]:
+    """The folders of earlier analyses in ``log_dir``: itself and its ``baseline-*`` folders,
+    those that hold a run (see ``rundir.run_entries``)."""
+    folders = [log_dir, *sorted(log_dir.glob(f"{report.BASELINE_DIR_PREFIX}*"))]
+    return [folder for folder in folders if run_entries(folder)]
+
+
+class _Analysis:
+    """The owner of the run locks an analysis holds (a lock is released when its owner goes)."""
+
+
+@contextmanager
+def staged_runs(log_dir: Path, targets: Sequence[Path], force: bool) -> Iterator[Callable[[Path], Path]]:
+    """Where an analysis writes: a fresh staging folder beside ``log_dir``, moved into place
+    only once every run in it is complete, so that nothing is deleted before it is checked.
+
+    Before anything is written, an earlier run in ``log_dir`` is refused without ``force``, and
+    ``log_dir``, its earlier runs and the ``targets`` are locked (``rundir.RunLock``): a live
+    tracker there refuses the analysis and keeps its folder as it is. After the ``with`` body,
+    the earlier runs' entries (event files and stored interactions, nothing else) are moved
+    aside, the new ones moved in, then the old ones deleted. When the body fails, the staging
+    folder is deleted and ``log_dir`` stays as it was.
+
+    Args:
+        log_dir: ``--log-dir``.
+        targets: the run folders the analysis writes, ``log_dir`` or folders inside it.
+        force: ``--force``, replace an earlier run.
+    Yields:
+        ``fresh(target)``: the staging folder to write the run of ``target`` into.
+    Raises:
+        InputError: for a file at ``log_dir``, an earlier run without ``force``, or a folder in
+            use by a live tracker.
+    """
+    if log_dir.exists() and not log_dir.is_dir():
         raise InputError(f"--log-dir {log_dir} is a file; pass a directory.")
-    old = [p for p in log_dir.iterdir() if p.name.startswith("events.out.tfevents") or p.name == "interactions"]
-    if not old:
-        return
-    if not force:
+    old = _old_runs(log_dir) if log_dir.is_dir() else []
+    if old and not force:
         raise InputError(
             f"{log_dir} already holds a tracked run; pass --force to replace it or choose another --log-dir."
         )
-    for path in old:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    folders = list(dict.fromkeys([log_dir, *old, *targets]))
+    created = [folder for folder in folders if not folder.exists()]
+    owner, locks = _Analysis(), []
+    log_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage: Path | None = None
+    swapping = False
+    try:
+        for folder in folders:
+            lock = RunLock(folder)
+            lock.acquire(owner)
+            locks.append(lock)
+        stage = Path(tempfile.mkdtemp(prefix=f".{log_dir.name}.analyze-", dir=log_dir.parent))
+        new, aside = stage / "new", stage / "old"
+        yield lambda target: new / target.relative_to(log_dir)
+        swapping = True
+        for folder in old:
+            _move_entries(folder, aside / folder.relative_to(log_dir))
+        for target in targets:
+            _move_entries(new / target.relative_to(log_dir), target)
+        swapping = False
+        shutil.rmtree(stage)
+    except ValueError as err:  # a lock held by a live tracker
+        raise InputError(str(err)) from err
+    except BaseException:
+        if swapping:  # rare: a rename failed midway; keep both runs where the user can find them
+            raise InputError(
+                f"replacing the run in {log_dir} failed midway; the earlier run is in {stage}/old and the "
+                f"new one in {stage}/new."
+            ) from None
+        raise
+    finally:
+        if stage is not None and not swapping and stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+        for lock in locks:
+            lock.release()
+        for folder in reversed(created):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # made only to hold the lock of an analysis that failed
+
+
+def _move_entries(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in run_entries(source):
+        os.replace(entry, target / entry.name)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
@@ -427,26 +521,32 @@ def _run_analyze(args: argparse.Namespace) -> int:
         probes = select_probes(probes.inputs, args.probes, labels=probes.labels, seed=args.seed)
 
     log_dir = Path(args.log_dir)
-    prepare_log_dir(log_dir, args.force)
-    if args.baselines is None:
-        summary = _analyze_one(args, checkpoints, factory, data, probes, device, args.baseline, log_dir)
-        print(report.summary_table([summary]))
+    # One run per baseline, side by side with --baselines: do the conclusions depend on the baseline?
+    names = None if args.baselines is None else [str(b) for b in baselines]
+    targets = [log_dir] if names is None else [log_dir / f"{report.BASELINE_DIR_PREFIX}{b}" for b in names]
+    with staged_runs(log_dir, targets, args.force) as fresh:
+        for _, path in checkpoints:  # every checkpoint loads before any is analyzed
+            load_model(path, factory, torch.device("cpu"))
+        for baseline, target in zip(baselines, targets):
+            _analyze_one(args, checkpoints, factory, data, probes, device, baseline, fresh(target))
+    if names is None:
+        print(report.summary_table([report.summarize_run(log_dir, readings={"ratio": args.ratio})]))
         print(f"\nWrote {log_dir}: tensorboard --logdir {log_dir}")
         return 0
-    # One run per baseline, side by side: do the conclusions depend on the baseline?
-    names = [str(b) for b in baselines]
-    runs = []
-    for baseline in names:
-        sub = log_dir / f"{report.BASELINE_DIR_PREFIX}{baseline}"
-        runs.append(
-            _analyze_one(args, checkpoints, factory, data, probes, device, baseline, sub, name=f"baseline {baseline}")
-        )
+    runs = [
+        report.summarize_run(t, name=f"baseline {b}", readings={"ratio": args.ratio}) for b, t in zip(names, targets)
+    ]
     print(report.summary_table(runs))
     print("\nAcross baselines:")
     for line in report.baseline_agreement({b: [r] for b, r in zip(names, runs)}):
         print(f"  {line}")
     print(f"\nWrote {log_dir}/{report.BASELINE_DIR_PREFIX}*: tensorboard --logdir {log_dir}")
     return 0
+
+
+def _default_value(inputs: Any) -> str:
+    """``--value`` when not given: ``answer_log_prob`` for inputs with answer labels, else ``log_odds``."""
+    return "answer_log_prob" if isinstance(inputs, dict) and _is_answer(inputs.get("labels"), inputs) else "log_odds"
 
 
 def _baseline_list(args: argparse.Namespace) -> list[str | None]:
@@ -470,12 +570,13 @@ def _analyze_one(
     device: torch.device,
     baseline: str | None,
     log_dir: Path,
-    name: str | None = None,
-) -> report.RunSummary:
-    """Track every checkpoint under one baseline into ``log_dir`` and summarize the run."""
+) -> None:
+    """Track every checkpoint under one baseline into ``log_dir``."""
     from tqdm.auto import tqdm
 
+    from .config import BudgetConfig, ReadingsConfig
     from .players import TokenPlayers, fit_mean_baseline
+    from .probes import ProbeSet
     from .schedules import at_steps
     from .tracker import ConceptTracker
 
@@ -486,25 +587,22 @@ def _analyze_one(
     else:
         # A "mean" baseline is the mean of every input in --data, not only the --probes drawn.
         fit_mean_baseline(players, data["inputs"])
+    heldout = None if data["heldout_inputs"] is None else ProbeSet(data["heldout_inputs"], data["heldout_labels"])
     tracker = ConceptTracker(
         players,
-        probes.inputs,
-        probes.labels,
-        heldout_inputs=data["heldout_inputs"],
-        heldout_targets=data["heldout_labels"],
+        probes,
+        heldout,
         log_dir=log_dir,
         schedule=at_steps([step for step, _ in checkpoints]),
         kind=args.kind,
-        value=args.value,
-        ratio=args.ratio,
-        batch_size=args.batch_size,
+        value=args.value or _default_value(probes.inputs),
+        readings=ReadingsConfig(ratio=args.ratio),
+        budget=BudgetConfig(batch_size=args.batch_size),
         strict=True,
-        probe_ids=probes.ids,
     )
     with tracker:
         for step, path in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
             tracker.step(load_model(path, factory, device), step)
-    return report.summarize_run(log_dir, name=name, ratio=args.ratio)
 
 
 # ------------------------------------------------------------------------------- report
@@ -523,7 +621,7 @@ def _run_report(args: argparse.Namespace) -> int:
     grouped = [report.baseline_runs(d) for d in dirs]
     if all(grouped):
         return _report_baselines(grouped, names, options, html)
-    runs = [report.summarize_run(d, name=name, **options) for d, name in zip(dirs, names)]
+    runs = [report.summarize_run(d, name=name, readings=options) for d, name in zip(dirs, names)]
     print(report.summary_table(runs))
     print("\nTrain-test similarity by order (last tracked step):")
     print(report.similarity_table(runs))
@@ -544,7 +642,7 @@ def _report_baselines(
             f"the runs share no baseline ({[sorted(g) for g in grouped]}); analyze them with the same --baselines."
         )
     by_baseline = {
-        b: [report.summarize_run(g[b], name=name, **options) for g, name in zip(grouped, names)] for b in shared
+        b: [report.summarize_run(g[b], name=name, readings=options) for g, name in zip(grouped, names)] for b in shared
     }
     for baseline, runs in by_baseline.items():
         print(f"Baseline {baseline}:")
@@ -612,15 +710,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--players", required=True, help="player spec, e.g. patches:2x5, tabular:0-9, tokens:10")
     analyze.add_argument("--model-factory", help="module:function returning the nn.Module that state dicts load into")
     analyze.add_argument("--log-dir", default="runs/analyze", help="output directory (default runs/analyze)")
-    analyze.add_argument("--force", action="store_true", help="replace an earlier run in --log-dir")
+    analyze.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier run in --log-dir (once the new one is complete; a live run is never touched)",
+    )
     analyze.add_argument(
         "--kind", choices=("and", "or", "and_or"), default="and", help="interaction kind (default and)"
     )
     analyze.add_argument(
         "--value",
-        default="log_odds",
-        choices=("log_odds", "logit", "log_prob", "output"),
-        help="value function (default log_odds)",
+        choices=VALUE_NAMES,
+        help="value function (default answer_log_prob when --data holds answer labels [B, T], else log_odds)",
     )
     analyze.add_argument("--ratio", type=float, default=0.05, help="salience threshold ratio (default 0.05)")
     analyze.add_argument(

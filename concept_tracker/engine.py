@@ -40,15 +40,52 @@ _MAX_AUTO_ROWS = 4096
 _RESULT_COPIES = 6
 
 
+def _freeze_observers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """Stop the quantization observers of ``model`` from learning from the block that follows.
+
+    Fake-quantization modules (quantization-aware training, ``torch.ao.quantization.prepare_qat``)
+    and observers (``prepare``) update their statistics at every forward, in eval mode too, so
+    masked inputs would move the ranges that training quantizes with. Fake quantization is
+    switched to its current ranges (observer disabled), and every buffer of these modules is
+    saved, to be put back bitwise by the caller.
+
+    Returns:
+        ``(buffer, saved copy)`` pairs; empty for a model without quantization modules.
+    """
+    try:
+        from torch.ao.quantization import FakeQuantizeBase
+        from torch.ao.quantization.observer import ObserverBase
+    except ImportError:  # a torch build without eager-mode quantization has no such modules
+        return []
+    saved: list[tuple[Tensor, Tensor]] = []
+    for module in model.modules():
+        if isinstance(module, (FakeQuantizeBase, ObserverBase)):
+            saved.extend((b, b.detach().clone()) for b in module.buffers(recurse=False))
+            if isinstance(module, FakeQuantizeBase):
+                module.disable_observer()
+    return saved
+
+
+def _restore_buffers(saved: list[tuple[Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, copy in saved:
+            if buffer.shape != copy.shape:  # per-channel observers size their ranges at the first forward
+                buffer.resize_(copy.shape)
+            buffer.copy_(copy)
+
+
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Run a block in eval mode and restore everything training depends on afterwards.
 
-    Restores every module's ``training`` flag, grad mode, and the RNG states of torch (CPU and
-    every initialised CUDA device), numpy and ``random``, so that tracking leaves no trace on
-    the run it observes.
+    Restores every module's ``training`` flag, grad mode, the RNG states of torch (CPU and
+    every initialised CUDA device), numpy and ``random``, and the state of quantization
+    observers (frozen during the block, see :func:`_freeze_observers`), so that tracking leaves
+    no trace on the run it observes. Forward hooks the user registered do run on every masked
+    forward: a stateful hook sees the masked inputs.
     """
     flags = [(m, m.training) for m in model.modules()]
+    observers = _freeze_observers(model)
     grad_mode = torch.is_grad_enabled()
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -60,12 +97,21 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     finally:
         for module, flag in flags:
             module.training = flag
+        _restore_buffers(observers)
         torch.set_grad_enabled(grad_mode)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         np.random.set_state(np_rng)
         random.setstate(py_rng)
+
+
+def progress_bar_open() -> bool:
+    """Whether a tqdm progress bar is open in this process (any tqdm class: they share one
+    registry of open bars), e.g. the Hugging Face Trainer's or Lightning's."""
+    from tqdm import tqdm
+
+    return len(getattr(tqdm, "_instances", ())) > 0
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -193,12 +239,20 @@ def _replicate(sample: Any, rows: int) -> Any:
     return {k: v[None].expand(rows, *v.shape) for k, v in sample.items() if k != "word_ids"}
 
 
+class NonFiniteValueError(ValueError):
+    """A model value that is NaN or inf. The message names the first sample and coalition hit;
+    ``warn_key`` is the same whichever they are, so a tracker warns about it once per run even
+    when another sample is hit at every step."""
+
+    warn_key = "NonFiniteValueError"
+
+
 def _check_finite(values: Tensor) -> None:
     """Raise naming the first sample and coalition whose value (in ``values`` [B, 2**n]) is NaN/inf."""
     if torch.isfinite(values).all():
         return
     b, s = (int(i) for i in (~torch.isfinite(values)).nonzero()[0])
-    raise ValueError(
+    raise NonFiniteValueError(
         f"the model's value is {values[b, s].item()} for sample {b}, coalition {s} (bitmask of "
         "kept players); check the players' baselines (a masked input the model cannot handle) "
         "and the model for NaN/inf outputs."
@@ -456,7 +510,7 @@ def sharded_coalition_values(
     if failed.any():
         if isinstance(error, ValueError):
             # The engine numbers the samples within this rank's block.
-            raise ValueError(
+            raise type(error)(
                 f"rank {me} values samples {block} of the batch (sample i below is the i-th of these): {error}"
             ) from error
         if error is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -11,6 +12,16 @@ from torch import Tensor
 from .transforms import orders as _orders
 
 KINDS = ("and", "or", "and_or")
+
+
+def concept_label(s: int, names: Sequence[str]) -> str:
+    """Name of coalition ``s`` from its players' names, e.g. ``{p3,p7}`` or ``{not,bad}``.
+
+    Args:
+        s: coalition bitmask (bit ``i`` set iff player ``i`` is in ``S``).
+        names: the ``n`` player names of the sample.
+    """
+    return "{" + ",".join(name for i, name in enumerate(names) if s >> i & 1) + "}"
 
 
 @dataclass

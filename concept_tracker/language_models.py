@@ -74,7 +74,9 @@ def prompt_answer_batch(
     Args:
         tokenizer: a Hugging Face tokenizer.
         prompts, answers: one answer per prompt.
-        padding_side: "right" or "left".
+        padding_side: "right" or "left", as your training batches are padded: the tracker
+            passes the batch's keys on as they are (no ``position_ids`` are added), so a causal
+            LM numbers positions as it does for such a batch.
     Returns:
         ``{"input_ids", "attention_mask", "labels"}``, each [B, T] int64; ``labels`` holds the
         answer's ids at its positions and -100 elsewhere.

@@ -64,7 +64,6 @@ def finish_step(
     config: AndOrConfig | None,
     trajectory: Trajectory,
     ids: Sequence[Any] | None,
-    settings: Mapping[str, Any],
 ) -> tuple[dict[str, Interactions], Trajectory, StepSummary]:
     """Everything of tracked step ``step`` after its masked forwards.
 
@@ -75,14 +74,13 @@ def finish_step(
         config: the solver's settings.
         trajectory: the probe dynamics before ``step``; the step's effects are appended to it.
         ids: the probe ids, for the summary's table.
-        settings: ``ratio``, ``simple_max``, ``complex_min`` of :func:`summarize_step`.
     Returns:
         The final results (kind "and_or": also the next warm starts), ``trajectory`` and the
         step's :class:`~concept_tracker.summary.StepSummary`.
     """
     final = dict(results) if warm is None else decompose_splits(results, warm, config)
     trajectory.append(step, stack_effects(final["probe"]))
-    summary = summarize_step(step, final["probe"], trajectory, held=final.get("heldout"), ids=ids, **settings)
+    summary = summarize_step(step, final["probe"], trajectory, held=final.get("heldout"), ids=ids)
     return final, trajectory, summary
 
 

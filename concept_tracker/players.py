@@ -14,29 +14,22 @@ non-finite inputs) per block of rows, over a coalition-to-element weight map bui
 from __future__ import annotations
 
 import hashlib
+import warnings
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from .transforms import MAX_PLAYERS, coalition_matrix
+from .checks import check_num_players
+from .transforms import coalition_matrix
 from .values import IGNORE_INDEX
 
 Sample = Any
 """One sample: a Tensor without the batch dimension, or a mapping of such tensors (HF style)."""
 
 Baselines = str | float | Tensor
-
-
-def _check_n(n: int, param: str) -> None:
-    if n < 1:
-        raise ValueError(f"{param} gives n={n} players; at least 1 is needed.")
-    if n > MAX_PLAYERS:
-        raise ValueError(
-            f"{param} gives n={n} players; at most {MAX_PLAYERS} are supported "
-            f"(2**n coalitions per sample). Choose fewer players."
-        )
 
 
 # Largest per-call weight map (2**n coalitions x elements per sample) that _MapPlayers keeps.
@@ -177,6 +170,11 @@ class _MapPlayers(Players):
         self.baselines = baselines
         self._mean: Tensor | None = None
         self._mean_source = ""
+        # Who chose the data of a "mean" baseline: "user" (fit), "data" (fit_mean_baseline, the
+        # library's fit on training data) or "inputs" (prepare, on the first batch analysed);
+        # and the tracker that claimed a library-chosen mean (see claim_baseline).
+        self._mean_by = ""
+        self._mean_owner: weakref.ref[Any] | None = None
         self._background_keep = background_keep
         self._layouts: dict[tuple[tuple[int, ...], torch.device], tuple[Tensor, bool, tuple[int, ...]]] = {}
 
@@ -188,18 +186,24 @@ class _MapPlayers(Players):
         """
         if not isinstance(data, Tensor) or data.dim() < 2:
             raise ValueError("fit(data) needs a tensor [N, ...] of samples to average.")
-        self._mean = data.float().mean(0).to(data.dtype)
+        self._fit(data, "data", "user")
         self._mean_source = f"fit on {data.shape[0]} samples"
         return self
 
+    def _fit(self, data: Tensor, name: str, by: str) -> None:
+        _check_finite_samples(data, name)
+        self._mean = data.float().mean(0).to(data.dtype)
+        self._mean_by, self._mean_owner = by, None
+
     def prepare(self, inputs: Any) -> None:
+        self._check_tensor(inputs)
         if self.baselines == "mean" and self._mean is None:
             if not isinstance(inputs, Tensor) or inputs.shape[0] < 2:
                 raise ValueError(
                     'baselines="mean" needs data: call players.fit(train_data) first, or pass '
                     'a batch of several samples (or choose baselines="zero").'
                 )
-            self.fit(inputs)
+            self._fit(inputs, 'the inputs (whose mean is the "mean" baseline without a fit)', "inputs")
             self._mean_source = f"{inputs.shape[0]} probe inputs"
 
     @property
@@ -261,9 +265,10 @@ class _MapPlayers(Players):
 
     def _check_tensor(self, sample: Any) -> None:
         if not isinstance(sample, Tensor):
+            keys = f" with keys {sorted(sample)}" if isinstance(sample, Mapping) else ""
             raise ValueError(
-                f"{type(self).__name__} masks tensors; got a sample of type "
-                f"{type(sample).__name__}. Use TokenPlayers for dict (Hugging Face) inputs."
+                f"{type(self).__name__} masks tensors; got inputs of type "
+                f"{type(sample).__name__}{keys}. Use TokenPlayers for dict (Hugging Face) inputs."
             )
 
     def batch_masker(self, samples: Sequence[Tensor]) -> Callable[[int, int], Tensor]:
@@ -370,7 +375,7 @@ class TabularPlayers(_MapPlayers):
         super().__init__(baselines)
         if features is not None:
             features = [int(f) for f in features]
-            _check_n(len(features), "features")
+            check_num_players(len(features), "features")
             if len(set(features)) != len(features) or min(features) < 0:
                 raise ValueError(f"features={features} must be distinct non-negative column indices.")
         self.features = features
@@ -393,7 +398,7 @@ class TabularPlayers(_MapPlayers):
             )
         d = inputs.shape[1]
         if self.features is None:
-            _check_n(d, "features=None (every column)")
+            check_num_players(d, "features=None (every column)")
         elif max(self.features) >= d:
             raise ValueError(f"features={self.features} names a column >= d={d}, the input width.")
         self._width = d
@@ -466,16 +471,16 @@ class ImagePatchPlayers(_MapPlayers):
         total = rows * cols
         if select is None:
             ids = list(range(total))
-            _check_n(len(ids), f"grid={grid} with select=None (every patch)")
+            check_num_players(len(ids), f"grid={grid} with select=None (every patch)")
         elif isinstance(select, int):
             if not 1 <= select <= total:
                 raise ValueError(f"select={select} must be between 1 and rows*cols={total}.")
-            _check_n(select, f"select={select}")
+            check_num_players(select, f"select={select}")
             perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
             ids = sorted(perm[:select].tolist())
         else:
             ids = [int(p) for p in select]
-            _check_n(len(ids), f"select={list(select)!r}")
+            check_num_players(len(ids), f"select={list(select)!r}")
             if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= total:
                 raise ValueError(f"select={ids} must be distinct patch ids in [0, {total}).")
         self.patches = ids
@@ -525,7 +530,7 @@ class FeatureMaskPlayers(_MapPlayers):
             raise ValueError("feature_mask must be an integer tensor of player ids (-1 = background).")
         fm = feature_mask.long()
         n = int(fm.max().item()) + 1 if fm.numel() else 0
-        _check_n(n, "feature_mask")
+        check_num_players(n, "feature_mask")
         present = torch.unique(fm[fm >= 0])
         if fm.min() < -1 or present.numel() != n:
             missing = sorted(set(range(n)) - set(present.tolist()))
@@ -582,10 +587,12 @@ class TokenPlayers(Players):
 
     Causal language models: ``labels`` with the shape of ``input_ids`` mark the answer (the
     positions whose label is not -100, as in supervised fine-tuning batches); answer tokens are
-    never players and never masked, so the players are words of the prompt. A left-padded
-    batch (padding before the first token of some sample; see :meth:`prepare`) gets
-    ``position_ids`` counted from each sample's first token, so left and right padding give
-    the model the same positions.
+    never players and never masked, so the players are words of the prompt.
+
+    Padding: the masked rows carry exactly the keys of the sample, so the model numbers
+    positions as it did for training batches collated the same way. A left-padded batch
+    without ``position_ids`` stays so (a Hugging Face causal LM then counts positions from the
+    start of the row, padding included, in training as here); no ``position_ids`` are made up.
 
     Masking a word:
 
@@ -638,7 +645,7 @@ class TokenPlayers(Players):
         stop_words: bool | Collection[str] = False,
         baselines: str | Tensor = "mean",
     ) -> None:
-        _check_n(int(n), f"n={n}")
+        check_num_players(int(n), f"n={n}")
         if not callable(select) and select not in ("first", "random"):
             raise ValueError(f"select={select!r}; use 'first', 'random' or a callable.")
         if isinstance(stop_words, str) or not isinstance(stop_words, (bool, Collection)):
@@ -660,11 +667,21 @@ class TokenPlayers(Players):
         self.stop_words = frozenset(w.lower() for w in stop_words) if stop_words is not False else None
         self.baselines = baselines
         self._mean_embedding: tuple[tuple[int, int, int], Tensor] | None = None
-        self._left_padded = False
 
     @property
     def n(self) -> int:
         return self._n
+
+    @property
+    def baseline_description(self) -> str:
+        """``"mask token 103"`` when masking by token, else ``"embedding: mean over the
+        vocabulary"``, ``"embedding: zero"`` or ``"embedding: tensor [hidden]"``."""
+        token = self.mask_token_id
+        if token is not None:
+            return f"mask token {token}"
+        if isinstance(self.baselines, Tensor):
+            return f"embedding: tensor {list(self.baselines.shape)}"
+        return "embedding: zero" if self.baselines == "zero" else "embedding: mean over the vocabulary"
 
     @property
     def mask_token_id(self) -> int | None:
@@ -759,25 +776,11 @@ class TokenPlayers(Players):
         if not isinstance(sample, Mapping) or "input_ids" not in sample:
             raise ValueError("TokenPlayers needs dict inputs with 'input_ids' (Hugging Face style).")
 
-    def prepare(self, inputs: Any) -> None:
-        """Note whether the batch is left-padded: then every sample gets ``position_ids``
-        (samples batched together must have the same keys)."""
-        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-        self._left_padded = (
-            isinstance(mask, Tensor)
-            and mask.dim() == 2
-            and "position_ids" not in inputs
-            and bool(((mask[:, 0] == 0) & mask.bool().any(1)).any())
-        )
-
     def _model_keys(self, sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The sample's model inputs: without ``word_ids`` and ``labels`` (the model would
-        compute a loss on every masked row), with ``position_ids`` counted from the first
-        token when the batch is left-padded."""
-        out = {k: v for k, v in sample.items() if k not in ("word_ids", "labels")}
-        if self._left_padded and "attention_mask" in sample:
-            out["position_ids"] = (sample["attention_mask"].long().cumsum(0) - 1).clamp(min=0)
-        return out
+        """The sample's model inputs: its own keys but ``word_ids`` and ``labels`` (the model
+        would compute a loss on every masked row). Nothing is added: the model must see the
+        position convention of its training batches."""
+        return {k: v for k, v in sample.items() if k not in ("word_ids", "labels")}
 
     def mask(self, sample: Mapping[str, Tensor], coalitions: Tensor) -> dict[str, Tensor]:
         return self.masker(sample)(coalitions)
@@ -898,15 +901,69 @@ def word_ids(encoding: Any) -> Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def _check_finite_samples(data: Tensor, name: str) -> None:
+    """Raise naming the first sample of ``data`` [N, ...] that holds a NaN or inf (its mean
+    would be NaN or inf, and so every masked input of every sample)."""
+    if not data.is_floating_point():
+        return
+    bad = ~torch.isfinite(data.reshape(data.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().reshape(-1).tolist()
+        value = data[rows[0]][~torch.isfinite(data[rows[0]])][0].item()
+        raise ValueError(
+            f"{name} hold {value} in sample {rows[0]}"
+            + (f" (and in samples {rows[1:6]})" if rows[1:] else "")
+            + '; a "mean" baseline over them would be non-finite for every sample. Drop or fix those samples, '
+            'or choose baselines="zero".'
+        )
+
+
 def mean_unfitted(players: Players) -> bool:
-    """True when the players use a "mean" baseline that is not fitted yet."""
-    if not isinstance(players, _MapPlayers) or players._mean is not None:
+    """True when the players use a "mean" baseline that has no data for a new tracker yet:
+    never fitted, or fitted by the library for an earlier tracker (a :meth:`_MapPlayers.fit`
+    by the user is kept for every tracker)."""
+    if not isinstance(players, _MapPlayers) or not (isinstance(players.baselines, str) and players.baselines == "mean"):
         return False
-    return isinstance(players.baselines, str) and players.baselines == "mean"
+    return players._mean is None or (players._mean_by != "user" and players._mean_owner is not None)
+
+
+def claim_baseline(players: Players, owner: object, probe_inputs: Any) -> None:
+    """Give the tracker ``owner`` a "mean" baseline of its own (a no-op for other baselines).
+
+    A mean the user fitted (``players.fit(train_x)``) is kept: that is how several trackers
+    share one baseline. A mean the library chose for this tracker (fitted on its training data
+    just before, see :func:`fit_mean_baseline`) is claimed as it is. Any other library-chosen
+    mean (the inputs of an earlier ``compute_interactions`` call, or another tracker's data)
+    is replaced by the mean of ``probe_inputs``, with a warning when that changes it.
+
+    Args:
+        players: the tracker's players, prepared on ``probe_inputs`` already.
+        owner: the tracker.
+        probe_inputs: [B, ...] the tracker's probe inputs (fewer than 2 samples, or dict
+            inputs: the mean there is is kept).
+    """
+    if not isinstance(players, _MapPlayers) or players._mean is None or players._mean_by == "user":
+        return
+    mine = players._mean_owner is not None and players._mean_owner() is owner
+    averageable = isinstance(probe_inputs, Tensor) and probe_inputs.shape[0] >= 2  # else keep what there is
+    if averageable and not mine and (players._mean_by == "inputs" or players._mean_owner is not None):
+        before, source = players._mean, players._mean_source
+        players._mean = None
+        players.prepare(probe_inputs)
+        if not torch.equal(before, cast(Tensor, players._mean)):
+            warnings.warn(
+                f'{type(players).__name__}: these players\' "mean" baseline came from other data (mean of '
+                f"{source}, an earlier tracker or compute_interactions call); this tracker takes the mean of its "
+                f"{players._mean_source} instead. To share one baseline, fit the players once on training data: "
+                "players.fit(train_x).",
+                stacklevel=3,
+            )
+    players._mean_owner = weakref.ref(owner)
 
 
 def fit_mean_baseline(players: Players, data: Any) -> bool:
-    """Fit the players' "mean" baseline on ``data`` when they use one and are not fitted yet.
+    """Fit the players' "mean" baseline on ``data`` when they use one and are not fitted yet
+    (or were fitted by the library for an earlier tracker: see :func:`claim_baseline`).
 
     The tracker and the framework callbacks call it with a training sample larger than the
     probe set: the mean of a few probes is a noisy baseline. Players fitted by the user keep
@@ -923,5 +980,6 @@ def fit_mean_baseline(players: Players, data: Any) -> bool:
         return False
     if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 2:
         return False
-    players.fit(data)
+    players._fit(data, "the training data", "data")
+    players._mean_source = f"fit on {data.shape[0]} samples"
     return True

@@ -36,8 +36,8 @@ class ProbeSet(NamedTuple):
     """
 
     inputs: Inputs
-    labels: Tensor | None
-    ids: list[Any] | None
+    labels: Tensor | None = None
+    ids: list[Any] | None = None
 
 
 def select_probes(
@@ -137,21 +137,31 @@ def _collate(items: list[Any]) -> Inputs:
         ) from err
 
 
-def probe_set(split: str, inputs: Inputs, labels: Any, ids: Sequence[Any] | None) -> ProbeSet:
-    """A checked :class:`ProbeSet`, the tracker's ``{split}_inputs``, ``{split}_targets`` and
-    ``{split}_ids``: one label and one id per sample, labels as [B] int64 on the CPU, the
-    inputs copied.
+Probes = ProbeSet | tuple | Inputs
+"""Probes as the tracker takes them: a :class:`ProbeSet`, an ``(inputs, labels[, ids])`` tuple,
+or the inputs alone (labels: the model's predictions at the first tracked step)."""
 
+
+def probe_set(probes: Probes, name: str = "probes") -> ProbeSet:
+    """A checked :class:`ProbeSet`: one label and one id per sample, labels as [B] int64 on the
+    CPU, the inputs copied.
+
+    Args:
+        probes: see :data:`Probes`.
+        name: the argument's name, for messages.
     Raises:
-        ValueError: naming the ``{split}_*`` argument whose size does not match the inputs.
+        ValueError: naming ``name`` when the labels or ids do not match the inputs.
     """
+    inputs, labels, ids = ProbeSet(*probes) if isinstance(probes, tuple) else ProbeSet(probes)
+    if inputs is None:
+        raise ValueError(f"{name} has labels or ids but no inputs; pass ProbeSet(inputs, labels, ids).")
     try:
         size = batch_size_of(inputs)
     except ValueError as err:
-        raise ValueError(f"{split}_inputs: {err}") from None
+        raise ValueError(f"{name}: {err}") from None
     if ids is not None and len(ids) != size:
-        raise ValueError(f"{split}_ids has {len(ids)} entries for {size} samples; pass one id per sample.")
-    labels = check_targets(f"{split}_targets", labels, size)
+        raise ValueError(f"{name} has {len(ids)} ids for {size} samples; pass one id per sample.")
+    labels = check_targets(f"{name} labels", labels, size)
     # A copy: the caller may reuse its tensors in place (a buffer, an augmentation).
     if isinstance(inputs, Tensor):
         inputs = inputs.detach().clone()
@@ -160,20 +170,60 @@ def probe_set(split: str, inputs: Inputs, labels: Any, ids: Sequence[Any] | None
     return ProbeSet(inputs, None if labels is None else labels.clone(), None if ids is None else list(ids))
 
 
-def heldout_set(players: Players, inputs: Inputs | None, labels: Any, ids: Sequence[Any] | None) -> ProbeSet | None:
-    """The checked held-out :class:`ProbeSet` (see :func:`probe_set`), or None without ``inputs``.
+def heldout_set(players: Players, heldout: Probes | None) -> ProbeSet | None:
+    """The checked held-out :class:`ProbeSet` (see :func:`probe_set`), or None.
 
     Raises:
-        ValueError: if labels or ids come without inputs, or the players are not aligned
-            (train-test similarity compares coalitions across samples).
+        ValueError: if the players are not aligned (train-test similarity compares coalitions
+            across samples).
     """
-    if inputs is None:
-        if labels is not None or ids is not None:
-            raise ValueError("heldout_targets / heldout_ids are given without heldout_inputs; pass the inputs too.")
+    if heldout is None:
         return None
     if not players.aligned:
-        raise ValueError(f"heldout_inputs is given but players are not aligned: {ALIGNED_HINT}.")
-    return probe_set("heldout", inputs, labels, ids)
+        raise ValueError(f"heldout is given but players are not aligned: {ALIGNED_HINT}.")
+    return probe_set(heldout, "heldout")
+
+
+LEGACY_KEYWORDS = {
+    f"{split}_{part}": (split, i)
+    for split in ("probe", "heldout")
+    for i, part in enumerate(("inputs", "targets", "ids"))
+}
+"""Probe keywords of earlier releases: ``probe_inputs``, ``heldout_targets``, ... -> (split, field)."""
+
+
+def legacy_probes(probes: Any, heldout: Any, legacy: dict[str, Any]) -> tuple[Any, Any, list[str]]:
+    """``probes`` and ``heldout`` with the probe keywords of earlier releases popped from
+    ``legacy`` and folded in, and notes saying where they moved. A third positional argument
+    that holds one class (or one row of answer labels) per probe sample is the old positional
+    ``probe_targets``: a tensor of lower rank than tensor probes, any tensor beside dict probes,
+    or a list."""
+    moved = []
+    if heldout is not None and not isinstance(heldout, (tuple, Mapping)):
+        if isinstance(heldout, Tensor):
+            targets = isinstance(probes, Mapping) or (isinstance(probes, Tensor) and heldout.dim() < probes.dim())
+        else:
+            targets = isinstance(heldout, Sequence)
+        if targets:
+            if "probe_targets" in legacy:
+                raise TypeError("ConceptTracker got probe_targets twice: as the third positional argument and by name.")
+            legacy["probe_targets"], heldout = heldout, None
+            moved.append("targets as the third positional argument -> probes=ProbeSet(inputs, targets)")
+    parts = {"probe": probes, "heldout": heldout}
+    for key, (split, i) in LEGACY_KEYWORDS.items():
+        if key in legacy:
+            name, given = "probes" if split == "probe" else split, parts[split]
+            fields = list(given if isinstance(given, tuple) else (given,)) + [None, None, None]
+            if fields[i] is not None:
+                raise ValueError(f"{key} repeats what {name} already holds; pass it once.")
+            fields[i] = legacy.pop(key)
+            parts[split] = ProbeSet(*fields[:3])
+            if not (moved and key == "probe_targets"):  # positional targets have their note
+                moved.append(f"{key}= -> {name}=ProbeSet({ProbeSet._fields[i]}=...)")
+    held = parts["heldout"]
+    if isinstance(held, ProbeSet) and held.inputs is None:
+        raise ValueError("heldout_targets / heldout_ids are given without heldout_inputs; pass the inputs too.")
+    return parts["probe"], held, moved
 
 
 def probe_state(probes: ProbeSet | None) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import store
+from .config import ReadingsConfig
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory, loss_gap_step
 from .metrics.profile import Bands, OrderProfile, band_orders, stack_effects
@@ -256,25 +257,22 @@ def _settings_text(settings: dict[str, Any]) -> str:
 
 
 def summarize_run(
-    log_dir: str | os.PathLike,
-    name: str | None = None,
-    ratio: float | None = None,
-    simple_max: int | None = None,
-    complex_min: int | None = None,
+    log_dir: str | os.PathLike, name: str | None = None, readings: ReadingsConfig | Mapping[str, Any] | None = None
 ) -> RunSummary:
     """Recompute the concept metrics of a run from its stored interactions.
 
-    Each setting defaults to the one the run was tracked with, as its stored interactions
-    record it (:func:`stored_settings`); a value given here overrides it. Runs stored before
-    the settings were recorded fall back to ``DEFAULT_RATIO`` and the default bands, and the
-    summary says so (:attr:`RunSummary.settings_note`).
+    The salience ratio and band cut-offs default to those the run was tracked with, as its
+    stored interactions record them (:func:`stored_settings`); ``readings`` overrides them.
+    Runs stored before the settings were recorded fall back to ``DEFAULT_RATIO`` and the
+    default bands, and the summary says so (:attr:`RunSummary.settings_note`).
 
     Args:
         log_dir: a tracker's ``log_dir`` (holding ``interactions/step_*.safetensors``).
         name: label of the run; default the directory name.
-        ratio: salience threshold ratio; default the stored one, else 0.05.
-        simple_max, complex_min: band cut-offs; default the stored ones, else ``n // 3`` and
-            ``n // 2 + 1``.
+        readings: a :class:`~concept_tracker.config.ReadingsConfig` used as is, or a mapping of
+            some of its fields (``{"simple_max": 2}``; a field missing or None: the stored
+            setting, else the default). Resamples and seed are not stored: pass the run's own
+            when it changed them.
     Returns:
         :class:`RunSummary`.
     Raises:
@@ -292,17 +290,18 @@ def summarize_run(
             "pass the log_dir of a run tracked with store=True."
         )
     heldout_steps = set(store.list_steps(log_dir, "heldout"))
-    given: dict[str, Any] = {"ratio": ratio, "simple_max": simple_max, "complex_min": complex_min}
     stored = stored_settings(log_dir)
-    if stored is None:
-        # None cut-offs already mean the default bands; only the note needs to know.
-        defaulted = tuple(k for k, v in given.items() if v is None)
+    defaulted: tuple[str, ...] = ()
+    if isinstance(readings, ReadingsConfig):
+        config = readings
     else:
-        defaulted = ()
-        ratio, simple_max, complex_min = (stored[k] if v is None else v for k, v in given.items())
-    ratio = DEFAULT_RATIO if ratio is None else ratio
-    trajectory = Trajectory(ratio=ratio, simple_max=simple_max, complex_min=complex_min)
-    readings: dict[int, dict[str, float]] = {}
+        given = {k: v for k, v in (readings or {}).items() if v is not None}
+        # None cut-offs already mean the default bands; only the note needs to know.
+        defaulted = tuple(k for k in store.SETTINGS if k not in given) if stored is None else ()
+        settings = {"ratio": DEFAULT_RATIO, **(stored or {}), **given}
+        config = ReadingsConfig(**settings)
+    trajectory = Trajectory(config)
+    per_step: dict[int, dict[str, float]] = {}
     for step in steps:
         path = store.step_path(log_dir, step)
         res, meta = store.load_step(path)
@@ -318,29 +317,27 @@ def summarize_run(
         if step in heldout_steps and res.aligned:
             held = store.load_step(store.step_path(log_dir, step, "heldout"))[0]
         trajectory.append(step, stack_effects(res))
-        summary = summarize_step(
-            step, res, trajectory, held=held, ratio=ratio, simple_max=simple_max, complex_min=complex_min
-        )
-        readings[step] = summary.scalars
+        summary = summarize_step(step, res, trajectory, held=held)
+        per_step[step] = summary.scalars
         profile = cast(OrderProfile, summary.profile)
     # Per order at the last step, with the empty set as entry 0 (the readings hold orders >= 1).
     train_test = None if held is None else train_test_similarity(res, res.targets, held, held.targets)
-    bands = band_orders(first.n, simple_max, complex_min)
+    bands = band_orders(first.n, config.simple_max, config.complex_min)
     scalars = read_scalars(log_dir)
     gap = None
     for eval_tag, train_tag in LOSS_TAGS:
         if scalars.get(eval_tag) and scalars.get(train_tag):
             gap = loss_gap_step(scalars[eval_tag], scalars[train_tag])
             break
-    series = {tag: [readings[step].get(tag, math.nan) for step in steps] for tag in readings[steps[-1]]}
-    last = readings[steps[-1]]
+    series = {tag: [per_step[step].get(tag, math.nan) for step in steps] for tag in per_step[steps[-1]]}
+    last = per_step[steps[-1]]
     simple, medium, complex_ = (series[tag] for tag in tags.band_strength_tags())
     return RunSummary(
         name=name or log_dir.name,
         log_dir=str(log_dir),
         n=first.n,
         kind=first.kind,
-        ratio=ratio,
+        ratio=config.ratio,
         bands=bands,
         steps=steps,
         simple_strength=simple,
@@ -360,7 +357,7 @@ def summarize_run(
         loss_gap_step=gap,
         scalars=scalars,
         defaulted=defaulted,
-        readings=readings,
+        readings=per_step,
         baseline=baseline,
     )
 

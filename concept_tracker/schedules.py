@@ -20,18 +20,7 @@ import operator
 from collections.abc import Iterable
 from typing import Any
 
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as a Python int (numpy and other integer types accepted), at least ``minimum``."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if isinstance(value, bool) or number is None:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}.")
-    if number < minimum:
-        raise ValueError(f"{name}={value!r} must be >= {minimum}.")
-    return number
+from .checks import check_int
 
 
 class Schedule:
@@ -90,7 +79,7 @@ class every(Schedule):
     """
 
     def __init__(self, n: int) -> None:
-        self.n = _check_int("n", n, 1)
+        self.n = check_int("n", n, 1)
 
     def fires(self, step: int) -> bool:
         step = operator.index(step)
@@ -107,11 +96,13 @@ class at_steps(Schedule):
     """Fire at exactly the given steps.
 
     Args:
-        steps: non-negative integer steps, in any order; duplicates are dropped.
+        steps: non-negative integer steps (at least one), in any order; duplicates are dropped.
     """
 
     def __init__(self, steps: Iterable[int]) -> None:
-        steps = [_check_int(f"steps[{i}]", step, 0) for i, step in enumerate(steps)]
+        steps = [check_int(f"steps[{i}]", step, 0) for i, step in enumerate(steps)]
+        if not steps:
+            raise ValueError("steps=[] never fires, so nothing would be tracked; pass at least one step.")
         self.steps: tuple[int, ...] = tuple(sorted(set(steps)))
         # A set lookup: schedules are consulted at every training step.
         self._lookup = frozenset(self.steps)
@@ -148,9 +139,9 @@ class log_spaced(at_steps):
     """
 
     def __init__(self, start: int, stop: int, num: int) -> None:
-        start = _check_int("start", start, 0)
-        stop = _check_int("stop", stop, start)
-        num = _check_int("num", num, 1)
+        start = check_int("start", start, 0)
+        stop = check_int("stop", stop, start)
+        num = check_int("num", num, 1)
         self.start, self.stop, self.num = start, stop, num
         super().__init__(_geometric_steps(start, stop, num))
 

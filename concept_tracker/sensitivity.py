@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_ratio
 from .engine import compute_interactions, model_device, preserved_state
-from .metrics.profile import check_ratio, salient_mask, stack_effects, sum_by_order
+from .metrics.profile import salient_mask, stack_effects, sum_by_order
 from .players import Players
 from .values import ValueFn, needs_target, resolve_value
 

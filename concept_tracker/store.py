@@ -18,9 +18,13 @@ writer did not say). Files written before these settings were recorded lack thos
 still load; see :func:`tracked_settings` and :func:`stored_baseline`.
 
 Every file also carries ``sha256``: a SHA-256 checksum of its tensors (names, dtypes, shapes,
-bytes) and its other metadata entries. Readers that load the tensors verify it and name the
-file when it does not match; files written before checksums were recorded have none and still
-load. Reading the metadata alone (:func:`load_step_metadata`) does not verify it.
+bytes) and its other metadata entries, ``step``, ``split`` and ``run`` (the tracker's run id)
+included. Readers that load the tensors verify it and name the file when it does not match;
+reading the metadata alone (:func:`load_step_metadata`) does not verify it. Both refuse a file
+of the current format without a checksum (re-saved by another tool), and a file whose
+``step`` or ``split`` is not the one its name and folder say (a byte copy of another step).
+Files of the first format (``concept-tracker/interactions/1``), written before checksums were
+recorded, have none and still load.
 
 Files are written to a temporary name (``.<name>.<pid>.tmp`` in the same directory) and
 renamed, so a crash never leaves a half-written step file behind. A temporary file left by a
@@ -48,7 +52,9 @@ from .interactions import Interactions
 
 INTERACTIONS_DIR = "interactions"
 SPLITS = ("probe", "heldout")
-FORMAT = "concept-tracker/interactions/1"
+FORMAT = "concept-tracker/interactions/2"
+_LEGACY_FORMAT = "concept-tracker/interactions/1"
+"""Files written before checksums were recorded (or with one, by the first versions that did)."""
 STATE_FORMAT = "concept-tracker/state/1"
 
 _TENSOR_FIELDS = ("outputs", "and_effects", "or_effects", "gamma", "q", "targets")
@@ -168,6 +174,7 @@ def load_step(path: str | os.PathLike) -> tuple[Interactions, dict[str, Any]]:
     """
     tensors, metadata = _read(path)
     meta = _decode(path, metadata)
+    _check_place(path, meta)
     try:
         res = interactions_from_state({**tensors, **meta})
     except (KeyError, TypeError) as err:
@@ -183,19 +190,44 @@ def load_step_metadata(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError, ValueError: as :func:`load_step`.
     """
     _, metadata = _read(path, tensors=False)
-    return _decode(path, metadata)
+    meta = _decode(path, metadata)
+    _check_place(path, meta)
+    return meta
 
 
 def _decode(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, Any]:
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, _LEGACY_FORMAT):
         raise ValueError(
             f"{path} is a safetensors file but not a concept-tracker interactions file "
             f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})."
+        )
+    if metadata["format"] == FORMAT and CHECKSUM not in metadata:
+        raise ValueError(
+            f"{Path(path)} has no {CHECKSUM} checksum, which every file of its format carries: it was "
+            "re-saved by another tool and cannot be verified. Restore it from a copy or delete it and "
+            "track that step again."
         )
     try:
         return {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in metadata.items() if k != CHECKSUM}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} has incomplete or unreadable metadata: {err!r}.") from err
+
+
+def _check_place(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Refuse a step file whose recorded step or split is not the one its name and folder say."""
+    path = Path(path)
+    match = _STEP_FILE.match(path.name)
+    if match is None:
+        return  # not in the store's layout: nothing to compare with
+    split = "heldout" if path.parent.name == "heldout" else "probe"
+    held = f"step {meta.get('step')}" if meta.get("step") != int(match.group(1)) else None
+    if held is None and meta.get("split", split) != split:
+        held = f"the {meta.get('split')} split"
+    if held is not None:
+        raise ValueError(
+            f"{path} holds {held}: it was copied or renamed from another step file. Delete it (or "
+            "put it back where it came from) and track that step again."
+        )
 
 
 def tracked_settings(meta: dict[str, Any]) -> dict[str, Any] | None:

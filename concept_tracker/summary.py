@@ -14,7 +14,8 @@ from typing import Any, cast
 
 from torch import Tensor
 
-from .interactions import Interactions
+from .config import ReadingsConfig
+from .interactions import Interactions, concept_label
 from .metrics.bootstrap import Interval, band_intervals, detour_intervals, train_test_similarity_intervals
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, band_summary, order_profile, stack_effects
@@ -22,7 +23,6 @@ from .metrics.similarity import train_test_similarity
 from .threads import threads_for
 from .transforms import orders as coalition_orders
 from .writers import tags
-from .writers.figures import concept_label
 
 TOP_CONCEPTS = 10
 """Rows of the markdown table of the strongest concepts."""
@@ -68,14 +68,10 @@ def summarize_step(
     trajectory: Trajectory,
     *,
     held: Interactions | None = None,
-    ratio: float = 0.05,
-    simple_max: int | None = None,
-    complex_min: int | None = None,
     ids: Sequence[Any] | None = None,
-    resamples: int = 1000,
-    seed: int = 0,
 ) -> StepSummary:
-    """The readings of tracked step ``step``.
+    """The readings of tracked step ``step``, with the settings of ``trajectory.readings``
+    (:class:`~concept_tracker.config.ReadingsConfig`: salience ratio, band cut-offs, bootstrap).
 
     Every averaged reading (:func:`~concept_tracker.writers.tags.interval_tags`) comes with its
     95% percentile bootstrap interval over the probe samples, ``{tag}_ci_low`` /
@@ -86,11 +82,7 @@ def summarize_step(
         res: the probe interactions at ``step`` (on the CPU).
         trajectory: the dynamics of the probe effects up to and including ``step``.
         held: held-out interactions at ``step`` (aligned players), or None.
-        ratio: salience threshold ratio.
-        simple_max, complex_min: band cut-offs (None: ``n // 3`` and ``n // 2 + 1``).
         ids: B ids of the probe samples for the table (None: positions).
-        resamples: bootstrap resamples of the intervals.
-        seed: seed of the bootstrap's private generator (the same seed, the same bounds).
     Returns:
         :class:`StepSummary`.
     """
@@ -101,21 +93,20 @@ def summarize_step(
         )
     # Chains of small tensor ops: on the few threads their size merits (see threads.py).
     with threads_for(2 * res.outputs.numel() * (2 if held is not None else 1), res.outputs.device):
-        profile = order_profile(res, ratio)
-        kind_profiles = {kind: order_profile(res, ratio, kind=kind) for kind in res.effect_kinds}
-        scalars = concept_scalars(profile, kind_profiles, simple_max, complex_min)
+        readings = trajectory.readings
+        profile = order_profile(res, readings.ratio)
+        kind_profiles = {kind: order_profile(res, readings.ratio, kind=kind) for kind in res.effect_kinds}
+        scalars = concept_scalars(profile, kind_profiles, readings)
         if held is not None:
             similarity = train_test_similarity(res, res.targets, held, held.targets)
             scalars.update({tags.train_test_similarity(m): float(similarity[m]) for m in range(1, res.n + 1)})
-            bands = band_orders(res.n, simple_max, complex_min)
+            bands = band_orders(res.n, readings.simple_max, readings.complex_min)
             for band in tags.BANDS:
                 orders = list(getattr(bands, band))
                 value = float(similarity[orders].mean()) if orders else math.nan
                 scalars[tags.band_train_test_similarity(band)] = value
         scalars.update(dynamics_scalars(trajectory))
-        scalars.update(
-            interval_scalars(res, trajectory, held, ratio, simple_max, complex_min, resamples=resamples, seed=seed)
-        )
+        scalars.update(interval_scalars(res, trajectory, held))
         return StepSummary(
             step=step,
             scalars=scalars,
@@ -127,20 +118,19 @@ def summarize_step(
 
 
 def concept_scalars(
-    profile: OrderProfile,
-    kind_profiles: Mapping[str, OrderProfile],
-    simple_max: int | None = None,
-    complex_min: int | None = None,
+    profile: OrderProfile, kind_profiles: Mapping[str, OrderProfile], readings: ReadingsConfig | None = None
 ) -> dict[str, float]:
     """Per-kind, per-order counts (``concepts/{kind}/order_{m}/...``) and the band summary
-    (``concepts/summary/*``, medium strength) of one step's order profiles."""
+    (``concepts/summary/*``, medium strength) of one step's order profiles, in the bands of
+    ``readings``."""
     orders = range(1, profile.n + 1)
     out: dict[str, float] = {}
     for kind, kind_profile in kind_profiles.items():
         for stat in tags.ORDER_STATS:
             values = getattr(kind_profile, stat)
             out.update({tags.concept_order(kind, m, stat): float(values[m]) for m in orders})
-    summary = band_summary(profile, simple_max, complex_min)
+    readings = readings or ReadingsConfig()
+    summary = band_summary(profile, readings.simple_max, readings.complex_min)
     out.update({tags.summary(stat): getattr(summary, stat) for stat in tags.SUMMARY_STATS})
     out[tags.MEDIUM_STRENGTH] = summary.medium_strength
     # Every order >= 1 lies in exactly one band, so the three strengths sum to the total.
@@ -154,17 +144,7 @@ def _bounds(tag: str, interval: Interval) -> dict[str, float]:
     return {tags.ci_low(tag): float(interval.low), tags.ci_high(tag): float(interval.high)}
 
 
-def interval_scalars(
-    res: Interactions,
-    trajectory: Trajectory,
-    held: Interactions | None = None,
-    ratio: float = 0.05,
-    simple_max: int | None = None,
-    complex_min: int | None = None,
-    *,
-    resamples: int = 1000,
-    seed: int = 0,
-) -> dict[str, float]:
+def interval_scalars(res: Interactions, trajectory: Trajectory, held: Interactions | None = None) -> dict[str, float]:
     """``{tag}_ci_low`` / ``{tag}_ci_high`` for every tag of
     :func:`~concept_tracker.writers.tags.interval_tags`: 95% percentile bootstrap intervals
     over the probe samples (:mod:`concept_tracker.metrics.bootstrap`).
@@ -178,10 +158,12 @@ def interval_scalars(
         res: probe interactions of the step (effects [B, 2**n] per kind).
         trajectory: the probe effects' trajectory up to this step.
         held: held-out interactions (aligned players), or None.
-        ratio, simple_max, complex_min: salience ratio and band cut-offs.
-        resamples, seed: bootstrap resamples and seed.
+
+    The settings (salience ratio, band cut-offs, resamples, seed) are ``trajectory.readings``.
     """
-    options: dict[str, Any] = {"resamples": resamples, "level": tags.INTERVAL_LEVEL, "seed": seed}
+    readings = trajectory.readings
+    ratio, simple_max, complex_min = readings.ratio, readings.simple_max, readings.complex_min
+    options: dict[str, Any] = {"resamples": readings.resamples, "level": tags.INTERVAL_LEVEL, "seed": readings.seed}
     names = {
         "simple_strength": tags.summary("simple_strength"),
         "medium_strength": tags.MEDIUM_STRENGTH,
@@ -202,7 +184,7 @@ def interval_scalars(
         for band in tags.BANDS:
             out.update(_bounds(tags.band_train_test_similarity(band), similarity[band]))
     path, displacement = trajectory.detour_terms()
-    detour = detour_intervals(path, displacement, trajectory.simple_max, trajectory.complex_min, **options)
+    detour = detour_intervals(path, displacement, simple_max, complex_min, **options)
     for band in tags.DETOUR_BANDS:
         out.update(_bounds(tags.band_detour_ratio(band), detour[band]))
     return out
@@ -217,10 +199,12 @@ def dynamics_scalars(trajectory: Trajectory) -> dict[str, float]:
     orders = range(1, n + 1)
     detour = cast(Tensor, trajectory.detour_ratio())  # [n + 1] without a set of orders
     out = {tags.detour_ratio(m): float(detour[m]) for m in orders}
-    bands = band_orders(n, trajectory.simple_max, trajectory.complex_min)
+    bands = band_orders(n, trajectory.readings.simple_max, trajectory.readings.complex_min)
     for band in tags.DETOUR_BANDS:
         chosen = getattr(bands, band)
         out[tags.band_detour_ratio(band)] = float(trajectory.detour_ratio(chosen)) if chosen else math.nan
+        scale_free = float(trajectory.scale_free_detour_ratio(chosen)) if chosen else math.nan
+        out[tags.band_scale_free_detour_ratio(band)] = scale_free
     out[tags.SIGN_FLIPS] = float(trajectory.sign_flips().sum())
     forgotten = trajectory.forgotten()
     out.update({tags.forgotten(m): float(forgotten[m]) for m in orders})

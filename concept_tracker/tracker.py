@@ -7,7 +7,7 @@ are pure functions of :mod:`concept_tracker.summary`. Only process rank 0 writes
 
 Plain PyTorch::
 
-    tracker = ConceptTracker(TabularPlayers(), probe_x, probe_y, log_dir="runs/concepts")
+    tracker = ConceptTracker(TabularPlayers(), ProbeSet(probe_x, probe_y), log_dir="runs/concepts")
     for step, (x, y) in enumerate(loader):
         ...  # forward, backward, optimizer step
         tracker.step(model, step)
@@ -21,26 +21,35 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 
 from . import checks
 from . import store as storage
 from .and_or import AndOrConfig
 from .budget import OverheadBudget, budget_text
-from .checks import check_band_cutoffs, check_fraction, check_int, check_kind, check_players, check_schedule, check_type
+from .checks import check_kind, check_players, check_schedule
+from .config import BudgetConfig, OutputConfig, ReadingsConfig, configs, warn_legacy
 from .distributed import is_main_process, main_process_flag
-from .engine import compute_interactions
+from .engine import compute_interactions, progress_bar_open
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory
-from .metrics.profile import OrderProfile, band_orders, check_ratio, stack_effects
+from .metrics.profile import OrderProfile, band_orders, stack_effects
 from .pipeline import warm_from_state, warm_state
-from .players import Players
-from .probes import Inputs, ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, run_fingerprint
+from .players import Players, claim_baseline
+from .probes import (
+    Probes,
+    ProbeSet,
+    heldout_set,
+    legacy_probes,
+    probe_from_state,
+    probe_set,
+    probe_state,
+    run_fingerprint,
+)
 from .rundir import RunGuard
 from .schedules import Schedule, every, log_spaced
 from .state import DeclaredState, stack_list, unstack_list
@@ -58,7 +67,8 @@ concepts change fastest) plus every 1,000th step for long runs."""
 
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
-"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar."""
+"""Seconds: after a tracked step that stalled training longer, the next ones show a progress bar
+(unless another tqdm bar is open, such as the Hugging Face Trainer's)."""
 MAX_PENDING = 4
 """Tracked steps whose background work may wait; a step beyond waits for the worker (bounded)."""
 
@@ -99,93 +109,81 @@ class ConceptTracker(DeclaredState):
     Args:
         players: how each sample splits into players (``TabularPlayers``, ...). A "mean" baseline
             not fitted yet (``players.fit(train_x)``) becomes the mean of the probe inputs.
-        probe_inputs: Tensor [B, ...] or dict of tensors [B, ...]; fixed for the whole run.
-        probe_targets: [B] target classes (labels); None = the model's predictions at the
-            first tracked step, then fixed.
-        heldout_inputs: held-out probes for ``generalization/*`` (needs aligned players).
-        heldout_targets: their classes; None = predictions at the first tracked step.
+        probes: the probe samples, fixed for the whole run: a :class:`ProbeSet` (``inputs``
+            Tensor [B, ...] or dict of tensors [B, ...]; ``labels`` [B] target classes, None =
+            the model's predictions at the first tracked step, then fixed; ``ids``, stored with
+            the raw interactions), an ``(inputs, labels)`` tuple, or the inputs alone.
+        heldout: held-out probes for ``generalization/*`` (needs aligned players), in the same
+            forms; None = none.
         log_dir: directory of the event file and the raw interactions; one run per directory
             (e.g. ``new_run_dir()``): one holding another run's interactions is refused unless
             :meth:`load` / :meth:`load_state_dict` resumes it before the first step.
         schedule: a :class:`~concept_tracker.schedules.Schedule`; None = ``DEFAULT_SCHEDULE``,
             ``log_spaced(0, 10000, 20) | every(1000)``.
-        kind: "and", "or" or "and_or".
+        kind: "and", "or", "and_or", or an ``AndOrConfig`` (kind "and_or" with those solver
+            settings).
         value: value function name or callable (see ``compute_interactions``).
-        ratio: salience threshold ratio (threshold ``ratio * max |I(S)|`` per sample).
-        batch_size: rows per forward (None: automatic).
-        and_or: ``AndOrConfig`` for kind "and_or".
-        max_overhead: None, or the largest fraction (0 < f < 1) of wall time that tracking may
-            cost training: its stalls plus what the background work takes from training steps
-            (measured). With a horizon (``total_steps``, or a finite schedule's last step), the
-            steps to track are planned once the first is measured and again after each planned
-            step (first, last, the rest log-spaced; :mod:`concept_tracker.budget`); else a step is skipped when it would exceed the budget. Skips:
-            ``perf/skipped_steps``, plan: ``text/overhead_budget``, one warning. :meth:`close`
-            draws no late figures then.
-        total_steps: the run's last step, when known (the integrations pass it).
-        sync: finish each tracked step inside :meth:`step` instead of on the background
-            worker (:mod:`concept_tracker.worker`); for debugging.
+        readings: :class:`~concept_tracker.config.ReadingsConfig`: salience ratio, band
+            cut-offs, bootstrap resamples and seed, shared with the trajectory, the summaries
+            and ``report``.
+        output: :class:`~concept_tracker.config.OutputConfig`: store the raw interactions, draw
+            figures (a worker process renders them, see :mod:`concept_tracker.writers.render`),
+            or log into an open ``SummaryWriter``.
+        budget: :class:`~concept_tracker.config.BudgetConfig`: ``max_overhead`` (skips:
+            ``perf/skipped_steps``, plan: ``text/overhead_budget``, one warning; :meth:`close`
+            then draws no late figures), ``total_steps``, ``batch_size``, ``sync``.
         strict: re-raise exceptions from :meth:`step` instead of warning.
-        store: write the raw interactions of every tracked step.
-        writer: an open ``SummaryWriter`` to log into (e.g. Lightning's); None opens one in
-            ``log_dir`` on the first write.
-        simple_max, complex_min: band cut-offs (default ``n // 3`` and ``n // 2 + 1``).
-        figures: draw the matplotlib figures, at the 1st, 2nd, 4th, 8th, ... tracked step and,
-            for the last tracked step, at :meth:`close`, rendered by the background process: one
-            takes a few tenths of a second of CPU.
-        probe_ids: B JSON-able ids of the probe samples (e.g. dataset indices), stored with
-            the raw interactions.
-        heldout_ids: ids of the held-out probes, likewise.
+        **legacy: the keywords of earlier releases, for this release only (one ``FutureWarning``):
+            ``probe_inputs``, ``probe_targets`` (also as the third positional argument),
+            ``probe_ids``, ``heldout_inputs``, ``heldout_targets``, ``heldout_ids``,
+            ``ratio``, ``simple_max``, ``complex_min`` (readings), ``store``, ``figures``,
+            ``writer`` (output), ``max_overhead``, ``total_steps``, ``batch_size``, ``sync``
+            (budget) and ``and_or`` (kind).
     """
 
     def __init__(
         self,
         players: Players,
-        probe_inputs: Inputs,
-        probe_targets: Tensor | Sequence[int] | None = None,
+        probes: Probes | None = None,
+        heldout: Probes | None = None,
         *,
-        heldout_inputs: Inputs | None = None,
-        heldout_targets: Tensor | Sequence[int] | None = None,
         log_dir: str | os.PathLike = "runs/concepts",
         schedule: Schedule | None = None,
-        kind: str = "and",
+        kind: str | AndOrConfig = "and",
         value: Any = "log_odds",
-        ratio: float = 0.05,
-        batch_size: int | None = None,
-        and_or: AndOrConfig | None = None,
-        max_overhead: float | None = None,
+        readings: ReadingsConfig | None = None,
+        output: OutputConfig | None = None,
+        budget: BudgetConfig | None = None,
         strict: bool = False,
-        store: bool = True,
-        writer: SummaryWriter | None = None,
-        simple_max: int | None = None,
-        complex_min: int | None = None,
-        figures: bool = True,
-        probe_ids: Sequence[Any] | None = None,
-        heldout_ids: Sequence[Any] | None = None,
-        total_steps: int | None = None,
-        sync: bool = False,
+        **legacy: Any,
     ) -> None:
+        probes, heldout, moved = legacy_probes(probes, heldout, legacy)
+        given = {"kind": kind, "readings": readings, "output": output, "budget": budget}
+        found, more = configs(given, legacy, "ConceptTracker")
+        warn_legacy("ConceptTracker", moved + more, legacy)
+        kind = found["kind"]
+        if probes is None:
+            raise TypeError("ConceptTracker needs probes: a ProbeSet, an (inputs, labels) tuple or the inputs.")
+        self.readings, self.output, self.budget = found["readings"], found["output"], found["budget"]
         self.players = check_players(players)
-        self.kind = check_kind(kind)
+        self.and_or = kind if isinstance(kind, AndOrConfig) else None
+        self.kind = "and_or" if self.and_or is not None else check_kind(kind)
         resolve_value(value)
         self.schedule = check_schedule(schedule) or DEFAULT_SCHEDULE
-        self.ratio = check_ratio(ratio)
-        self.batch_size = check_int("batch_size", batch_size, optional=True, unit="rows per forward")
-        self.max_overhead = check_fraction("max_overhead", max_overhead)
-        self.and_or = check_type("and_or", and_or, AndOrConfig, "an AndOrConfig or None for the defaults")
-        check_type("writer", writer, SummaryWriter, "a torch SummaryWriter or None")
-        check_band_cutoffs(simple_max, complex_min)
         self.log_dir = checks.check_log_dir(log_dir)
-        self.value = value
-        self.strict = strict
-        self.store = store
-        self.simple_max = simple_max
-        self.complex_min = complex_min
-        self.figures = figures
+        self.value, self.strict = value, strict
+        # The step path reads these often; they are the configs' fields.
+        self.ratio, self.batch_size, self.max_overhead = (
+            self.readings.ratio,
+            self.budget.batch_size,
+            self.budget.max_overhead,
+        )
+        self.store, self.figures = self.output.store, self.output.figures
         # What the readings depend on besides the interactions; stored with every step.
-        self._settings: dict[str, Any] = {"ratio": self.ratio, "simple_max": simple_max, "complex_min": complex_min}
-        self.writer = TensorBoardWriter(self.log_dir, writer)
+        self._settings: dict[str, Any] = self.readings.stored
+        self.writer = TensorBoardWriter(self.log_dir, self.output.writer)
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
-        self._worker = Worker(inline=sync)
+        self._worker = Worker(inline=self.budget.sync)
         atexit.register(self.close)  # a script that never calls close() still gets its tracked steps
         # Tracked steps whose forwards are done: queued, then (one at a time) on the worker.
         self._queue: deque[tuple[int, dict[str, Interactions], float]] = deque()  # step, values, stall
@@ -193,28 +191,28 @@ class ConceptTracker(DeclaredState):
         self._summaries: deque[StepSummary] = deque(maxlen=32)  # finished, not handed out
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
-        probe = probe_set("probe", probe_inputs, probe_targets, probe_ids)
+        probe = probe_set(probes)
         self._probe: ProbeSet = self._add_state("probe", probe, probe_state, probe_from_state)
-        held = heldout_set(players, heldout_inputs, heldout_targets, heldout_ids)
+        held = heldout_set(players, heldout)
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
-        bands = band_orders(checks.check_players_fit(players, probe.inputs, "probe_inputs"), simple_max, complex_min)
+        n = checks.check_players_fit(players, probe.inputs, "probes")
+        bands = band_orders(n, self.readings.simple_max, self.readings.complex_min)
+        claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
         self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once, self._worker.submit)
         if held is not None:
             checks.check_same_width(probe.inputs, held.inputs)
-            checks.check_players_fit(players, held.inputs, "heldout_inputs")
+            checks.check_players_fit(players, held.inputs, "heldout")
         self._cursor: int | None = self._add_state("cursor", None)  # last step tracked, skipped or failed
-        trajectory = Trajectory(ratio=self.ratio, simple_max=simple_max, complex_min=complex_min)
-        self._trajectory = self._add_state("trajectory", trajectory)
+        self._trajectory = self._add_state("trajectory", Trajectory(self.readings))
         warm: dict[str, Interactions | None] = {"probe": None, "heldout": None}
         self._warm_start = self._add_state("warm_start", warm, warm_state, warm_from_state)
         self._shares: list[Tensor] = self._add_state("shares", [], stack_list, unstack_list)  # [n + 1] per step
         # [K, 2**n] effects of probe sample 0 at every tracked step, for the trajectory figure.
         self._sample_effects: list[Tensor] = self._add_state("sample_effects", [], stack_list, unstack_list)
-        total_steps = check_int("total_steps", total_steps, 0, optional=True, unit="the run's last step")
-        self._timing = self._add_state(
-            "timing", OverheadBudget(self.max_overhead, total_steps, self.schedule, 0.0 if spare_cores() else 1.0)
-        )
+        contention = 0.0 if spare_cores() else 1.0
+        budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention)
+        self._timing = self._add_state("timing", budget_state)
 
     # ----------------------------------------------------------------------------- stepping
 
@@ -222,6 +220,8 @@ class ConceptTracker(DeclaredState):
         """Track ``model`` at ``global_step`` if the schedule (and the budget) says so.
 
         Call it once per optimizer step (repeated calls with the same step are ignored).
+        ``global_step`` may be any integer type (int, numpy integer, 0-dim integer tensor); a
+        float or a string raises ``TypeError``.
         ``last=True`` marks the run's final step: tracked unless ``max_overhead`` forbids it.
         Every call first applies the background work finished since the last one, in step order.
 
@@ -231,6 +231,7 @@ class ConceptTracker(DeclaredState):
             on rank 0), else empty (they follow in :meth:`summaries`). None when not tracked (not
             scheduled, already tracked, skipped by ``max_overhead``, or failed without ``strict``).
         """
+        global_step = checks.check_step(global_step)
         start = time.perf_counter()
         self._timing.call_began(start)
         try:
@@ -282,7 +283,9 @@ class ConceptTracker(DeclaredState):
         """The masked forwards, here on the live weights (a setup mistake raises at the first
         scheduled step); the rest of the step is queued for the worker."""
         splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
-        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process()
+        # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
+        # interleave with it, line by line and escape code by escape code.
+        show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
         # On CUDA the small [B, 2**n] values come to the CPU here: the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
         if is_main_process():
@@ -296,7 +299,7 @@ class ConceptTracker(DeclaredState):
             if self._inflight is None and self._queue:
                 step, results, stall = self._queue.popleft()
                 warm = self._warm_start if self.kind == "and_or" else None
-                args = (step, results, warm, self.and_or, self._trajectory, self._probe.ids, self._settings)
+                args = (step, results, warm, self.and_or, self._trajectory, self._probe.ids)
                 self._inflight = (self._worker.submit("finish_step", *args), step, stall)
             answers = self._worker.answers(wait)
             for answer in answers:
@@ -346,7 +349,7 @@ class ConceptTracker(DeclaredState):
 
     def _write(self, step: int, res: Interactions, summary: StepSummary, perf: dict[str, float]) -> None:
         writer = self.writer
-        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None))
+        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None))
         for tag, magnitude in summary.histograms.items():
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)
@@ -383,8 +386,10 @@ class ConceptTracker(DeclaredState):
         finally:
             atexit.unregister(self.close)
             self._worker.close()
-            self.writer.close()
-            self._run.close(self._timing.skipped)
+            try:
+                self.writer.close()
+            finally:  # the lock goes whatever the event file does
+                self._run.close(self._timing.skipped)
 
     def __enter__(self) -> ConceptTracker:
         return self
@@ -403,11 +408,14 @@ class ConceptTracker(DeclaredState):
         """
         self._collect(wait=True)  # pending steps first: the state holds every step tracked so far
         settings = {"version": STATE_VERSION, "kind": self.kind, "ratio": self.ratio}
-        settings.update(fingerprint=self._fingerprint(), run=self._run.id)
+        settings.update(fingerprint=self._fingerprint(), run=self._run.id, step=self._run.last_step)
         return {**settings, "schedule": self.schedule.to_config(), **self._declared_state()}
 
     def _fingerprint(self) -> dict[str, Any]:
-        return run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
+        fingerprint = run_fingerprint(self.players, self.kind, value_name(self.value), self._probe, self._heldout)
+        # The readings and the report depend on these too: a resume must not change them.
+        bands = {"simple_max": self.readings.simple_max, "complex_min": self.readings.complex_min}
+        return {**fingerprint, "baseline": self.players.baseline_description, **bands}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`: steps up to the saved cursor are not tracked again.
@@ -430,7 +438,8 @@ class ConceptTracker(DeclaredState):
                     f"state was saved with {name}={state[name]!r} but this tracker has "
                     f"{name}={getattr(self, name)!r}; build the tracker with the saved {name}."
                 )
-        self._run.resume(state.get("fingerprint"), self._fingerprint(), state.get("run"))
+        saved_at = state.get("step", state.get("cursor"))  # states without "step": the last tracked one
+        self._run.resume(state.get("fingerprint"), self._fingerprint(), state.get("run"), saved_at)
         if state["schedule"] != self.schedule.to_config():
             warnings.warn(
                 f"resuming with schedule {self.schedule!r}, which differs from the saved "

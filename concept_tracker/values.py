@@ -123,8 +123,19 @@ def answer_log_prob(outputs: Any, target: Tensor) -> Tensor:
 
 
 def _binary_sign(z: Tensor, target: Tensor) -> Tensor:
-    """+z for target 1, -z for target 0: the logit of the target class of a one-logit model."""
-    return torch.where(target.to(z.device) == 1, z, -z)
+    """+z for target 1, -z for target 0: the logit of the target class of a one-logit model.
+
+    Any other class is rejected: read as "not 1" it would silently count as class 0.
+    """
+    target = target.to(z.device)
+    if target.numel() and not bool(((target == 0) | (target == 1)).all()):
+        low, high = (int(v) for v in torch.aminmax(target))
+        raise ValueError(
+            f"target holds classes {low}..{high}, but the model gives one logit per row (binary: class 1 "
+            "when the logit is > 0); pass classes 0 or 1 (a tracker's probe_targets / heldout_targets), "
+            "or give the model one logit per class."
+        )
+    return torch.where(target == 1, z, -z)
 
 
 def _squeeze_single(z: Tensor) -> Tensor:

@@ -61,8 +61,11 @@ def main() -> None:
     # the tracker splits them across the ranks itself, and checks that they agree.
     probes = select_probes(train.tensors[0], 16, labels=train.tensors[1], seed=args.seed)
     heldout = select_probes(test.tensors[0], 16, labels=test.tensors[1], seed=args.seed)
+    # Masked patches take the mean training image (the recommended baseline; every rank fits
+    # it on the same full training set).
+    players = ImagePatchPlayers(grid=(4, 4), select=10, baselines="mean", seed=args.seed).fit(train.tensors[0])
     tracker = ConceptTracker(
-        ImagePatchPlayers(grid=(4, 4), select=10, baselines="zero", seed=args.seed),
+        players,
         probes.inputs,
         probes.labels,
         heldout_inputs=heldout.inputs,

@@ -1,7 +1,8 @@
 """Track the concepts a small CNN learns on scikit-learn's bundled digits, in a plain loop.
 
 Each 8x8 digit is split into a 2 x 5 grid of patches: n = 10 players, 1,024 coalitions per
-probe image. At the scheduled steps the tracker masks patches to zero, computes the AND
+probe image. At the scheduled steps the tracker masks patches to the mean training image
+(the recommended "mean" baseline, fitted on the training set), computes the AND
 interactions of 16 training and 16 held-out probe digits, and logs them next to the losses:
 
     python examples/plain_loop.py              # 2,000 steps
@@ -67,8 +68,11 @@ def main() -> None:
     heldout = select_probes(x_test, 16, labels=y_test, seed=args.seed)
     # One event file for the losses and the concepts, so TensorBoard shows them side by side.
     writer = SummaryWriter(args.log_dir)
+    # A masked patch takes the mean training image: a zero (black) patch is an input the
+    # model never saw, and conclusions can differ between the two baselines.
+    players = ImagePatchPlayers(grid=(2, 5), baselines="mean").fit(x_train)
     tracker = ConceptTracker(
-        ImagePatchPlayers(grid=(2, 5), baselines="zero"),
+        players,
         probes.inputs,
         probes.labels,
         heldout_inputs=heldout.inputs,

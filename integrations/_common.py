@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from concept_tracker.config import CONFIGS, LEGACY_FIELDS, configs, warn_legacy
 from concept_tracker.engine import preserved_state
 from concept_tracker.players import Players, fit_mean_baseline, mean_unfitted
 from concept_tracker.schedules import Schedule, at_steps, every, log_spaced
@@ -18,6 +18,9 @@ from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
 
 DEFAULT_NUM_STEPS = 20
 """Log-spaced tracked steps over a run of known length (dense early, when concepts change fastest)."""
+
+LEGACY_OPTIONS = {key for keys in LEGACY_FIELDS.values() for key in keys} - {"writer", "total_steps"} | {"and_or"}
+"""Loose tracker keywords of earlier releases, still accepted for this release."""
 
 BASELINE_SAMPLES = 1024
 """Training items a "mean" baseline is fitted on when the players are not fitted yet."""
@@ -60,13 +63,25 @@ def fit_baseline_on_dataset(
     return fit_mean_baseline(players, inputs)
 
 
-def check_tracker_options(options: dict, owner: str, reserved: set[str]) -> None:
-    """Raise at construction, not mid-training, for keywords ConceptTracker does not take or
-    that the integration fills in itself (``reserved``)."""
-    accepted = set(inspect.signature(ConceptTracker).parameters) - reserved - {"players", "writer"}
-    unknown = sorted(set(options) - accepted)
+TRACKER_OPTIONS = ("kind", "value", "strict", "readings", "output", "budget")
+"""The ConceptTracker keywords a callback passes on; it fills in the rest itself."""
+
+
+def checked_tracker_options(options: dict[str, Any], owner: str) -> dict[str, Any]:
+    """The ConceptTracker keywords of a callback, checked at construction, not mid-training:
+    every config built (loose keywords of earlier releases folded in, one ``FutureWarning``).
+
+    Raises:
+        ValueError: for keywords ConceptTracker does not take or that the callback fills in.
+    """
+    unknown = sorted(set(options) - set(TRACKER_OPTIONS) - LEGACY_OPTIONS)
     if unknown:
-        raise ValueError(f"{owner} got unknown tracker option(s) {unknown}; tracker options are {sorted(accepted)}.")
+        raise ValueError(f"{owner} got unknown tracker option(s) {unknown}; tracker options are {TRACKER_OPTIONS}.")
+    legacy = dict(options)
+    given = {"kind": legacy.pop("kind", "and"), **{name: legacy.pop(name, None) for name in CONFIGS}}
+    found, moved = configs(given, legacy, owner)
+    warn_legacy(owner, moved, legacy, stacklevel=4)
+    return {**{k: options[k] for k in ("value", "strict") if k in options}, **found}
 
 
 def run_schedule(schedule: Schedule | None, last_step: int | None, period: int | None = None) -> Schedule:

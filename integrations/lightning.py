@@ -23,65 +23,66 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import replace
 from typing import Any
 
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from concept_tracker import ConceptTracker, Players, Schedule
 from concept_tracker.checks import check_players, check_schedule
-from concept_tracker.players import Players
-from concept_tracker.probes import heldout_set, probe_set
-from concept_tracker.schedules import Schedule
-from concept_tracker.tracker import ConceptTracker
+from concept_tracker.config import warn_legacy
+from concept_tracker.probes import heldout_set, legacy_probes, probe_set
 
-from ._common import check_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
+from ._common import checked_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
 
 
 class ConceptTrackerLightningCallback(Callback):
     """Track the interactive concepts of a ``LightningModule`` on a fixed probe set.
 
-    ``L.Trainer(callbacks=[ConceptTrackerLightningCallback(players, probe_inputs, probe_targets)])``
+    ``L.Trainer(callbacks=[ConceptTrackerLightningCallback(players, ProbeSet(probe_x, probe_y))])``
 
     Args:
         players: how each sample splits into players (``TabularPlayers``, ...).
-        probe_inputs: Tensor [B, ...] or dict of tensors [B, ...]; the module is called as
-            ``pl_module(x)`` or ``pl_module(**inputs)``.
-        probe_targets: [B] classes; None = the model's predictions at step 0.
-        heldout_inputs, heldout_targets: held-out probes for ``generalization/*`` scalars.
+        probes: a :class:`~concept_tracker.ProbeSet` (inputs: Tensor [B, ...] or dict of
+            tensors [B, ...], the module is called as ``pl_module(x)`` or
+            ``pl_module(**inputs)``; labels: [B] classes, None = the model's predictions at
+            step 0), an ``(inputs, labels)`` tuple or the inputs alone, as for ``ConceptTracker``.
+        heldout: held-out probes for ``generalization/*`` scalars, in the same forms.
         schedule: when to track; None = ``log_spaced(0, last_step, 20)`` over the run's
             ``estimated_stepping_batches`` (the tracker's default for runs of unknown length).
             Step 0 and the last step are always tracked.
         log_dir: directory of the raw interactions (and of the event file when the trainer has
             no ``TensorBoardLogger``); None = ``<trainer.log_dir>/concepts``.
-        **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``ratio``,
-            ``batch_size``, ``max_overhead``, ``strict``, ...). The run's length
-            (``estimated_stepping_batches``, from ``max_steps`` / ``max_epochs``) is passed as
-            ``total_steps``, so ``max_overhead`` plans the tracked steps.
+        **tracker_options: passed to :class:`ConceptTracker` (``kind``, ``value``, ``strict``,
+            ``readings``, ``output``, ``budget``). The run's length
+            (``estimated_stepping_batches``, from ``max_steps`` / ``max_epochs``) becomes the
+            budget's ``total_steps``, so ``max_overhead`` plans the tracked steps. The probe
+            keywords of earlier releases (``probe_targets``, ``heldout_inputs``, ...) still work
+            for this release, with a ``FutureWarning``.
     """
 
     def __init__(
         self,
         players: Players,
-        probe_inputs: Any,
-        probe_targets: Any = None,
+        probes: Any = None,
+        heldout: Any = None,
         *,
-        heldout_inputs: Any = None,
-        heldout_targets: Any = None,
         schedule: Schedule | None = None,
         log_dir: str | os.PathLike | None = None,
         **tracker_options: Any,
     ) -> None:
         self.players = check_players(players)
         check_schedule(schedule)
-        reserved = {"log_dir", "schedule", "total_steps"}
-        check_tracker_options(tracker_options, "ConceptTrackerLightningCallback", reserved)
+        owner = "ConceptTrackerLightningCallback"
+        probes, heldout, moved = legacy_probes(probes, heldout, tracker_options)
+        warn_legacy(owner, moved, {})
         # Checked now, so that a bad probe set fails at construction, not when training starts.
-        self.probes = probe_set("probe", probe_inputs, probe_targets, None)
-        self.heldout = heldout_set(players, heldout_inputs, heldout_targets, None)
+        self.probes, self.heldout = probe_set(probes), heldout_set(players, heldout)
         self.schedule = schedule
         self.log_dir = None if log_dir is None else str(log_dir)
-        self.tracker_options = tracker_options
+        self.tracker_options = checked_tracker_options(tracker_options, owner)
         self.tracker: ConceptTracker | None = None
         self._restored: dict[str, Any] | None = None  # checkpoint state that arrived before the tracker
         self._last_tracked: int | None = None
@@ -95,18 +96,15 @@ class ConceptTrackerLightningCallback(Callback):
         loader = trainer.train_dataloader
         dataset, collate = getattr(loader, "dataset", None), getattr(loader, "collate_fn", None)
         fit_baseline_on_dataset(self.players, dataset, collate, _first_tensor, self.probes.inputs)
-        self.tracker = ConceptTracker(
-            self.players,
-            self.probes.inputs,
-            self.probes.labels,
-            heldout_inputs=None if self.heldout is None else self.heldout.inputs,
-            heldout_targets=None if self.heldout is None else self.heldout.labels,
-            log_dir=log_dir,
-            schedule=run_schedule(self.schedule, None if math.isinf(last) else int(last)),
-            total_steps=None if math.isinf(last) else int(last),
+        total = None if math.isinf(last) else int(last)
+        options = dict(self.tracker_options)
+        options["budget"] = replace(options["budget"], total_steps=total)
+        if logger is not None and trainer.is_global_zero:
             # Off rank zero the logger's experiment is a dummy; the tracker writes nothing there.
-            writer=logger.experiment if logger is not None and trainer.is_global_zero else None,
-            **self.tracker_options,
+            options["output"] = replace(options["output"], writer=logger.experiment)
+        schedule = run_schedule(self.schedule, total)
+        self.tracker = ConceptTracker(
+            self.players, self.probes, self.heldout, log_dir=log_dir, schedule=schedule, **options
         )
         if self._restored:
             self.tracker.load_state_dict(self._restored)

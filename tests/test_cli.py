@@ -21,7 +21,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from concept_tracker import ConceptTracker, TabularPlayers, at_steps, band_orders, cli, order_profile, report
+from concept_tracker import (
+    ConceptTracker,
+    OutputConfig,
+    ReadingsConfig,
+    TabularPlayers,
+    at_steps,
+    band_orders,
+    cli,
+    order_profile,
+    report,
+)
 from concept_tracker.store import list_steps, load_step, step_path, tracked_settings
 from concept_tracker.writers import tags
 
@@ -130,6 +140,67 @@ def test_analyze_refuses_to_overwrite_without_force(workdir, capsys):
     assert [s for s, _ in report.read_scalars(workdir / "run")[tags.PERF_SECONDS]] == [3, 4]
 
 
+def snapshot(folder):
+    """Every file under ``folder``: ``{relative path: bytes}``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_analyze_force_on_a_live_run_touches_nothing(workdir, capsys):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    run = workdir / "run"
+    live = ConceptTracker(TabularPlayers(), torch.randn(3, FEATURES), log_dir=run, schedule=at_steps([0, 9]), figures=False)
+    try:
+        live.step(seeded(build, seed=0), 0)
+        before = snapshot(run)
+        assert analyze(workdir, "--force") == 2
+        err = capsys.readouterr().err
+        assert "in use by another ConceptTracker" in err and str(run) in err
+        assert snapshot(run) == before
+        assert sorted(p.name for p in workdir.iterdir()) == ["ckpts", "data.pt", "run", "tiny_factory.py"]
+        assert live.step(seeded(build, seed=0), 9) is not None  # the live run goes on
+    finally:
+        live.close()
+    assert list_steps(run) == [0, 9]
+
+
+@pytest.mark.filterwarnings("ignore:ConceptTracker .* steps tracked of:UserWarning")
+@pytest.mark.parametrize("fault", ["another model", "nan weights"])
+def test_analyze_force_with_a_bad_second_checkpoint_keeps_the_old_analysis(workdir, capsys, fault):
+    """Another model fails when every checkpoint is loaded, before any is analyzed; NaN weights
+    pass that check and fail while analyzing: either way the old run stays as it was."""
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    run = workdir / "run"
+    before = snapshot(run)
+    bad = write_checkpoints(workdir / "other", steps=(3, 4, 8))[1]
+    if fault == "another model":
+        torch.save(nn.Linear(2, 2).state_dict(), bad)
+    else:
+        torch.save({k: torch.full_like(v, math.nan) for k, v in torch.load(bad).items()}, bad)
+    capsys.readouterr()
+    assert analyze(workdir, "--force", ckpts="other") == 2
+    err = capsys.readouterr().err
+    assert (str(bad) if fault == "another model" else "NaN") in err
+    assert snapshot(run) == before
+    assert sorted(p.name for p in workdir.iterdir()) == ["ckpts", "data.pt", "other", "run", "tiny_factory.py"]
+    assert report.summarize_run(run).steps == [0, 5, 10]
+
+
+def test_analyze_force_keeps_what_is_not_a_run(workdir):
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir) == 0
+    (workdir / "run" / "notes.txt").write_text("mine")
+    write_checkpoints(workdir / "other", steps=(3, 4))
+    assert analyze(workdir, "--force", ckpts="other") == 0
+    assert (workdir / "run" / "notes.txt").read_text() == "mine"
+    assert list_steps(workdir / "run") == [3, 4] and list_steps(workdir / "run", "heldout") == [3, 4]
+    assert len(list((workdir / "run").glob("events.out.tfevents*"))) == 1
+    assert sorted(p.name for p in workdir.iterdir()) == ["ckpts", "data.pt", "other", "run", "tiny_factory.py"]
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_truncated_checkpoint_is_named_with_exit_code_2(workdir, capsys, suffix):
     paths = write_checkpoints(workdir / "ckpts", suffix=suffix)
@@ -222,7 +293,9 @@ def rewrite_metadata(path, **changes):
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    meta.pop("sha256", None)  # files from before the settings had no checksum either
+    # Files from before the settings had no checksum either: the first format.
+    meta.pop("sha256", None)
+    meta["format"] = "concept-tracker/interactions/1"
     for key, value in changes.items():
         if value is None:
             meta.pop(key, None)
@@ -302,23 +375,25 @@ def test_report_reads_stored_bands_and_files_without_settings_make_no_claim(tmp_
     model = seeded(build, seed=0)
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
     run = tmp_path / "run"
-    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0, 1]), ratio=0.1,
-                        simple_max=2, complex_min=4, figures=False, strict=True) as tracker:
+    readings = ReadingsConfig(ratio=0.1, simple_max=2, complex_min=4)
+    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0, 1]), readings=readings,
+                        output=OutputConfig(figures=False), strict=True) as tracker:
         for step in (0, 1):
             tracker.step(model, step)
     # A file written without settings (say, before an upgrade) does not contradict the others.
     rewrite_metadata(step_path(run, 0), **dict.fromkeys(SETTINGS))
     summary = report.summarize_run(run)
     assert (summary.ratio, summary.bands, summary.settings_note) == (0.1, band_orders(FEATURES, 2, 4), None)
-    assert report.summarize_run(run, simple_max=1).bands == band_orders(FEATURES, 1, 4)
+    assert report.summarize_run(run, readings={"simple_max": 1}).bands == band_orders(FEATURES, 1, 4)
+    assert report.summarize_run(run, readings=ReadingsConfig()).bands == band_orders(FEATURES)  # used as is
 
 
 def test_report_band_options_override_the_stored_cut_offs(tmp_path, capsys):
     model = seeded(build, seed=0)
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
     run = tmp_path / "run"
-    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0]), simple_max=2, complex_min=4,
-                        figures=False, strict=True) as tracker:
+    with ConceptTracker(TabularPlayers(), inputs, log_dir=run, schedule=at_steps([0]), strict=True,
+                        readings=ReadingsConfig(simple_max=2, complex_min=4), output=OutputConfig(figures=False)) as tracker:
         tracker.step(model, 0)
     assert cli.main(["report", str(run)]) == 0
     out = capsys.readouterr().out
@@ -333,8 +408,8 @@ def test_report_of_runs_with_other_bands_labels_each(tmp_path):
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))
     runs = []
     for name, simple_max in (("a", 1), ("b", 2)):
-        with ConceptTracker(TabularPlayers(), inputs, log_dir=tmp_path / name, schedule=at_steps([0]),
-                            simple_max=simple_max, figures=False, strict=True) as tracker:
+        with ConceptTracker(TabularPlayers(), inputs, log_dir=tmp_path / name, schedule=at_steps([0]), strict=True,
+                            readings=ReadingsConfig(simple_max=simple_max), output=OutputConfig(figures=False)) as tracker:
             tracker.step(model, 0)
         runs.append(report.summarize_run(tmp_path / name, name=name))
     labels = [label for label, _ in report.summary_rows(runs)]
@@ -409,6 +484,50 @@ def test_analyze_hugging_face_folder_with_token_players(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert list_steps(tmp_path / "run") == [0, 4]
+    # The baseline of token players is named, in the stored files and in the printed table.
+    assert load_step(step_path(tmp_path / "run", 4))[1]["baseline"] == "mask token 1"
+    assert row(capsys.readouterr().out, "baseline") == ["mask token 1"]
+
+
+@pytest.mark.parametrize("where", ["labels", "inputs.labels"])
+def test_analyze_sft_checkpoints_with_answer_log_prob(tmp_path, capsys, where):
+    """Causal LM checkpoints with the answer labels [B, T] in --data: v(N) is the checkpoint's own
+    log p(answer | prompt), computed here from one unpadded forward."""
+    from models import tiny_lm, word_tokenizer
+
+    from concept_tracker.language_models import prompt_answer_batch
+
+    tokenizer = word_tokenizer()
+    prompts, answers = ["the cat sat on the mat", "a dog is big"], ["yes", "red blue"]
+    models = {}
+    for step in (0, 3):
+        models[step] = tiny_lm("gpt2")
+        with torch.no_grad():
+            for p in models[step].parameters():
+                p.add_(0.01 * step)
+        models[step].save_pretrained(tmp_path / "out" / f"checkpoint-{step}")
+        tokenizer.save_pretrained(tmp_path / "out" / f"checkpoint-{step}")
+    batch = prompt_answer_batch(tokenizer, prompts, answers, padding_side="right")
+    save_file({f"inputs.{k}": v for k, v in batch.items() if k != "labels"} | {where: batch["labels"]},
+              str(tmp_path / "sft.safetensors"))
+    argv = ["analyze", str(tmp_path / "out"), "--data", str(tmp_path / "sft.safetensors"), "--players", "tokens:3",
+            "--log-dir", str(tmp_path / "run")]
+    assert cli.main([*argv, "--value", "answer_log_prob"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for step, model in models.items():
+        res, meta = load_step(step_path(tmp_path / "run", step))
+        assert meta["value"] == "answer_log_prob" and meta["baseline"] == "embedding: mean over the vocabulary"
+        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+            p = tokenizer(prompt)["input_ids"]
+            a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([p + a])).logits[0].double().log_softmax(-1)
+            direct = sum(float(logp[len(p) + j - 1, tok]) for j, tok in enumerate(a))
+            assert res.outputs[i, -1].item() == pytest.approx(direct, abs=1e-4)
+    assert row(out, "baseline") == ["embedding: mean over the vocabulary"]
+    # Answer labels in --data make answer_log_prob the default value.
+    assert cli.main([*argv, "--force"]) == 0, capsys.readouterr().err
+    assert load_step(step_path(tmp_path / "run", 3))[1]["value"] == "answer_log_prob"
 
 
 def test_demo_runs_end_to_end_small(tmp_path):

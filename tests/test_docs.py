@@ -33,7 +33,12 @@ AND-OR solves left at the default settings are capped at 50 iterations here, for
 
 from __future__ import annotations
 
+import inspect
+import itertools
+import json
+import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,7 @@ from models import tiny_lm, word_tokenizer, wordpiece_tokenizer
 from torch import nn
 
 import concept_tracker as ct
+from concept_tracker import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -184,3 +190,141 @@ def test_docs_stand_on_their_own():
         text = doc.read_text(encoding="utf-8")
         for needle in ("SPEC §", "SPEC.md", "../shared"):
             assert needle not in text, (doc.name, needle)
+
+
+# --------------------------------------------------------------------- TensorBoard tags
+
+TAG_PLACEHOLDERS = (
+    (re.compile(r"order_\d\d"), "order_{m:02d}"),
+    (re.compile(r"^(concepts|histograms|figures)/(and|or)/"), r"\1/{kind}/"),
+    (re.compile(r"^(generalization|dynamics)/(simple|medium|complex)/"), r"\1/{band}/"),
+)
+
+
+def tag_family(tag: str) -> str:
+    """A concrete tag written as the docs write its family (``order_03`` -> ``order_{m:02d}``, ...)."""
+    for pattern, replacement in TAG_PLACEHOLDERS:
+        tag = pattern.sub(replacement, tag)
+    return tag
+
+
+def documented_tags() -> set[str]:
+    """The tag column of the table in docs/metrics.md, section "TensorBoard tags"."""
+    text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    section = text[text.index("## 11. TensorBoard tags") :]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {tag for row in rows for tag in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
+
+
+def library_tags() -> set[str]:
+    """Every tag concept_tracker.writers.tags names: its constants, and its builders called over
+    every value they accept."""
+    from concept_tracker.writers import tags
+
+    out = {v for k, v in vars(tags).items() if k.isupper() and isinstance(v, str) and "/" in v}
+    domains = {"kind": ("and", "or"), "m": (1, 12), "band": tags.BANDS, "tag": ("concepts/summary/complex_ratio",)}
+    domains["stat"] = tags.ORDER_STATS + tags.SUMMARY_STATS + tags.SHARE_STATS
+    for name, fn in vars(tags).items():
+        if not callable(fn) or getattr(fn, "__module__", None) != tags.__name__ or name.startswith("_"):
+            continue
+        params = list(inspect.signature(fn).parameters)
+        if not params or not set(params) <= set(domains):
+            continue
+        for args in itertools.product(*(domains[p] for p in params)):
+            try:
+                out.add(fn(*args))
+            except ValueError:  # a value this builder refuses (stat "count" for summary(), ...)
+                pass
+    return out
+
+
+def written_tags(log_dir: Path) -> set[str]:
+    """Every scalar, image, histogram and text tag in the event files of ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    found = acc.Tags()
+    texts = {t.removesuffix("/text_summary") for t in found["tensors"] if t.endswith("/text_summary")}
+    return set(found["scalars"]) | set(found["images"]) | set(found["histograms"]) | texts
+
+
+def test_every_tensorboard_tag_is_documented(tmp_path):
+    """docs/metrics.md lists every tag the library names (writers/tags.py) or writes (a tracked
+    run with every option that adds tags: AND-OR, held-out probes, figures, a budget), and
+    lists no tag the library does not write."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, labels = torch.randn(6, 4), torch.arange(6) % 3
+    with ct.ConceptTracker(
+        ct.TabularPlayers(baselines="zero"), x, labels, heldout_inputs=x.flip(0), heldout_targets=labels,
+        log_dir=tmp_path, schedule=ct.every(1), kind="and_or", max_overhead=0.9, total_steps=3, sync=True,
+    ) as tracker, warnings.catch_warnings(record=True):  # whether the budget skips a step depends on the load
+        warnings.simplefilter("always")
+        for step in range(4):
+            tracker.step(model, step)
+    written = written_tags(tmp_path)
+    assert any(t.startswith("figures/") for t in written) and "text/overhead_budget" in written
+    documented = documented_tags()
+    named = written | library_tags()
+    intervals = {t for t in named if t.endswith(("_ci_low", "_ci_high"))}
+    assert {"{tag}_ci_low", "{tag}_ci_high"} <= documented
+    for tag in intervals:  # {tag}_ci_low / _ci_high of a documented reading
+        assert tag_family(tag.rsplit("_ci_", 1)[0]) in documented, tag
+    families = {tag_family(t) for t in named - intervals}
+    assert families - documented == set()
+    callback_losses = {"train/loss", "eval/loss"}  # the Hugging Face callback's copies
+    assert documented - families - callback_losses - {"{tag}_ci_low", "{tag}_ci_high"} == set()
+
+
+# ------------------------------------------------------------------- the README's demo block
+
+DEMO_RESULTS = ROOT / "docs" / "demo_results.json"
+
+
+def readme_demo_block() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = text.index(demo.DOCS_START) + len(demo.DOCS_START), text.index(demo.DOCS_END)
+    return text[start:end].strip("\n")
+
+
+def test_readme_demo_block_is_rendered_from_the_demo_results():
+    """The README's demo tables, checks and figures are written by ``make docs-numbers`` from one
+    demo run (docs/demo_results.json); nothing in the block is typed by hand."""
+    results = json.loads(DEMO_RESULTS.read_text(encoding="utf-8"))
+    assert readme_demo_block() == demo.docs_block(results)
+    for name in demo.DOCS_FIGURES:
+        assert (ROOT / "docs" / f"demo_{name}.png").is_file()
+    # The rows are the demo's own summary rows, one cell per run.
+    assert [row[0] for row in results["summary"]][:3] == ["last tracked step", "baseline", "test accuracy"]
+    assert all(len(cells) == len(results["runs"]) for _, cells in results["summary"])
+
+
+def test_docs_block_renders_every_cell_of_the_results():
+    results = {
+        "settings": {"seed": 3, "steps": 20, "label_noise": 0.5, "width": 8, "train_size": 100, "probes": 4,
+                     "tracked_steps": 3, "kind": "and"},
+        "labels_changed": 41, "runs": ["clean", "noisy"],
+        "summary": [["complex ratio", ["0.125 [0.1, 0.2]", "0.5"]]],
+        "similarity": {"clean": ["0.50", "0.25"], "noisy": ["0.40", "0.10"]},
+        "checks": [["noisy -> more complex", True, "clean 0.125, noisy 0.5"]],
+    }  # fmt: skip
+    block = demo.docs_block(results)
+    for needle in ("--seed 3", "41 labels", "| complex ratio | 0.125 [0.1, 0.2] | 0.5 |", "| noisy | 0.40 | 0.10 |",
+                   "**yes**: noisy -> more complex: clean 0.125, noisy 0.5", "docs/demo_order_profile.png"):
+        assert needle in block, needle
+    readme = f"intro\n{demo.DOCS_START}\nold\n{demo.DOCS_END}\noutro\n"
+    assert demo.replace_docs_block(readme, block) == f"intro\n{demo.DOCS_START}\n{block}\n{demo.DOCS_END}\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        demo.replace_docs_block("no markers", block)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("CONCEPT_TRACKER_SLOW") != "1", reason="reruns the demo; CONCEPT_TRACKER_SLOW=1")
+def test_demo_results_are_what_the_demo_gives_at_its_seed(tmp_path):
+    """A fresh demo run at the default settings gives the committed results (minutes on 2 cores)."""
+    config = demo.DemoConfig(output_dir=str(tmp_path), progress=False, figures=False)
+    fresh = demo.demo_results(config, demo.run_demo(config, echo=lambda line: None))
+    committed = json.loads(DEMO_RESULTS.read_text(encoding="utf-8"))
+    committed.pop("timing", None)
+    assert fresh == committed

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from concept_tracker.config import ReadingsConfig
 from concept_tracker.metrics.dynamics import (
     Trajectory,
     detour_ratio,
@@ -14,8 +15,10 @@ from concept_tracker.metrics.dynamics import (
     high_order_strength,
     loss_gap_step,
     phase_boundary,
+    scale_free_detour_ratio,
     sign_flips,
     smooth,
+    unit_effects,
 )
 
 
@@ -23,8 +26,8 @@ def f64(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def trajectory(series: torch.Tensor, steps=None, **kwargs) -> Trajectory:
-    traj = Trajectory(**kwargs)
+def trajectory(series: torch.Tensor, steps=None, readings: ReadingsConfig | None = None) -> Trajectory:
+    traj = Trajectory(readings)
     for step, effects in zip(steps or range(series.shape[0]), series):
         traj.append(step, effects)
     return traj
@@ -57,6 +60,58 @@ def test_detour_pools_a_set_of_orders_and_marks_no_displacement():
     assert traj.detour_ratio(traj.bands.complex) == 3
     with pytest.raises(ValueError, match="orders"):
         detour_ratio(series, [3])
+
+
+def test_unit_effects_by_hand():
+    # Sample 0: |I| over the non-empty sets sums to 4; sample 1 has no effect at all.
+    series = f64([[[5, 1, -1, 2], [3, 0, 0, 0]]])
+    torch.testing.assert_close(unit_effects(series), f64([[[0, 0.25, -0.25, 0.5], [0, 0, 0, 0]]]))
+    # Kinds pooled: one total over AND and OR of a sample.
+    pooled = f64([[[[0, 1, 0, 0], [0, 0, 0, 3]]]])
+    torch.testing.assert_close(unit_effects(pooled), f64([[[[0, 0.25, 0, 0], [0, 0, 0, 0.75]]]]))
+
+
+def test_scale_free_detour_ignores_a_growing_output_scale():
+    gen = torch.Generator().manual_seed(3)
+    series = torch.randn(7, 4, 2, 16, generator=gen, dtype=torch.float64)  # [T, B, K, 2**4]
+    growth = torch.logspace(0, 3, 7, dtype=torch.float64).view(7, 1, 1, 1)  # x1000 over the run
+    per_sample = torch.rand(1, 4, 1, 1, generator=gen, dtype=torch.float64) + 0.5
+    scaled = series * growth * per_sample
+    torch.testing.assert_close(scale_free_detour_ratio(scaled), scale_free_detour_ratio(series), equal_nan=True)
+    complex_band = [3, 4]
+    assert scale_free_detour_ratio(scaled, complex_band) == pytest.approx(scale_free_detour_ratio(series, complex_band))
+    # The plain ratio follows the scale: the late, large steps dominate its path.
+    assert abs(detour_ratio(scaled, complex_band) - detour_ratio(series, complex_band)) > 0.1
+    # Brute force: the ratio of the unit effects, path over displacement, summed per order.
+    unit = series.clone()
+    unit[..., 0] = 0
+    unit = unit / unit.abs().sum((-2, -1), keepdim=True)
+    orders = torch.tensor([bin(s).count("1") for s in range(16)])
+    path = (unit[1:] - unit[:-1]).abs().sum((0, 1, 2))
+    disp = (unit[-1] - unit[0]).abs().sum((0, 1))
+    mask = (orders == 3) | (orders == 4)
+    assert scale_free_detour_ratio(series, complex_band) == pytest.approx(float(path[mask].sum() / disp[mask].sum()))
+
+
+def test_trajectory_scale_free_detour_matches_the_pure_function_and_survives_a_restore():
+    gen = torch.Generator().manual_seed(4)
+    series = torch.randn(6, 3, 16, generator=gen, dtype=torch.float64) * torch.logspace(0, 2, 6).view(6, 1, 1)
+    traj = trajectory(series[:3])
+    resumed = Trajectory()
+    resumed.load_state_dict(traj.state_dict())
+    for step, effects in zip(range(3, 6), series[3:]):
+        traj.append(step, effects)
+        resumed.append(step, effects)
+    torch.testing.assert_close(traj.scale_free_detour_ratio(), scale_free_detour_ratio(series), equal_nan=True)
+    torch.testing.assert_close(resumed.scale_free_detour_ratio(), scale_free_detour_ratio(series), equal_nan=True)
+    assert traj.scale_free_detour_ratio([3, 4]) == pytest.approx(scale_free_detour_ratio(series, [3, 4]))
+    # A state saved before the unit effects were kept: the scale-free ratio is unknown, not wrong.
+    old = {k: v for k, v in trajectory(series[:3]).state_dict().items() if not k.startswith("unit_")}
+    legacy = Trajectory()
+    legacy.load_state_dict(old)
+    legacy.append(3, series[3])
+    assert math.isnan(legacy.scale_free_detour_ratio([3, 4]))
+    assert legacy.detour_ratio([3, 4]) == pytest.approx(detour_ratio(series[:4], [3, 4]))
 
 
 def test_sign_flips_count_changes_while_salient():
@@ -96,7 +151,7 @@ def test_trajectory_agrees_with_pure_functions_on_random_series():
     gen = torch.Generator().manual_seed(1)
     series = torch.randn(7, 3, 16, generator=gen, dtype=torch.float64).cumsum(0)
     steps = [0, 3, 4, 10, 11, 50, 51]
-    traj = trajectory(series, steps, ratio=0.1)
+    traj = trajectory(series, steps, ReadingsConfig(ratio=0.1))
     torch.testing.assert_close(traj.detour_ratio(), detour_ratio(series))
     assert traj.detour_ratio([2, 3]) == pytest.approx(detour_ratio(series, [2, 3]))
     assert torch.equal(traj.sign_flips(), sign_flips(series, ratio=0.1))
@@ -119,14 +174,15 @@ def test_state_dict_round_trip_mid_series():
     gen = torch.Generator().manual_seed(2)
     series = torch.randn(8, 2, 8, generator=gen, dtype=torch.float64).cumsum(0)
     steps = [10 * t for t in range(8)]
-    unbroken = trajectory(series, steps, ratio=0.1, simple_max=1, complex_min=3)
-    first = trajectory(series[:4], steps[:4], ratio=0.1, simple_max=1, complex_min=3)
+    readings = ReadingsConfig(ratio=0.1, simple_max=1, complex_min=3)
+    unbroken = trajectory(series, steps, readings)
+    first = trajectory(series[:4], steps[:4], readings)
     state = first.state_dict()
     plain = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
     assert json.loads(json.dumps(plain)) == plain
     resumed = Trajectory()
     resumed.load_state_dict(state)
-    assert resumed.ratio == 0.1 and resumed.simple_max == 1 and resumed.complex_min == 3
+    assert resumed.readings == readings
     for step, effects in zip(steps[4:], series[4:]):
         resumed.append(step, effects)
     torch.testing.assert_close(resumed.detour_ratio(), unbroken.detour_ratio())
@@ -136,8 +192,8 @@ def test_state_dict_round_trip_mid_series():
     for a, b in zip(resumed.high_order_strength(), unbroken.high_order_strength()):
         torch.testing.assert_close(a, b)
     empty = Trajectory()
-    empty.load_state_dict(Trajectory(ratio=0.2).state_dict())
-    assert empty.ratio == 0.2 and empty.steps == []
+    empty.load_state_dict(Trajectory(ReadingsConfig(ratio=0.2)).state_dict())
+    assert empty.readings.ratio == 0.2 and empty.steps == []
 
 
 def test_append_rejects_bad_steps_and_shapes():
@@ -202,3 +258,13 @@ def test_trajectory_phase_boundary_and_loss_gap():
     assert loss_gap_step({0: 1.0, 1: 0.9}, {0: 0.5, 1: 0.5}) is None
     with pytest.raises(ValueError, match="train_losses"):
         traj.phase_boundary(evals)
+
+
+def test_the_old_loose_keywords_still_work_with_a_future_warning():
+    with pytest.warns(FutureWarning, match=r"ratio= -> readings=ReadingsConfig\(ratio=...\)"):
+        traj = Trajectory(ratio=0.2, simple_max=1)
+    assert traj.readings == ReadingsConfig(ratio=0.2, simple_max=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*rate"):
+        Trajectory(rate=0.2)
+    with pytest.raises(ValueError, match="ratio=2"):
+        Trajectory(ReadingsConfig(ratio=2))

@@ -252,6 +252,84 @@ def test_training_flags_grad_mode_and_rng_are_restored():
     assert torch.equal(res.outputs, res_eval.outputs)
 
 
+def qat_model() -> torch.nn.Module:
+    """A quantization-aware MLP 4 -> 8 -> 3 (``prepare_qat``, x86 defaults): its fake-quant
+    modules observe every forward's ranges, in eval mode too."""
+    import torch.ao.quantization as tq
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        tq.QuantStub(), torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3), tq.DeQuantStub()
+    )
+    model.qconfig = tq.get_default_qat_qconfig("x86")
+    return tq.prepare_qat(model.train())
+
+
+def qat_training(tmp_path, track: bool) -> dict[str, torch.Tensor]:
+    """Four SGD steps of :func:`qat_model`, tracked before each one (observers meet the masked
+    inputs before any training forward, and between training forwards)."""
+    model = qat_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4, generator=gen(1)), torch.randint(0, 3, (32,), generator=gen(2))
+    players = ct.TabularPlayers(baselines="zero")
+    tracker = ct.ConceptTracker(players, x[:4], y[:4], log_dir=tmp_path, schedule=ct.every(1), figures=False)
+    for step in range(4):
+        if track:
+            assert tracker.step(model, step) is not None
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tracker.close()
+    return model.state_dict()
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_quantization_observers_do_not_learn_from_masked_inputs(tmp_path):
+    plain, tracked = qat_training(tmp_path / "plain", False), qat_training(tmp_path / "tracked", True)
+    observed = [k for k in plain if "min_val" in k or "scale" in k]
+    assert len(observed) >= 8  # the model does observe ranges
+    assert plain.keys() == tracked.keys()
+    assert [k for k in plain if not torch.equal(plain[k], tracked[k])] == []
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_fake_quantization_uses_the_ranges_training_left_and_keeps_them():
+    import torch.ao.quantization as tq
+
+    model = qat_model()
+    x = torch.randn(6, 4, generator=gen(3))
+    model(x * 10)  # training's ranges: wide
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = ct.compute_interactions(model, x, ct.TabularPlayers(baselines="zero"), target=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    enabled = [m.observer_enabled.item() for m in model.modules() if isinstance(m, tq.FakeQuantizeBase)]
+    assert enabled and all(e == 1 for e in enabled)  # switched back on
+    # The unmasked value is the eval-mode model's output under those ranges, observers off.
+    model.eval()
+    model.apply(tq.disable_observer)
+    with torch.no_grad():
+        expected = reference_log_odds(model(x), torch.zeros(6, dtype=torch.long))
+    assert torch.allclose(res.outputs[:, -1], expected, atol=1e-4)
+
+
+def test_user_forward_hooks_see_every_masked_forward():
+    """Documented: the library cannot tell a user's hook from the model; a stateful hook runs on
+    the masked rows as well (``B * 2**n`` of them, plus ``B`` unmasked rows for the targets)."""
+    model, rows_seen, outside = mlp(d_in=4), [], []
+
+    def hook(module, args, out) -> None:
+        # The documented way for a stateful hook to skip the masked forwards.
+        (rows_seen if torch.is_inference_mode_enabled() else outside).append(args[0].shape[0])
+
+    model.register_forward_hook(hook)
+    x = torch.randn(3, 4, generator=gen(4))
+    ct.compute_interactions(model, x, ct.TabularPlayers(baselines="zero"))
+    assert sum(rows_seen) == 3 * 2**4 + 3 and outside == []
+    model(x)  # a training forward is not under inference mode
+    assert outside == [3]
+
+
 def test_nan_value_names_sample_and_coalition():
     x = torch.tensor([[1.0, 2.0, 0.0], [1.0, 2.0, 3.0]])  # sample 0 never hits the NaN
     for bs in (3, None):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from concept_tracker.store import load_step
+
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
 
@@ -32,3 +34,7 @@ def test_example_runs_a_few_steps(script, tmp_path):
     assert "Traceback" not in result.stderr
     stored = list(tmp_path.glob("runs/**/interactions/step_*.safetensors"))
     assert stored, f"{script.name} stored no interactions under {tmp_path / 'runs'}"
+    # The recommended defaults: a mean baseline fitted on training data (not the zero baseline
+    # the README warns against, nor the mean of a few probes), or words masked as the model knows.
+    baseline = load_step(stored[0])[1]["baseline"]
+    assert baseline.startswith(("mean (fit on", "mask token", "embedding: mean")), (script.name, baseline)

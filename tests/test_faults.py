@@ -7,6 +7,8 @@ tracking data, and mistakes that failed late (mid-training) or unclearly.
 
 from __future__ import annotations
 
+import datetime
+import errno
 import os
 import subprocess
 import sys
@@ -39,11 +41,11 @@ def model(dtype: torch.dtype = torch.float32) -> nn.Module:
     return nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, CLASSES)).to(dtype)
 
 
-def tracker(log_dir, x=None, y=None, **options) -> ConceptTracker:
+def tracker(log_dir, x=None, y=None, players=None, **options) -> ConceptTracker:
     x = data() if x is None else x
     y = torch.arange(x.shape[0]) % CLASSES if y is None else y
     options.setdefault("schedule", every(1))
-    return ConceptTracker(TabularPlayers(), x, y, log_dir=log_dir, figures=False, **options)
+    return ConceptTracker(players or TabularPlayers(), x, y, log_dir=log_dir, figures=False, **options)
 
 
 def scalar_steps(log_dir, tag: str = tags.PERF_SECONDS) -> list[int]:
@@ -123,13 +125,112 @@ def test_a_rerun_into_an_old_log_dir_is_refused_unless_resumed(tmp_path):
     assert report.summarize_run(tmp_path).steps == [0, 1]
 
 
-def test_new_run_dir_gives_each_run_its_own_folder(tmp_path):
+def test_new_run_dir_gives_each_launch_its_own_folder_even_in_one_second(tmp_path, monkeypatch):
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 7, 9, 30, 0)
+
+    monkeypatch.setattr(rundir, "datetime", Frozen)
     first, second = ct.new_run_dir(tmp_path), ct.new_run_dir(tmp_path)
-    assert first == second  # nothing is created until a tracker writes
-    with tracker(first) as t:
+    # Two launches in the same second: the folder is taken when named, so the second gets its own.
+    assert first != second and os.path.dirname(first) == os.path.dirname(second) == str(tmp_path)
+    assert os.listdir(first) == [] and os.listdir(second) == []
+    for log_dir in (first, second):
+        with tracker(log_dir) as t:
+            assert t.step(model(), 0) is not None
+    assert os.path.basename(second) == os.path.basename(first) + "_2"
+
+
+def test_a_rerun_into_the_folder_of_a_store_false_run_is_refused(tmp_path):
+    with tracker(tmp_path, store=False) as t:
         t.step(model(), 0)
-    third = ct.new_run_dir(tmp_path)
-    assert third != first and os.path.dirname(third) == str(tmp_path)
+        t.step(model(), 1)
+        state = t.state_dict()
+    again = tracker(tmp_path)
+    with pytest.raises(ValueError, match=r"already holds a run \(run [0-9a-f]+, no stored interactions\).*new_run_dir"):
+        again.step(model(), 5)
+    recorded(again.close)
+    assert scalar_steps(tmp_path) == [0, 1] and list_steps(tmp_path) == []
+    with tracker(tmp_path, store=False) as resumed:  # the same run, resumed, goes on
+        resumed.load_state_dict(state)
+        assert resumed.step(model(), 2) is not None
+    assert scalar_steps(tmp_path) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_the_state_of_run_a_is_refused_in_the_folder_of_run_b(tmp_path, store):
+    with tracker(tmp_path / "a") as t:
+        t.step(model(), 0)
+        state = t.state_dict()
+    with tracker(tmp_path / "b", store=store) as b:
+        b.step(model(), 3)
+    with pytest.raises(ValueError, match=f"state is of run {state['run']} but log_dir=.*b' holds run [0-9a-f]+"):
+        tracker(tmp_path / "b").load_state_dict(state)
+    assert scalar_steps(tmp_path / "b") == [3] and list_steps(tmp_path / "b") == ([3] if store else [])
+
+
+def test_load_in_the_middle_of_a_run_is_refused(tmp_path):
+    with tracker(tmp_path) as t:
+        t.step(model(), 0)
+        early = t.state_dict()
+        t.step(model(), 1)
+        with pytest.raises(ValueError, match=r"load.* before the first step\(\).*step 1"):
+            t.load_state_dict(early)
+        assert t.step(model(), 2) is not None  # not rewound: the run goes on
+    assert list_steps(tmp_path) == [0, 1, 2]
+    assert report.summarize_run(tmp_path).steps == [0, 1, 2]
+
+
+def test_a_state_older_than_the_stored_steps_trims_them_with_one_message(tmp_path):
+    """A resume from an earlier checkpoint: the steps stored after that state was saved belong
+    to a timeline that training abandons; they go, with one warning, so that the stored history
+    and the tracker's history agree."""
+    t = tracker(tmp_path)
+    for s in (0, 1):
+        t.step(model(), s)
+    state = t.state_dict()
+    for s in (2, 3):
+        t.step(model(), s)
+    t.close()
+    other = nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, CLASSES))
+    resumed = tracker(tmp_path)
+    resumed.load_state_dict(state)
+    messages = recorded(lambda: [resumed.step(other, 2), resumed.close()])
+    trimmed = [m for m in messages if "removed" in m]
+    assert len(trimmed) == 1 and "steps 2, 3" in trimmed[0] and "step 1" in trimmed[0]
+    assert list_steps(tmp_path) == [0, 1, 2]
+    want = ct.compute_interactions(other, data(), TabularPlayers(), target=torch.arange(5) % CLASSES)
+    assert torch.allclose(load_step(step_path(tmp_path, 2))[0].outputs, want.outputs)
+    assert report.summarize_run(tmp_path).steps == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(players=TabularPlayers()), r"baseline: saved 'zero', now 'mean \(5 probe inputs\)'"),
+        (dict(simple_max=2), r"simple_max: saved None, now 2"),
+        (dict(complex_min=2), r"complex_min: saved None, now 2"),
+    ],
+)
+def test_resume_with_another_baseline_or_band_is_refused_at_load(tmp_path, change, match):
+    with tracker(tmp_path / "a", players=TabularPlayers(baselines="zero")) as t:
+        t.step(model(), 0)
+        state = t.state_dict()
+    options = {"players": TabularPlayers(baselines="zero"), **change}
+    with pytest.raises(ValueError, match=match):
+        tracker(tmp_path / "a", **options).load_state_dict(state)
+
+
+def test_a_refused_folder_warns_once_not_at_every_step(tmp_path):
+    with tracker(tmp_path) as t:
+        t.step(model(), 0)
+    again = tracker(tmp_path)
+    with pytest.raises(ValueError, match="already holds a run"):
+        again.step(model(), 1)
+    messages = recorded(lambda: [again.step(model(), s) for s in (2, 3, 4)] + [again.close()])
+    assert len(messages) == 1 and "Nothing was tracked" in messages[0]
+    assert list_steps(tmp_path) == [0]
 
 
 def test_report_refuses_interleaved_runs(tmp_path):
@@ -154,6 +255,28 @@ def test_a_storage_failure_keeps_the_scalars(tmp_path, monkeypatch):
     assert sum("could not track step 1: OSError" in m for m in messages) == 1
     assert any("1 steps tracked of 3 scheduled, 0 skipped (max_overhead), 2 failed" in m for m in messages)
     assert list_steps(tmp_path) == [0] and scalar_steps(tmp_path) == [0, 1, 2]
+
+
+def test_close_on_a_full_disk_warns_once_releases_the_lock_and_keeps_the_stored_steps(tmp_path, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    t = tracker(tmp_path)
+    t.step(model(), 0)
+    kept = step_path(tmp_path, 0).read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for name in ("add_scalar", "add_histogram", "add_text", "add_custom_scalars", "flush", "close"):
+        monkeypatch.setattr(SummaryWriter, name, full_disk)
+    monkeypatch.setattr(storage, "save_step", full_disk)
+    messages = recorded(lambda: [t.step(model(), s) for s in (1, 2)] + [t.close()])
+    # One warning for the event file (not one per tag), one for the stored steps, the step counts.
+    assert len([m for m in messages if "TensorBoard" in m and "No space left" in m]) == 1
+    assert len([m for m in messages if "could not track step 1: OSError" in m]) == 1
+    assert len(messages) == 3 and "1 steps tracked of 3 scheduled" in messages[-1]
+    assert not (tmp_path / rundir.LOCK_NAME).exists()
+    assert list_steps(tmp_path) == [0] and step_path(tmp_path, 0).read_bytes() == kept
 
 
 def test_a_tensorboard_failure_keeps_the_stored_interactions(tmp_path, monkeypatch):

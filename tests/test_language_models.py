@@ -6,9 +6,8 @@ independently of the players, the engine and the value functions.
 
 import pytest
 import torch
-from torch import nn
-
 from models import WORDS, tiny_lm, word_tokenizer
+from torch import nn
 
 import concept_tracker as ct
 from concept_tracker.language_models import guess_answers, prompt_answer_batch
@@ -34,21 +33,43 @@ def direct_log_prob(model, tokenizer, prompt: str, answer: str) -> float:
     return sum(float(logp[len(p) + i - 1, tok]) for i, tok in enumerate(a))
 
 
+def padded_log_prob(model, batch: dict, b: int, **keys) -> float:
+    """log p(answer | prompt) of row ``b`` as the model computes it on the padded row itself,
+    with the batch's own keys (and ``keys``): the convention of a training batch."""
+    inputs = {k: v[b : b + 1] for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        logp = model(**inputs, **keys).logits[0].double().log_softmax(-1)
+    labels = batch["labels"][b]
+    return sum(float(logp[t - 1, labels[t]]) for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("answers", ["single", "multi"])
-def test_full_prompt_value_is_log_p_answer_for_either_padding(tokenizer, arch, answers):
+def test_full_prompt_value_is_the_models_log_p_answer_under_the_batchs_padding(tokenizer, arch, answers):
     model = tiny_lm(arch)
-    expected = torch.tensor([direct_log_prob(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS[answers])])
+    unpadded = torch.tensor([direct_log_prob(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS[answers])])
+    players = ct.TokenPlayers(n=3, tokenizer=tokenizer)
     values = {}
     for side in ("right", "left"):
         batch = prompt_answer_batch(tokenizer, PROMPTS, ANSWERS[answers], padding_side=side)
         assert (batch["attention_mask"] == 0).any()  # the probes really are padded
-        players = ct.TokenPlayers(n=3, tokenizer=tokenizer)
         res = ct.compute_interactions(model, batch, players, value="answer_log_prob")
-        torch.testing.assert_close(res.outputs[:, -1].cpu(), expected.double(), atol=1e-4, rtol=0)
+        own = torch.tensor([padded_log_prob(model, batch, b) for b in range(len(PROMPTS))]).double()
+        torch.testing.assert_close(res.outputs[:, -1].cpu(), own, atol=1e-4, rtol=0)
         values[side] = res.outputs
-    # Not only the full prompt: every masked prompt gets the same value whatever the padding.
-    torch.testing.assert_close(values["right"], values["left"], atol=1e-4, rtol=0)
+    # Right padding leaves the real tokens' positions alone: the unpadded text's value.
+    torch.testing.assert_close(values["right"][:, -1].cpu(), unpadded.double(), atol=1e-4, rtol=0)
+    # Left padding without position_ids shifts them, for the model as for training batches
+    # collated so; the tracker does not make up other positions. (GPT-2's learned absolute
+    # positions see the shift; Llama's rotary embeddings depend on relative positions only.)
+    if arch == "gpt2":
+        assert (values["left"][:, -1].cpu() - unpadded.double()).abs().max() > 1e-3
+    # Batches that carry position_ids (counted from each row's first token) get them on every
+    # masked row: left padding then gives every coalition the right-padded value.
+    left = prompt_answer_batch(tokenizer, PROMPTS, ANSWERS[answers], padding_side="left")
+    left["position_ids"] = (left["attention_mask"].cumsum(1) - 1).clamp(min=0)
+    res = ct.compute_interactions(model, left, players, value="answer_log_prob")
+    torch.testing.assert_close(res.outputs, values["right"], atol=1e-4, rtol=0)
 
 
 def test_answer_tokens_are_never_players_nor_masked(tokenizer):
@@ -96,6 +117,7 @@ def test_masked_words_take_the_mean_input_embedding(tokenizer, arch):
 def test_log_odds_of_a_single_token_answer(tokenizer):
     model = tiny_lm("gpt2")
     batch = prompt_answer_batch(tokenizer, PROMPTS, ANSWERS["single"], padding_side="left")
+    batch["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)  # as without padding
     res = ct.compute_interactions(model, batch, ct.TokenPlayers(n=3, tokenizer=tokenizer), value="log_odds")
     for b, (p, a) in enumerate(zip(PROMPTS, ANSWERS["single"])):
         ids = tokenizer(p)["input_ids"]
@@ -264,12 +286,22 @@ def test_callback_tracks_log_p_answer_of_sft_batches_with_no_settings(tmp_path, 
     assert list_steps(tracker.log_dir) == [0, 2, 4]
     res, meta = load_step(step_path(tracker.log_dir, 4))
     ids = meta["probe_ids"]
-    expected = []
+    # The model's own log p(answer | prompt) on the probes as the training collator batches them
+    # (a left-padding collator passes no position_ids: positions count the padding, in training
+    # as in the tracked forwards).
+    batch = padding_collator(side, tokenizer.pad_token_id)([items[i] for i in ids])
+    trained = torch.tensor([padded_log_prob(model, batch, b) for b in range(len(ids))], dtype=torch.float64)
+    unpadded = []
     for i in ids:
         prompt = SFT_PROMPTS[i]
-        expected.append(direct_log_prob(model, tokenizer, prompt, "yes ." if i % 2 else "no"))
+        unpadded.append(direct_log_prob(model, tokenizer, prompt, "yes ." if i % 2 else "no"))
         assert res.player_names[ids.index(i)] == prompt.split()[:3]  # prompt words, never the answer
-    torch.testing.assert_close(res.outputs[:, -1], torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(res.outputs[:, -1], trained, atol=1e-4, rtol=0)
+    unpadded_t = torch.tensor(unpadded, dtype=torch.float64)
+    if side == "right":
+        torch.testing.assert_close(trained, unpadded_t, atol=1e-4, rtol=0)
+    else:  # positions made up from the attention mask would explain another function
+        assert (trained - unpadded_t).abs().max() > 1e-2
 
 
 def test_callback_says_once_when_it_guesses_the_answer(tmp_path, tokenizer):

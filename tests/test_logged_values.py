@@ -137,6 +137,17 @@ def test_dynamics_scalars_match_a_brute_force_recount(run):
             d = sum(want["disp"][m] for m in orders)
             ratio = sum(want["path"][m] for m in orders) / d if d > 0 else math.nan
             assert close(logged[tags.band_detour_ratio(band)][step], ratio), (step, band)
+        # Scale-free: each step's effects of a sample divided by their sum of |I(S)|, S non-empty.
+        unit = [
+            [[v / (sum(abs(x) for x in row[1:]) or 1.0) for v in row] for row in res.and_effects.tolist()]
+            for res in stored[:t]
+        ]
+        for band, orders in (("simple", SIMPLE), ("complex", COMPLEX)):
+            chosen = [(b, s) for b in range(B) for s in range(1, 2**N) if order(s) in orders]
+            p = sum(abs(x[b][s] - y[b][s]) for x, y in zip(unit[1:], unit[:-1]) for b, s in chosen)
+            d = sum(abs(unit[-1][b][s] - unit[0][b][s]) for b, s in chosen)
+            want_ratio = p / d if d > 0 else math.nan
+            assert close(logged[tags.band_scale_free_detour_ratio(band)][step], want_ratio), (step, band)
 
 
 def test_summary_and_train_test_similarity_match_the_stored_interactions(run):

@@ -7,7 +7,7 @@ import torch
 
 from concept_tracker import compute_interactions, order_profile
 from concept_tracker.metrics.dynamics import Trajectory, high_order_strength
-from concept_tracker.metrics.phase import high_order_share, phase_boundary, smooth
+from concept_tracker.metrics.phase import MIN_RISE, high_order_share, overfit_stop_step, phase_boundary, smooth
 from concept_tracker.players import TabularPlayers
 
 
@@ -94,6 +94,48 @@ def test_bad_input_is_named():
         phase_boundary([0, 1], [0.1, 0.2], min_rises=0)
 
 
+def test_a_rise_below_min_rise_is_not_a_boundary():
+    steps = list(range(12))
+    # A dip to step 5, then a sustained rise of 0.2 in share units: a boundary at the dip.
+    dip = [0.6 - 0.04 * t if t <= 5 else 0.4 + 0.05 * (t - 5) for t in range(12)]
+    assert phase_boundary(steps, dip, min_rise=0.1) == 5
+    # Wiggles of the size the callback used to stop on: a fall of 0.0009, rises of 0.0012.
+    wiggle = [0.3, 0.2997, 0.2994, 0.2991, 0.3003, 0.3015, 0.3015, 0.3015, 0.3015, 0.3015, 0.3015, 0.3015]
+    assert phase_boundary(steps, wiggle, window=1, min_rise=0.0) == 3
+    assert phase_boundary(steps, wiggle, window=1, min_rise=0.01) is None
+    assert phase_boundary(steps, wiggle, window=1) == (3 if MIN_RISE <= 0.0024 else None)
+    with pytest.raises(ValueError, match="min_rise=-0.1"):
+        phase_boundary(steps, dip, min_rise=-0.1)
+
+
+def test_stop_step_is_read_online_with_patience():
+    """Hand-computed on prefixes (window 3, the last point smoothed over the two available):
+    up to step 4 the smoothed prefix still falls; at step 5 it rises 0.2667 -> 0.3 -> 0.35
+    (+0.083); at step 6, 0.2667 -> 0.3 -> 0.4 -> 0.45 (+0.183)."""
+    steps = list(range(8))
+    share = [0.5, 0.4, 0.3, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert overfit_stop_step(steps, share, patience=0, min_rise=0.05) == 5
+    assert overfit_stop_step(steps, share, patience=1, min_rise=0.05) == 6
+    assert overfit_stop_step(steps, share, patience=1, min_rise=0.1) == 7  # found at 6 only
+    assert overfit_stop_step(steps, share, patience=2, min_rise=0.1) is None  # too few steps
+    assert overfit_stop_step(steps, share, patience=0, min_rise=0.5) is None
+    # Hindsight on the whole series finds the dip; online the rule fires later, and never
+    # looks past the step it fires at: the prefix ending there gives the same answer.
+    assert phase_boundary(steps, share, min_rise=0.05) == 3
+    for patience in (0, 1, 2):
+        stop = overfit_stop_step(steps, share, patience=patience, min_rise=0.05)
+        assert stop is not None
+        assert overfit_stop_step(steps[: stop + 1], share[: stop + 1], patience=patience, min_rise=0.05) == stop
+    # The boundary must show on consecutive prefixes: a dip that vanishes resets the count.
+    vanishing = [0.5, 0.4, 0.3, 0.2, 0.3, 0.4, 0.1, 0.05, 0.0, 0.0, 0.0]
+    assert overfit_stop_step(list(range(11)), vanishing, patience=0, min_rise=0.05) == 5
+    assert overfit_stop_step(list(range(11)), vanishing, patience=1, min_rise=0.05) is None
+    with pytest.raises(ValueError, match="patience"):
+        overfit_stop_step(steps, share, patience=-1)
+    with pytest.raises(ValueError, match="steps has 7 entries"):
+        overfit_stop_step(steps[:-1], share)
+
+
 def share_dip_series(num_steps: int = 13, dip_at: int = 6) -> list[torch.Tensor]:
     """n = 3 effects whose absolute strength grows threefold per step while the share of
     orders 2-3 dips to its lowest at ``dip_at``: order 1 gets ``(1 - s) * 3**t`` and the
@@ -165,6 +207,8 @@ class _Planted(torch.nn.Module):
 
 def test_the_tracker_reads_the_boundary_off_the_share_not_absolute_strength(tmp_path):
     from concept_tracker import ConceptTracker, every
+    from concept_tracker.config import BudgetConfig, OutputConfig
+    from concept_tracker.probes import ProbeSet
     from concept_tracker.writers import tags
 
     # H(t) = a doubles at every step (the output scale grows), while the share dips to its
@@ -173,8 +217,13 @@ def test_the_tracker_reads_the_boundary_off_the_share_not_absolute_strength(tmp_
     model = _Planted()
     logged = {}
     with ConceptTracker(
-        TabularPlayers(baselines="zero"), torch.ones(2, 4), [1, 1], log_dir=tmp_path, schedule=every(1),
-        figures=False, strict=True, sync=True,  # step() returns each step's readings
+        TabularPlayers(baselines="zero"),
+        ProbeSet(torch.ones(2, 4), torch.tensor([1, 1])),
+        log_dir=tmp_path,
+        schedule=every(1),
+        output=OutputConfig(figures=False),
+        strict=True,
+        budget=BudgetConfig(sync=True),  # step() returns each step's readings
     ) as tracker:
         for step, s in enumerate(share):
             with torch.no_grad():

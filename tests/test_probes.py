@@ -7,7 +7,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from concept_tracker.players import TabularPlayers, TokenPlayers
-from concept_tracker.probes import ProbeSet, heldout_set, probe_from_state, probe_set, probe_state, select_probes
+from concept_tracker.probes import (
+    ProbeSet,
+    heldout_set,
+    legacy_probes,
+    probe_from_state,
+    probe_set,
+    probe_state,
+    select_probes,
+)
 
 
 def test_select_probes_is_stratified_seeded_and_leaves_rng_alone():
@@ -36,23 +44,39 @@ def test_select_probes_from_datasets_and_dicts():
 
 
 def test_probe_set_normalizes_labels_and_checks_sizes():
-    probes = probe_set("probe", torch.zeros(3, 2), [0, 2, 1], ids=(5, 6, 7))
+    probes = probe_set(ProbeSet(torch.zeros(3, 2), [0, 2, 1], ids=(5, 6, 7)))
     assert probes.labels.dtype == torch.int64 and probes.labels.tolist() == [0, 2, 1] and probes.ids == [5, 6, 7]
-    with pytest.raises(ValueError, match="probe_targets has 2 entries for 3 samples"):
-        probe_set("probe", torch.zeros(3, 2), [0, 1], None)
-    with pytest.raises(ValueError, match="heldout_ids has 1 entries for 3 samples"):
-        probe_set("heldout", torch.zeros(3, 2), None, [0])
-    with pytest.raises(ValueError, match="probe_inputs: inputs is a scalar"):
-        probe_set("probe", torch.tensor(1.0), None, None)
+    assert probe_set((torch.zeros(3, 2), [0, 2, 1])).labels.tolist() == [0, 2, 1]  # a plain tuple
+    alone = probe_set(torch.zeros(3, 2))  # the inputs alone
+    assert torch.equal(alone.inputs, probes.inputs) and alone.labels is None and alone.ids is None
+    with pytest.raises(ValueError, match="probes labels has 2 entries for 3 samples"):
+        probe_set((torch.zeros(3, 2), [0, 1]))
+    with pytest.raises(ValueError, match="heldout has 1 ids for 3 samples"):
+        probe_set(ProbeSet(torch.zeros(3, 2), None, [0]), "heldout")
+    with pytest.raises(ValueError, match="probes: inputs is a scalar"):
+        probe_set(torch.tensor(1.0))
 
 
-def test_heldout_set_needs_inputs_and_aligned_players():
-    assert heldout_set(TabularPlayers(), None, None, None) is None
-    with pytest.raises(ValueError, match="without heldout_inputs"):
-        heldout_set(TabularPlayers(), None, [1], None)
+def test_heldout_set_needs_aligned_players():
+    assert heldout_set(TabularPlayers(), None) is None
     ids = {"input_ids": torch.ones(2, 6, dtype=torch.long)}
     with pytest.raises(ValueError, match="aligned"):
-        heldout_set(TokenPlayers(n=3), ids, None, None)
+        heldout_set(TokenPlayers(n=3), ids)
+
+
+def test_legacy_probe_keywords_fold_into_probe_sets():
+    x, y = torch.zeros(3, 2), torch.tensor([0, 1, 0])
+    legacy = {"probe_ids": [4, 5, 6], "heldout_inputs": x, "heldout_targets": y}
+    probes, heldout, moved = legacy_probes(x, y, legacy)  # y: the old positional probe_targets
+    assert legacy == {} and len(moved) == 4
+    assert probes.inputs is x and probes.labels is y and probes.ids == [4, 5, 6]
+    assert heldout.inputs is x and heldout.labels is y and heldout.ids is None
+    # A third positional argument of the probes' rank is held-out inputs, not targets.
+    assert legacy_probes(x, x, {})[1] is x
+    with pytest.raises(ValueError, match="without heldout_inputs"):
+        legacy_probes(x, None, {"heldout_targets": y})
+    with pytest.raises(ValueError, match="probe_targets repeats"):
+        legacy_probes(ProbeSet(x, y), None, {"probe_targets": y})
 
 
 def test_saved_form_round_trips():
@@ -60,5 +84,7 @@ def test_saved_form_round_trips():
     state = probe_state(probes)
     assert set(state) == {"inputs", "targets", "ids"}  # the tracker state format
     back = probe_from_state(state)
-    assert torch.equal(back.inputs, probes.inputs) and torch.equal(back.labels, probes.labels) and back.ids == probes.ids
+    assert (
+        torch.equal(back.inputs, probes.inputs) and torch.equal(back.labels, probes.labels) and back.ids == probes.ids
+    )
     assert probe_state(None) is None and probe_from_state(None) is None

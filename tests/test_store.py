@@ -95,13 +95,14 @@ def test_default_bands_are_recorded_as_null_and_a_missing_ratio_as_unknown(tmp_p
 
 
 def test_file_without_settings_still_loads(tmp_path):
-    """Files written before the settings (and checksums) were stored: same format, four keys fewer."""
+    """Files written before the settings (and checksums) were stored: the first format, five keys fewer."""
     res = make_result("and")
     path = save_step(tmp_path, 9, res, probe_ids=[1, 2], ratio=0.1)
+    dropped = ("ratio", "simple_max", "complex_min", "baseline", "run", CHECKSUM)
     with safe_open(str(path), framework="pt") as fh:
-        raw = {k: v for k, v in fh.metadata().items() if k not in ("ratio", "simple_max", "complex_min", "baseline", CHECKSUM)}
+        raw = {k: v for k, v in fh.metadata().items() if k not in dropped}
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    save_file(tensors, str(path), metadata=raw)
+    save_file(tensors, str(path), metadata={**raw, "format": "concept-tracker/interactions/1"})
     loaded, meta = load_step(path)
     assert torch.equal(loaded.and_effects, res.and_effects) and meta["probe_ids"] == [1, 2]
     assert not {"ratio", "simple_max", "complex_min", "baseline"} & set(meta)
@@ -233,6 +234,39 @@ def test_edited_metadata_fails_the_checksum(tmp_path):
     save_file(tensors, str(path), metadata={**raw, "step": "3"})
     with pytest.raises(ValueError, match="step_00000002.safetensors is damaged"):
         load_step(path)
+
+
+def test_a_step_file_resaved_without_its_checksum_is_refused(tmp_path):
+    path = save_step(tmp_path, 2, make_result("and"), run="a1")
+    with safe_open(str(path), framework="pt") as fh:
+        raw = {k: v for k, v in fh.metadata().items() if k != CHECKSUM}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    save_file(tensors, str(path), metadata=raw)
+    for read in (load_step, load_step_metadata):
+        with pytest.raises(ValueError, match=f"step_00000002.safetensors has no {CHECKSUM} checksum"):
+            read(path)
+
+
+@pytest.mark.parametrize("copy", ["step", "split"])
+def test_a_step_file_copied_over_another_is_refused(tmp_path, copy):
+    """The step and split a file holds are inside it, under its checksum: a byte copy under
+    another step's name (or into the other split's folder) is not read as that step."""
+    source = save_step(tmp_path, 2, make_result("and"), run="a1")
+    target = step_path(tmp_path, 3) if copy == "step" else step_path(tmp_path, 2, "heldout")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+    want = "holds step 2" if copy == "step" else "holds the probe split"
+    for read in (load_step, load_step_metadata):
+        with pytest.raises(ValueError, match=f"{target.name} {want}.*copied"):
+            read(target)
+    assert load_step(source)[1]["step"] == 2
+
+
+def test_step_files_carry_their_step_and_run(tmp_path):
+    path = save_step(tmp_path, 7, make_result("and"), run="0123abcd")
+    with safe_open(str(path), framework="pt") as fh:
+        raw = fh.metadata()
+    assert raw["step"] == "7" and raw["run"] == '"0123abcd"' and len(raw[CHECKSUM]) == 64
 
 
 def test_checksum_is_stable_and_state_without_one_still_loads(tmp_path):

@@ -8,6 +8,7 @@ tag and step by step, what ``report`` recomputes from the stored interactions, a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from concept_tracker import report
+from concept_tracker.config import OutputConfig, ReadingsConfig
 from concept_tracker.metrics.bootstrap import resample_indices
 from concept_tracker.metrics.dynamics import Trajectory
 from concept_tracker.metrics.profile import order_profile, stack_effects
@@ -30,6 +32,7 @@ from models import seeded
 
 FEATURES = 5
 STEPS = [0, 1, 3, 6, 10]
+BANDS = ReadingsConfig(simple_max=2, complex_min=4)
 
 
 def _tracked_run(log_dir, kind: str) -> dict[int, StepSummary]:
@@ -41,8 +44,15 @@ def _tracked_run(log_dir, kind: str) -> dict[int, StepSummary]:
     probes = select_probes(x[:60], 6, labels=y[:60], seed=0)
     held = select_probes(x[60:], 6, labels=y[60:], seed=0)
     with ConceptTracker(
-        TabularPlayers(), probes.inputs, probes.labels, heldout_inputs=held.inputs, heldout_targets=held.labels,
-        log_dir=log_dir, schedule=at_steps(STEPS), kind=kind, figures=False, strict=True, simple_max=2, complex_min=4,
+        TabularPlayers(),
+        probes,
+        held,
+        log_dir=log_dir,
+        schedule=at_steps(STEPS),
+        kind=kind,
+        readings=BANDS,
+        output=OutputConfig(figures=False),
+        strict=True,
     ) as tracker:
         for step in range(STEPS[-1] + 1):
             loss = nn.functional.cross_entropy(model(x[:60]), y[:60])
@@ -92,15 +102,15 @@ def test_band_intervals_match_a_brute_force_bootstrap(tmp_path):
     by the non-bootstrap code path, on each resample of the probe samples."""
     _tracked_run(tmp_path, "and")
     res, _ = load_step(step_path(tmp_path, STEPS[-1]))
-    trajectory = Trajectory(simple_max=2, complex_min=4)
-    trajectory.append(STEPS[-1], stack_effects(res))
     resamples = 40
-    got = summarize_step(STEPS[-1], res, trajectory, simple_max=2, complex_min=4, resamples=resamples, seed=3)
+    trajectory = Trajectory(replace(BANDS, resamples=resamples, seed=3))
+    trajectory.append(STEPS[-1], stack_effects(res))
+    got = summarize_step(STEPS[-1], res, trajectory)  # with the trajectory's readings settings
     index = resample_indices(res.num_samples, resamples, seed=3)
     replicates: dict[str, list[float]] = {}
     for rows in index:
         # A resample is the probe set with repeated samples: the ordinary readings on it.
-        scalars = concept_scalars(order_profile(res[rows]), {}, simple_max=2, complex_min=4)
+        scalars = concept_scalars(order_profile(res[rows]), {}, BANDS)
         for tag in (*tags.band_strength_tags(), tags.summary("complex_ratio"), tags.share("simple_share")):
             replicates.setdefault(tag, []).append(scalars[tag])
     for tag, values in replicates.items():

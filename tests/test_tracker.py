@@ -7,6 +7,7 @@ what was logged, exact resume of the dynamics, the overhead budget, and failure 
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -20,9 +21,10 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from concept_tracker.config import BudgetConfig, OutputConfig, ReadingsConfig
 from concept_tracker.metrics.profile import order_profile
 from concept_tracker.players import TabularPlayers, TokenPlayers
-from concept_tracker.probes import select_probes
+from concept_tracker.probes import ProbeSet, select_probes
 from concept_tracker.schedules import at_steps, every
 from concept_tracker.store import list_steps, load_step
 from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
@@ -31,6 +33,7 @@ from concept_tracker.writers import tags
 from models import seeded
 
 N_FEATURES = 6
+NO_FIGURES = OutputConfig(figures=False)
 CLASSES = 3
 
 
@@ -74,14 +77,7 @@ def probe_sets() -> dict:
     x, y = make_data()
     probes = select_probes(x[:64], 9, labels=y[:64], seed=0)
     held = select_probes(x[64:], 9, labels=y[64:], seed=0)
-    return dict(
-        probe_inputs=probes.inputs,
-        probe_targets=probes.labels,
-        probe_ids=probes.ids,
-        heldout_inputs=held.inputs,
-        heldout_targets=held.labels,
-        heldout_ids=[64 + i for i in held.ids],
-    )
+    return dict(probes=probes, heldout=held._replace(ids=[64 + i for i in held.ids]))
 
 
 def read_events(log_dir) -> EventAccumulator:
@@ -108,7 +104,7 @@ def test_no_observer_effect(tmp_path):
     tracked, _ = run = make_run()
     np_state, py_state = np.random.get_state(), random.getstate()
     tracker = ConceptTracker(
-        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3, 4, 11]), figures=False,
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3, 4, 11]), output=NO_FIGURES,
         strict=True, **probe_sets(),
     )
     train(run, range(12), tracker)
@@ -172,9 +168,9 @@ def test_tensorboard_and_raw_interactions(tmp_path):
     for step in steps:
         res, meta = load_step(tmp_path / "interactions" / f"step_{step:08d}.safetensors")
         assert res.outputs.shape == res.and_effects.shape == (9, 1 << N_FEATURES)
-        assert res.or_effects is None and res.targets.tolist() == sets["probe_targets"].tolist()
+        assert res.or_effects is None and res.targets.tolist() == sets["probes"].labels.tolist()
         assert meta["step"] == step and meta["n"] == N_FEATURES and meta["kind"] == "and"
-        assert meta["probe_ids"] == sets["probe_ids"] and meta["value"] == "log_odds"
+        assert meta["probe_ids"] == sets["probes"].ids and meta["value"] == "log_odds"
         assert meta["baseline"] == "mean (9 probe inputs)"  # TabularPlayers' default, not fitted
         assert res.player_names[0] == [f"x{i}" for i in range(N_FEATURES)]
         profile = order_profile(res, 0.05, kind="and")
@@ -183,7 +179,7 @@ def test_tensorboard_and_raw_interactions(tmp_path):
                 want = float(getattr(profile, stat)[m])
                 assert logged[tags.concept_order("and", m, stat)][step] == pytest.approx(want, rel=1e-6, abs=1e-9)
         held, held_meta = load_step(tmp_path / "interactions" / "heldout" / f"step_{step:08d}.safetensors")
-        assert held_meta["probe_ids"] == sets["heldout_ids"] and held_meta["split"] == "heldout"
+        assert held_meta["probe_ids"] == sets["heldout"].ids and held_meta["split"] == "heldout"
 
 
 @pytest.mark.parametrize("kind", ["and", "and_or"])
@@ -198,7 +194,7 @@ def test_resume_continues_dynamics_exactly(tmp_path, kind):
 
     def tracker(log_dir) -> ConceptTracker:
         return ConceptTracker(
-            TabularPlayers(), log_dir=log_dir, schedule=schedule, kind=kind, figures=False, strict=True,
+            TabularPlayers(), log_dir=log_dir, schedule=schedule, kind=kind, output=NO_FIGURES, strict=True,
             **probe_sets(),
         )
 
@@ -228,7 +224,7 @@ def test_resume_continues_dynamics_exactly(tmp_path, kind):
 
 def test_overhead_budget_skips_and_reports(tmp_path):
     tracker = ConceptTracker(
-        TabularPlayers(), log_dir=tmp_path, schedule=every(1), max_overhead=1e-6, figures=False, **probe_sets()
+        TabularPlayers(), log_dir=tmp_path, schedule=every(1), budget=BudgetConfig(max_overhead=1e-6), output=NO_FIGURES, **probe_sets()
     )
     with pytest.warns(UserWarning, match="skipped step 1") as record:
         with tracker:
@@ -249,7 +245,7 @@ def test_a_failing_figure_warns_and_the_step_still_counts(tmp_path, monkeypatch)
     monkeypatch.setattr(figures, "order_heatmap_figure", broken)
     with pytest.warns(UserWarning) as record:
         # sync: the jobs run in this process, where the patched function is.
-        with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), sync=True, **probe_sets()) as tracker:
+        with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), budget=BudgetConfig(sync=True), **probe_sets()) as tracker:
             assert tracker.step(make_model(), 0) is not None
     assert any("order_share_heatmap" in str(w.message) and "no heat map today" in str(w.message) for w in record)
     acc = read_events(tmp_path)
@@ -265,7 +261,7 @@ def test_under_a_budget_close_draws_no_figures(tmp_path):
     # sleeps below rule out unless the first step takes seconds.
     for budget, drawn in ((None, [0, 1, 2]), (0.95, [0, 1])):
         log_dir = tmp_path / str(budget)
-        with ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=every(1), max_overhead=budget, strict=True,
+        with ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=every(1), budget=BudgetConfig(max_overhead=budget), strict=True,
                             **probe_sets()) as tracker:
             for step in range(3):
                 time.sleep(0.3)  # training time, so that the budget never skips
@@ -287,7 +283,7 @@ def test_failures_warn_once_and_training_goes_on(tmp_path):
             raise ValueError("the value broke")
         return log_odds(out, t)
 
-    tracker = ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, schedule=every(2), value=value, figures=False)
+    tracker = ConceptTracker(TabularPlayers(), (x[:4], y[:4]), log_dir=tmp_path, schedule=every(2), value=value, output=NO_FIGURES)
     model, _ = run = make_run()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -310,7 +306,7 @@ def test_failures_warn_once_and_training_goes_on(tmp_path):
 def test_bad_value_function_raises_at_the_first_step(tmp_path):
     x, y = make_data()
     tracker = ConceptTracker(
-        TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, value=lambda out, t: out[:, CLASSES], figures=False
+        TabularPlayers(), (x[:4], y[:4]), log_dir=tmp_path, value=lambda out, t: out[:, CLASSES], output=NO_FIGURES
     )
     with pytest.raises(IndexError, match="out of bounds"):
         tracker.step(make_model(), 0)
@@ -322,7 +318,7 @@ def test_targets_default_to_first_predictions_then_stay(tmp_path):
     model.eval()
     with torch.no_grad():
         first = model(x[:8]).argmax(-1)
-    tracker = ConceptTracker(TabularPlayers(), x[:8], log_dir=tmp_path, schedule=every(1), figures=False, strict=True)
+    tracker = ConceptTracker(TabularPlayers(), x[:8], log_dir=tmp_path, schedule=every(1), output=NO_FIGURES, strict=True)
     assert tracker.step(model, 0) is not None
     with torch.no_grad():
         model[-1].bias.copy_(torch.tensor([0.0, 0.0, 100.0]))  # now every prediction is class 2
@@ -334,7 +330,7 @@ def test_targets_default_to_first_predictions_then_stay(tmp_path):
 
 def test_each_step_is_tracked_once(tmp_path):
     x, y = make_data()
-    tracker = ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path, schedule=every(1), figures=False)
+    tracker = ConceptTracker(TabularPlayers(), (x[:4], y[:4]), log_dir=tmp_path, schedule=every(1), output=NO_FIGURES)
     model = make_model()
     assert tracker.step(model, 0) is not None
     assert tracker.step(model, 0) is None  # e.g. gradient accumulation calls again
@@ -346,7 +342,7 @@ def test_external_writer_is_left_open(tmp_path):
     x, y = make_data()
     writer = SummaryWriter(str(tmp_path))
     raw = tmp_path / "raw"
-    with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=raw, writer=writer, figures=False) as tracker:
+    with ConceptTracker(TabularPlayers(), (x[:4], y[:4]), log_dir=raw, output=OutputConfig(writer=writer, figures=False)) as tracker:
         tracker.step(make_model(), 0)
     writer.add_scalar("user/loss", 1.0, 0)  # still open after the tracker closed
     writer.close()
@@ -363,7 +359,7 @@ def test_only_rank_zero_writes(tmp_path, monkeypatch):
     for module in (tracker_module, tb_module, rundir_module):  # the lock too is rank 0's
         monkeypatch.setattr(module, "is_main_process", lambda: False)
     x, y = make_data()
-    with ConceptTracker(TabularPlayers(), x[:4], y[:4], log_dir=tmp_path / "run", strict=True) as tracker:
+    with ConceptTracker(TabularPlayers(), (x[:4], y[:4]), log_dir=tmp_path / "run", strict=True) as tracker:
         assert tracker.step(make_model(), 0) is not None
     assert not (tmp_path / "run").exists()
 
@@ -382,30 +378,32 @@ def test_default_schedule():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(kind="xor"), "kind='xor'"),
-        (dict(max_overhead=1.5), "max_overhead=1.5"),
-        (dict(schedule=5), "schedule has type int"),
-        (dict(value="probability"), "probability"),
-        (dict(ratio=2.0), "ratio=2.0"),
-        (dict(probe_targets=[0, 1]), "probe_targets has 2 entries"),
-        (dict(heldout_targets=[0]), "without heldout_inputs"),
-        (dict(batch_size=0), "batch_size=0 must be an int >= 1 or None"),
-        (dict(and_or={"iterations": 5}), "and_or has type dict; pass an AndOrConfig"),
-        (dict(writer="runs"), "writer has type str"),
-        (dict(simple_max=3, complex_min=2), "simple_max=3 is not below complex_min=2"),
-        (dict(players="tabular"), "players has type str"),
+        (lambda x: dict(kind="xor"), "kind='xor'"),
+        (lambda x: dict(budget=BudgetConfig(max_overhead=1.5)), "max_overhead=1.5"),
+        (lambda x: dict(schedule=5), "schedule has type int"),
+        (lambda x: dict(value="probability"), "probability"),
+        (lambda x: dict(readings=ReadingsConfig(ratio=2.0)), "ratio=2.0"),
+        (lambda x: dict(probes=(x, [0, 1])), "probes labels has 2 entries"),
+        (lambda x: dict(probes=ProbeSet(x, ids=[0])), "probes has 1 ids for 4 samples"),
+        (lambda x: dict(budget=BudgetConfig(batch_size=0)), "batch_size=0 must be an int >= 1 or None"),
+        (lambda x: dict(kind={"iterations": 5}), "kind=\\{'iterations': 5\\}"),
+        (lambda x: dict(readings={"ratio": 0.1}), "readings has type dict; pass a ReadingsConfig"),
+        (lambda x: dict(output=OutputConfig(writer="runs")), "writer has type str"),
+        (lambda x: dict(readings=ReadingsConfig(simple_max=3, complex_min=2)), "simple_max=3 is not below complex_min=2"),
+        (lambda x: dict(players="tabular"), "players has type str"),
     ],
 )
 def test_bad_arguments_name_the_parameter(tmp_path, kwargs, match):
     x, _ = make_data()
     with pytest.raises(ValueError, match=match):
-        ConceptTracker(kwargs.pop("players", TabularPlayers()), x[:4], log_dir=tmp_path, **kwargs)
+        kwargs = {"probes": x[:4], **kwargs(x[:4])}
+        ConceptTracker(kwargs.pop("players", TabularPlayers()), log_dir=tmp_path, **kwargs)
 
 
 def test_heldout_needs_aligned_players(tmp_path):
     ids = {"input_ids": torch.ones(2, 6, dtype=torch.long)}
     with pytest.raises(ValueError, match="aligned"):
-        ConceptTracker(TokenPlayers(n=3), ids, log_dir=tmp_path, heldout_inputs=ids)
+        ConceptTracker(TokenPlayers(n=3), ids, log_dir=tmp_path, heldout=ids)
 
 
 @pytest.mark.parametrize("kind", ["or", "and_or"])
@@ -424,8 +422,8 @@ def test_or_and_and_or_kinds(tmp_path, kind, monkeypatch):
 
     monkeypatch.setattr(pipeline, "decompose_splits", spy)
     with ConceptTracker(  # sync: the jobs run in this process, where the spy is
-        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, figures=False, strict=True,
-        sync=True, **probe_sets(),
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 3]), kind=kind, output=NO_FIGURES, strict=True,
+        budget=BudgetConfig(sync=True), **probe_sets(),
     ) as tracker:
         train(make_run(), range(4), tracker)
     kinds = ["or"] if kind == "or" else ["and", "or"]
@@ -449,15 +447,15 @@ def test_joint_and_or_split_equals_one_solve_per_probe_set(tmp_path):
     sets = probe_sets()
     config = AndOrConfig(max_iter=200)
     with ConceptTracker(
-        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0]), kind="and_or", and_or=config, figures=False,
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0]), kind=config, output=NO_FIGURES,
         strict=True, **sets,
     ) as tracker:
         assert tracker.step(model, 0) is not None
-    for split, prefix in (("probe", ""), ("heldout", "heldout/")):
+    for key, prefix in (("probes", ""), ("heldout", "heldout/")):
         joint, meta = load_step(tmp_path / "interactions" / f"{prefix}step_00000000.safetensors")
         # The tracker's players: their "mean" baseline was fixed on the probe set.
         alone = compute_interactions(
-            model, sets[f"{split}_inputs"], tracker.players, target=sets[f"{split}_targets"], kind="and_or",
+            model, sets[key].inputs, tracker.players, target=sets[key].labels, kind="and_or",
             and_or=config,
         )
         assert meta["kind"] == "and_or" and torch.equal(joint.outputs, alone.outputs)
@@ -584,8 +582,8 @@ def test_the_worker_logs_exactly_what_sync_mode_logs_in_step_order(tmp_path, kin
         log_dir = tmp_path / str(sync)
         torch.manual_seed(7)
         with ConceptTracker(
-            TabularPlayers(), log_dir=log_dir, schedule=at_steps([0, 1, 2, 5, 7]), kind=kind, figures=False,
-            strict=True, sync=sync, **probe_sets(),
+            TabularPlayers(), log_dir=log_dir, schedule=at_steps([0, 1, 2, 5, 7]), kind=kind, output=NO_FIGURES,
+            strict=True, budget=BudgetConfig(sync=sync), **probe_sets(),
         ) as tracker:
             train(make_run(), range(8), tracker)
         acc = read_events(log_dir)
@@ -609,7 +607,7 @@ def test_the_worker_logs_exactly_what_sync_mode_logs_in_step_order(tmp_path, kin
 
 def test_async_step_returns_a_placeholder_and_summaries_follow(tmp_path):
     model = make_model()
-    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), figures=False, **probe_sets()) as tracker:
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), output=NO_FIGURES, **probe_sets()) as tracker:
         placeholders = [tracker.step(model, step) for step in range(3)]
         # Only the forwards ran in step(): the rest of each step is the worker's.
         assert [p.step for p in placeholders] == [0, 1, 2] and not any(len(p) for p in placeholders)
@@ -620,7 +618,7 @@ def test_async_step_returns_a_placeholder_and_summaries_follow(tmp_path):
 
 
 def test_state_dict_waits_for_the_steps_still_on_the_worker(tmp_path):
-    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), figures=False, **probe_sets()) as tracker:
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), output=NO_FIGURES, **probe_sets()) as tracker:
         model = make_model()
         tracker.step(model, 0)
         tracker.step(model, 1)
@@ -640,7 +638,7 @@ def test_a_worker_failure_warns_at_the_next_call_or_raises_under_strict(tmp_path
     monkeypatch.setitem(worker.JOBS, "finish_step", ("failing_jobs", "finish_step_after_the_first_fails"))
     model = make_model()
     schedule = every(1)
-    tracker = ConceptTracker(TabularPlayers(), log_dir=tmp_path / "lenient", schedule=schedule, figures=False, **probe_sets())
+    tracker = ConceptTracker(TabularPlayers(), log_dir=tmp_path / "lenient", schedule=schedule, output=NO_FIGURES, **probe_sets())
     tracker.step(model, 0)
     assert tracker.step(model, 1) is not None  # the forwards ran; the summary fails on the worker
     with pytest.warns(UserWarning, match="could not track step 1: RuntimeError: no summary today"):
@@ -651,7 +649,7 @@ def test_a_worker_failure_warns_at_the_next_call_or_raises_under_strict(tmp_path
     assert tracker.state_dict()["trajectory"]["steps"] == [0]
 
     strict = ConceptTracker(
-        TabularPlayers(), log_dir=tmp_path / "strict", schedule=schedule, figures=False, strict=True, **probe_sets()
+        TabularPlayers(), log_dir=tmp_path / "strict", schedule=schedule, output=NO_FIGURES, strict=True, **probe_sets()
     )
     strict.step(model, 0)
     strict.step(model, 1)
@@ -721,8 +719,8 @@ def test_a_slow_tracked_step_shows_progress_next_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tracker_module, "compute_interactions", spy)
     monkeypatch.setattr(tracker_module, "PROGRESS_AFTER", 0.0)  # every step counts as slow
-    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), figures=False,
-                        probe_inputs=probe_sets()["probe_inputs"]) as tracker:
+    with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), output=NO_FIGURES,
+                        probes=probe_sets()["probes"].inputs) as tracker:
         for step in range(2):
             tracker.step(make_model(), step)
     assert shown == [False, True]
@@ -733,8 +731,8 @@ def test_a_run_of_known_length_gets_a_plan_with_its_first_and_last_steps(tmp_pat
 
     model = make_model()
     with ConceptTracker(
-        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 12, 20]), max_overhead=0.9, total_steps=24,
-        figures=False, strict=True, sync=True, **probe_sets(),
+        TabularPlayers(), log_dir=tmp_path, schedule=at_steps([0, 12, 20]),
+        budget=BudgetConfig(max_overhead=0.9, total_steps=24, sync=True), output=NO_FIGURES, strict=True, **probe_sets(),
     ) as tracker:
         for step in range(25):
             clock.sleep(0.02)  # training time
@@ -751,7 +749,7 @@ def test_every_training_step_is_timed_as_beside_the_worker_or_not(tmp_path):
     # step between two tracker calls: every call after the first times one, tracked or not.
     model = make_model()
     with warnings.catch_warnings(), ConceptTracker(
-        TabularPlayers(), log_dir=tmp_path, schedule=every(10), max_overhead=0.5, figures=False, strict=True,
+        TabularPlayers(), log_dir=tmp_path, schedule=every(10), budget=BudgetConfig(max_overhead=0.5), output=NO_FIGURES, strict=True,
         **probe_sets(),
     ) as tracker:
         warnings.simplefilter("ignore", UserWarning)  # whether the budget skips a step depends on this machine
@@ -764,6 +762,79 @@ def test_every_training_step_is_timed_as_beside_the_worker_or_not(tmp_path):
     assert timing.last_cost is not None and timing.last_cost < timing.spent
 
 
+def test_the_constructor_takes_probe_sets_and_configs_in_at_most_twelve_parameters(tmp_path):
+    assert len(inspect.signature(ConceptTracker.__init__).parameters) - 1 <= 12
+    sets = probe_sets()
+    readings = ReadingsConfig(ratio=0.1, simple_max=1, resamples=50, seed=4)
+    tracker = ConceptTracker(TabularPlayers(), sets["probes"], sets["heldout"], log_dir=tmp_path, readings=readings)
+    # One readings object: the trajectory (and through it every summary) reads the tracker's.
+    assert tracker.readings is readings and tracker._trajectory.readings is readings
+    assert tracker._probe.ids == sets["probes"].ids and tracker._heldout.ids == sets["heldout"].ids
+    tracker.close()
+    x, y = make_data()
+    with ConceptTracker(TabularPlayers(), (x[:4], y[:4]), log_dir=tmp_path / "tuple") as tracker:
+        assert tracker._probe.labels.tolist() == y[:4].tolist() and tracker._heldout is None
+
+
+def test_the_keywords_of_spec_9_still_work_with_one_future_warning(tmp_path):
+    from concept_tracker.and_or import AndOrConfig
+
+    sets = probe_sets()
+    probes, held = sets["probes"], sets["heldout"]
+    solver = AndOrConfig(max_iter=50)
+    new = ConceptTracker(
+        TabularPlayers(),
+        probes,
+        held,
+        log_dir=tmp_path / "new",
+        schedule=every(2),
+        kind=solver,
+        readings=ReadingsConfig(ratio=0.1, simple_max=1),
+        output=OutputConfig(figures=False, store=False),
+        budget=BudgetConfig(max_overhead=0.5, total_steps=9, batch_size=64, sync=True),
+    )
+    loose = {"ratio": 0.1, "simple_max": 1, "figures": False, "store": False, "max_overhead": 0.5, "total_steps": 9}
+    with pytest.warns(FutureWarning) as record:
+        old = ConceptTracker(
+            TabularPlayers(),
+            probes.inputs,
+            probes.labels,
+            probe_ids=probes.ids,
+            heldout_inputs=held.inputs,
+            heldout_targets=held.labels,
+            heldout_ids=held.ids,
+            log_dir=tmp_path / "old",
+            schedule=every(2),
+            kind="and_or",
+            and_or=solver,
+            batch_size=64,
+            sync=True,
+            **loose,
+        )
+    assert len(record) == 1 and "probe_targets" not in str(record[0].message)  # positional: its own note
+    for note in (
+        "third positional",
+        "heldout_inputs= -> heldout=ProbeSet(inputs=...)",
+        "ratio= -> readings",
+        "figures= -> output",
+        "max_overhead= -> budget",
+        "and_or= -> kind=AndOrConfig",
+    ):
+        assert note in str(record[0].message), note
+    for name in ("kind", "and_or", "readings", "output", "budget"):
+        assert getattr(old, name) == getattr(new, name), name
+    assert old.state_dict()["fingerprint"] == new.state_dict()["fingerprint"]
+    for split in ("_probe", "_heldout"):
+        a, b = getattr(old, split), getattr(new, split)
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels) and a.ids == b.ids
+    with pytest.raises(TypeError, match="unexpected keyword argument.*'figure'"):
+        ConceptTracker(TabularPlayers(), probes, log_dir=tmp_path / "typo", figure=False)
+    with pytest.raises(ValueError, match="put \\['ratio'\\] into readings= only"):
+        ConceptTracker(TabularPlayers(), probes, log_dir=tmp_path / "twice", readings=ReadingsConfig(), ratio=0.1)
+    for tracker in (old, new):
+        tracker.close()
+
+
 def test_tracked_steps_are_written_at_exit_without_close(tmp_path):
     import subprocess
     import sys
@@ -771,9 +842,9 @@ def test_tracked_steps_are_written_at_exit_without_close(tmp_path):
     code = (
         "import torch\n"
         "from torch import nn\n"
-        "from concept_tracker import ConceptTracker, TabularPlayers, every\n"
+        "from concept_tracker import ConceptTracker, OutputConfig, TabularPlayers, every\n"
         "x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])\n"
-        f"t = ConceptTracker(TabularPlayers(), x, y, log_dir={str(tmp_path)!r}, schedule=every(1), figures=False)\n"
+        f"t = ConceptTracker(TabularPlayers(), (x, y), log_dir={str(tmp_path)!r}, schedule=every(1), output=OutputConfig(figures=False))\n"
         "model = nn.Linear(3, 2)\n"
         "for step in range(2):\n"
         "    t.step(model, step)\n"

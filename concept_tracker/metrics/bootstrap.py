@@ -30,11 +30,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..checks import check_fraction, check_int, check_ratio
 from ..interactions import Interactions
 from ..transforms import num_players
 from ..transforms import orders as coalition_orders
 from .phase import high_order_share
-from .profile import band_orders, check_ratio, salient_mask, stack_effects, sum_by_order
+from .profile import band_orders, salient_mask, stack_effects, sum_by_order
 from .similarity import _class_labels, check_train_test_pair
 
 Statistic = Callable[[Tensor], Tensor]
@@ -67,12 +68,9 @@ class Interval(NamedTuple):
 
 
 def _check_options(resamples: int, level: float, seed: int) -> None:
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be a positive number of resamples, such as 1000.")
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level={level!r} must lie strictly between 0 and 1, such as 0.95.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed={seed!r} must be an integer.")
+    check_int("resamples", resamples, 1, unit="bootstrap resamples, such as 1000")
+    check_fraction("level", level, 0.95, optional=False)
+    check_int("seed", seed, None)
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -18,14 +18,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, overload
 
 import torch
 from torch import Tensor
 
+from ..checks import check_ratio
+from ..config import ReadingsConfig, configs, warn_legacy
 from ..transforms import num_players
 from .phase import high_order_share, phase_boundary, smooth, valley_before_rise
-from .profile import Bands, band_orders, check_ratio, salient_mask, sum_by_order
+from .profile import Bands, band_orders, salient_mask, sum_by_order
 
 LossLog = Mapping[int, float] | Sequence[tuple[int, float]]
 """Losses by step: ``{step: loss}`` or ``[(step, loss), ...]``."""
@@ -114,6 +117,43 @@ def detour_ratio(series: Tensor, orders: Iterable[int] | None = None) -> Tensor 
     series = _check_series(series)
     n = num_players(series)
     return _detour(path_length(series), displacement(series), n, orders)
+
+
+def unit_effects(series: Tensor) -> Tensor:
+    """Effects divided, per step and sample, by their total size ``sum_{S != empty} |I(S)|``.
+
+    The output's scale (the logits grow through training) multiplies every effect of a step
+    by the same factor; on unit effects it cancels. The empty set (``I(empty) = v(empty)``, not
+    a concept) is left out of the total and set to 0. A step of a sample without any effect
+    stays 0.
+
+    Args:
+        series: [T, B, 2**n] (or [T, B, K, 2**n], kinds pooled in the total) effects over steps.
+    Returns:
+        Same shape, float64.
+    """
+    squeeze = series.dim() == 3
+    series = _check_series(series).clone()
+    series[..., 0] = 0.0
+    total = series.abs().sum((-2, -1), keepdim=True)
+    unit = series / torch.where(total > 0, total, torch.ones_like(total))
+    return unit.squeeze(-2) if squeeze else unit
+
+
+def scale_free_detour_ratio(series: Tensor, orders: Iterable[int] | None = None) -> Tensor | float:
+    """Detour ratio ``P / D`` of the unit effects (:func:`unit_effects`), per order or pooled.
+
+    Unlike :func:`detour_ratio`, it does not change when every effect of a step is multiplied
+    by a positive factor of that step (a growing output scale): only how the concepts share
+    the output moves the path.
+
+    Args:
+        series: [T, B, 2**n] (or [T, B, K, 2**n]) effects over steps.
+        orders: None for every order; a set of orders to pool into one ratio.
+    Returns:
+        [n + 1] float64 (NaN where D = 0), or a float for a set of ``orders``.
+    """
+    return detour_ratio(unit_effects(series), orders)
 
 
 def _flip_step(last_sign: Tensor, effects: Tensor, salient: Tensor) -> tuple[Tensor, Tensor]:
@@ -266,8 +306,9 @@ class Trajectory:
     of the same name on the full series.
 
     Args:
-        ratio: salience threshold ratio.
-        simple_max, complex_min: band cut-offs for the high-order strength H(t) and share.
+        readings: the salience ratio and the band cut-offs (for the high-order strength H(t)
+            and share); None: ``ReadingsConfig()``. The loose ``ratio=``, ``simple_max=`` and
+            ``complex_min=`` of earlier releases still work, with a ``FutureWarning``.
 
     Example:
         >>> traj = Trajectory()
@@ -277,10 +318,10 @@ class Trajectory:
         tensor([nan, 1., 1.], dtype=torch.float64)
     """
 
-    def __init__(self, ratio: float = 0.05, simple_max: int | None = None, complex_min: int | None = None):
-        self.ratio = check_ratio(ratio)
-        self.simple_max = simple_max
-        self.complex_min = complex_min
+    def __init__(self, readings: ReadingsConfig | None = None, **legacy: Any):
+        found, moved = configs({"readings": readings}, legacy, "Trajectory")
+        warn_legacy("Trajectory", moved, legacy)
+        self.readings: ReadingsConfig = found["readings"]
         self._steps: list[int] = []
         self._strength: list[float] = []
         self._share: list[float] = []
@@ -301,7 +342,7 @@ class Trajectory:
         """The simple / medium / complex orders for this trajectory's ``n`` (None before the
         first append); pass ``bands.simple`` or ``bands.complex`` to :meth:`detour_ratio`."""
         n = self.n
-        return None if n is None else band_orders(n, self.simple_max, self.complex_min)
+        return None if n is None else band_orders(n, self.readings.simple_max, self.readings.complex_min)
 
     def _require(self, what: str) -> int:
         if not self._state:
@@ -336,7 +377,8 @@ class Trajectory:
         if not torch.isfinite(current).all():
             raise ValueError(f"effects at step={step} contain NaN or inf; check the model's outputs.")
         pooled = current if current.dim() == 3 else current.unsqueeze(-2)
-        salient = _salient(pooled, self.ratio).reshape(current.shape)
+        readings = self.readings
+        salient = _salient(pooled, readings.ratio).reshape(current.shape)
         if not self._state:
             self._state = {
                 "first": current.clone(),
@@ -349,15 +391,20 @@ class Trajectory:
                 "emergence": torch.full(current.shape, -1, dtype=torch.int64),
             }
         s = self._state
+        unit = unit_effects(current[None])[0]
+        if "unit_last" not in s:
+            s.update(unit_first=unit.clone(), unit_last=unit, unit_path=torch.zeros_like(unit))
         s["path"] += (current - s["last"]).abs()
         s["last"] = current
+        s["unit_path"] += (unit - s["unit_last"]).abs()
+        s["unit_last"] = unit
         s["last_sign"], flipped = _flip_step(s["last_sign"], current, salient)
         s["flips"] += flipped
         s["ever_salient"] |= salient
         s["salient"] = salient
         s["emergence"] = _emergence_step(s["emergence"], salient, step)
         self._steps.append(step)
-        self._strength.append(high_order_strength(current, self.ratio, self.simple_max, self.complex_min))
+        self._strength.append(high_order_strength(current, readings.ratio, readings.simple_max, readings.complex_min))
         by_order = _order_totals(torch.where(salient, current.abs(), torch.zeros_like(current)), n)
         self._share.append(float(high_order_share(by_order, len(self.bands.simple))))
 
@@ -370,6 +417,18 @@ class Trajectory:
         n = self._require("detour_ratio()")
         s = self._state
         return _detour(s["path"], (s["last"] - s["first"]).abs(), n, orders)
+
+    def scale_free_detour_ratio(self, orders: Iterable[int] | None = None) -> Tensor | float:
+        """Detour ratio of the unit effects as of the latest step; see
+        :func:`scale_free_detour_ratio` (NaN for a trajectory restored from a state saved
+        before it was kept).
+
+        Returns:
+            [n + 1] float64 per order, or one float for a set of ``orders``.
+        """
+        n = self._require("scale_free_detour_ratio()")
+        s = self._state
+        return _detour(s["unit_path"], (s["unit_last"] - s["unit_first"]).abs(), n, orders)
 
     def detour_terms(self) -> tuple[Tensor, Tensor]:
         """Per-sample path length and displacement as of the latest step, for intervals
@@ -454,12 +513,11 @@ class Trajectory:
             dict with "ratio", "simple_max", "complex_min", "steps", "high_order_strength",
             "high_order_share" and,
             after the first step, the running tensors ("first", "last", "path", "last_sign",
-            "flips", "ever_salient", "salient", "emergence").
+            "flips", "ever_salient", "salient", "emergence", and "unit_first", "unit_last",
+            "unit_path" for the scale-free detour ratio).
         """
         state: dict[str, Tensor | int | float | list | None] = {
-            "ratio": self.ratio,
-            "simple_max": self.simple_max,
-            "complex_min": self.complex_min,
+            **self.readings.stored,
             "steps": list(self._steps),
             "high_order_strength": list(self._strength),
             "high_order_share": list(self._share),
@@ -497,9 +555,17 @@ class Trajectory:
                     f"state has steps but no tensors {absent}; pass an unmodified Trajectory.state_dict()."
                 )
             tensors = {k: state[k].detach().to("cpu", dtype).clone() for k, dtype in dtypes.items()}
-        self.ratio = check_ratio(float(state["ratio"]))
-        self.simple_max = state.get("simple_max")
-        self.complex_min = state.get("complex_min")
+            # States saved before the unit effects were kept: their path is unknown (NaN).
+            for k in ("unit_first", "unit_last", "unit_path"):
+                kept = state.get(k)
+                lost = torch.full_like(tensors["last"], math.nan)
+                tensors[k] = kept.detach().to("cpu", torch.float64).clone() if isinstance(kept, Tensor) else lost
+        self.readings = replace(
+            self.readings,
+            ratio=float(state["ratio"]),
+            simple_max=state.get("simple_max"),
+            complex_min=state.get("complex_min"),
+        )
         # States saved before the share was kept: those steps have no share (the rule skips NaN).
         share = [float(x) for x in state.get("high_order_share", [math.nan] * len(steps))]
         if len(share) != len(steps):

@@ -21,8 +21,16 @@ loss-gap step of :mod:`concept_tracker.metrics.dynamics`:
    increases of the smoothed series starting at ``i``, totalling more than ``rise_fraction``
    (default 0.1) times a scale. For the phase boundary the scale is the drop
    ``max(s[:i+1]) - s[i]`` before ``i``, which must be positive: the share has to fall first.
+   The rise of the share must also reach ``min_rise`` (default :data:`MIN_RISE`, in share
+   units): a wiggle of a few thousandths after a fall of a few thousandths is noise, not a
+   phase.
 3. The boundary is the step of the lowest such ``i`` (the earliest on ties); None when there
    is none, for example for a monotone series.
+
+The over-fitting stop (:func:`overfit_stop_step`) reads the boundary the way a training run
+sees it: on each prefix of the tracked steps, and only once it has been found on
+``patience + 1`` consecutive prefixes. The Hugging Face callback calls that function, and
+``benchmarks/early_warning.py`` replays it, so both run the same code.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+MIN_RISE = 0.01
+"""Smallest rise of the smoothed high-order share (in share units, 0..1) that can mark a phase
+boundary. Chosen on the tuning half of the runs of ``benchmarks/early_warning.py`` (see
+docs/evidence.md, "The early warning, tested online")."""
 
 
 def high_order_share(strength_by_order: Tensor, simple_max: int) -> Tensor:
@@ -88,19 +101,26 @@ def smooth(values: Tensor, window: int = 3) -> Tensor:
 
 
 def valley_before_rise(
-    values: Tensor, min_rises: int = 2, rise_fraction: float = 0.1, *, need_drop: bool = True
+    values: Tensor,
+    min_rises: int = 2,
+    rise_fraction: float = 0.1,
+    *,
+    need_drop: bool = True,
+    min_rise: float = 0.0,
 ) -> int | None:
     """Index of the lowest point of a series that starts a sustained rise, or None.
 
     A sustained rise from index ``i``: at least ``min_rises`` consecutive strict increases whose
-    total exceeds ``rise_fraction`` times a scale: the drop ``max(values[:i+1]) - values[i]``
-    before ``i`` when ``need_drop`` (which must then be positive), else the range of the series.
+    total exceeds ``rise_fraction`` times a scale (the drop ``max(values[:i+1]) - values[i]``
+    before ``i`` when ``need_drop``, which must then be positive, else the range of the series)
+    and is at least ``min_rise``.
 
     Args:
         values: [T] series (already smoothed).
         min_rises: consecutive strict increases required.
         rise_fraction: size of the rise relative to the scale.
         need_drop: require a fall before the valley and measure the rise against it.
+        min_rise: smallest total rise, in the units of the series.
     Returns:
         The index (earliest on ties), or None.
     """
@@ -108,6 +128,8 @@ def valley_before_rise(
         raise ValueError(f"min_rises={min_rises!r} must be a positive number of consecutive rises.")
     if not rise_fraction >= 0:
         raise ValueError(f"rise_fraction={rise_fraction!r} must be >= 0, such as 0.1.")
+    if not (isinstance(min_rise, (int, float)) and 0 <= min_rise < math.inf):
+        raise ValueError(f"min_rise={min_rise!r} must be a finite number >= 0, such as {MIN_RISE}.")
     series = values.tolist()
     size = len(series)
     run = [0] * size
@@ -122,7 +144,7 @@ def valley_before_rise(
         if need_drop and scale <= 0:
             continue
         rise = series[i + run[i]] - value
-        if run[i] >= min_rises and rise > rise_fraction * scale:
+        if run[i] >= min_rises and rise > rise_fraction * scale and rise >= min_rise:
             if best is None or value < series[best]:
                 best = i
     return best
@@ -135,6 +157,7 @@ def phase_boundary(
     window: int = 3,
     min_rises: int = 2,
     rise_fraction: float = 0.1,
+    min_rise: float = MIN_RISE,
 ) -> int | None:
     """Step of the two-phase boundary: smoothed share_H lowest before a sustained rise.
 
@@ -142,12 +165,13 @@ def phase_boundary(
     The rule is in the module docstring: smooth with a centred moving average of ``window``
     points; a candidate has a positive drop ``max(s[:i+1]) - s[i]`` before it and starts at
     least ``min_rises`` consecutive strict rises totalling more than ``rise_fraction`` times
-    that drop; the boundary is the lowest candidate (earliest on ties).
+    that drop and at least ``min_rise``; the boundary is the lowest candidate (earliest on
+    ties).
 
     Args:
         steps: [T] step numbers.
         high_share: [T] share_H(t) at those steps (see :func:`high_order_share`).
-        window, min_rises, rise_fraction: the rule's parameters.
+        window, min_rises, rise_fraction, min_rise: the rule's parameters.
     Returns:
         The step, or None when the share never falls and then rises in a sustained way.
 
@@ -163,5 +187,48 @@ def phase_boundary(
     kept = (~torch.isnan(share)).nonzero().flatten().tolist()
     if not kept:
         return None
-    index = valley_before_rise(smooth(share[kept], window), min_rises, rise_fraction, need_drop=True)
+    smoothed = smooth(share[kept], window)
+    index = valley_before_rise(smoothed, min_rises, rise_fraction, need_drop=True, min_rise=min_rise)
     return None if index is None else int(steps[kept[index]])
+
+
+def overfit_stop_step(
+    steps: Sequence[int],
+    high_share: Tensor | Sequence[float],
+    *,
+    patience: int = 2,
+    min_rise: float = MIN_RISE,
+) -> int | None:
+    """First tracked step at which the over-fitting rule fires, read online.
+
+    At each tracked step ``t_k`` the rule sees only the prefix ``t_0..t_k`` (as a training run
+    does): :func:`phase_boundary` on that prefix either reports a boundary or not. The rule
+    fires at the first step where a boundary has been reported on ``patience + 1``
+    consecutive prefixes (the boundary itself may move between prefixes). This is what
+    ``ConceptTrackerCallback(stop_on_overfit=...)`` decides at every tracked step.
+
+    Args:
+        steps: [T] tracked steps, increasing.
+        high_share: [T] share_H(t) at those steps (NaN at a step without concepts).
+        patience: further tracked steps to wait once the boundary first shows.
+        min_rise: smallest rise of the smoothed share that counts (see :data:`MIN_RISE`).
+    Returns:
+        The step at which training would stop, or None when the rule never fires.
+
+    Example:
+        >>> share = [0.5, 0.4, 0.3, 0.2, 0.3, 0.4, 0.5, 0.6]
+        >>> overfit_stop_step(list(range(8)), share, patience=1, min_rise=0.05)
+        6
+    """
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"patience={patience!r} must be an int >= 0 (tracked steps to wait).")
+    share = torch.as_tensor(high_share, dtype=torch.float64).reshape(-1)
+    if len(steps) != share.shape[0]:
+        raise ValueError(f"steps has {len(steps)} entries but high_share has {share.shape[0]}; pass one per step.")
+    run = 0
+    for k in range(len(steps)):
+        found = phase_boundary(steps[: k + 1], share[: k + 1], min_rise=min_rise) is not None
+        run = run + 1 if found else 0
+        if run > patience:
+            return int(steps[k])
+    return None

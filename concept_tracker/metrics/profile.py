@@ -7,31 +7,15 @@ tensors indexed by the order ``m = |S|``; index 0 (the empty set) is never a con
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..checks import check_ratio
 from ..interactions import Interactions
 from ..transforms import num_players
 from ..transforms import orders as coalition_orders
-
-
-def check_ratio(ratio: float) -> float:
-    """``ratio`` as a float after checking it is a finite number in [0, 1).
-
-    Raises:
-        ValueError: naming ``ratio`` otherwise.
-    """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
-        raise ValueError(f"ratio={ratio!r} must be a finite number; the default is 0.05.")
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(
-            f"ratio={ratio!r} is outside [0, 1); the salience threshold is ratio * max |I(S)|, "
-            "so use a small fraction such as 0.05."
-        )
-    return float(ratio)
 
 
 def stack_effects(res: Interactions, kind: str | None = None) -> Tensor:

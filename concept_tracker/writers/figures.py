@@ -15,19 +15,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..interactions import Interactions
+from ..interactions import Interactions, concept_label
 from ..metrics.profile import Bands, OrderProfile
 from ..transforms import orders as coalition_orders
-
-
-def concept_label(s: int, names: Sequence[str]) -> str:
-    """Name of coalition ``s`` from its players' names, e.g. ``{p3,p7}`` or ``{not,bad}``.
-
-    Args:
-        s: coalition bitmask (bit ``i`` set iff player ``i`` is in ``S``).
-        names: the ``n`` player names of the sample.
-    """
-    return "{" + ",".join(name for i, name in enumerate(names) if s >> i & 1) + "}"
 
 
 def strongest_series(

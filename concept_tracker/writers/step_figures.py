@@ -17,7 +17,6 @@ from ..interactions import Interactions
 from ..metrics.profile import Bands, OrderProfile
 from ..worker import Answer
 from . import tags
-from .figures import trajectory_series
 from .tensorboard import TensorBoardWriter
 
 TRAJECTORY_CONCEPTS = 3
@@ -76,6 +75,8 @@ class StepFigures:
                 salient-strength shares per order; history: [T, K, 2**n] effects of probe sample
                 0, whose id is ``sample``.
         """
+        # Imported here: matplotlib takes about a second to load, and a run may draw no figure.
+        from .figures import trajectory_series
 
         def submit(tag: str, name: str, *args: Any) -> None:
             self._jobs[self._submit("figure", name, *args)] = (tag, step)

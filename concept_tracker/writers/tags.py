@@ -22,6 +22,8 @@ Tags beyond the contract (same families, so TensorBoard groups them with the con
     dynamics/order_{m:02d}/forgotten           concepts of order m salient once, no longer
     dynamics/forgotten                         the same over all orders
     dynamics/order_{m:02d}/emergence_step      mean emergence step of order-m concepts
+    dynamics/{band}/scale_free_detour_ratio    detour ratio of the effects divided, per step and
+                                               sample, by sum |I(S)| (band simple or complex)
     dynamics/high_order_strength               H(t), medium + complex strength (absolute;
                                                grows with the output scale, not used for the boundary)
     dynamics/high_order_share                  share_H(t) = H(t) / salient strength of all orders
@@ -143,6 +145,13 @@ def band_detour_ratio(band: str) -> str:
     return f"dynamics/{band}/detour_ratio"
 
 
+def band_scale_free_detour_ratio(band: str) -> str:
+    """``dynamics/{band}/scale_free_detour_ratio``; band "simple" or "complex"."""
+    if band not in DETOUR_BANDS:
+        raise ValueError(f"band={band!r}; use one of {DETOUR_BANDS}.")
+    return f"dynamics/{band}/scale_free_detour_ratio"
+
+
 def forgotten(m: int) -> str:
     """``dynamics/order_{m:02d}/forgotten``."""
     return f"dynamics/{_order(m)}/forgotten"
@@ -182,10 +191,12 @@ def spec_scalar_tags(n: int, kinds: list[str], generalization: bool) -> list[str
     return tags
 
 
-def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str, list[Any]]]:
+def custom_layout(kinds: list[str], generalization: bool, budget: bool = False) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout (``SummaryWriter.add_custom_scalars``) grouping the charts.
 
-    Each chart overlays every order (tags are matched as regular expressions).
+    Each chart overlays every order (tags are matched as regular expressions). The "skipped
+    steps" chart is there only with ``budget`` (a tracker with ``max_overhead``): without one no
+    step is skipped and the chart would stay empty.
 
     Returns:
         ``{category: {chart title: ["Multiline", [tag regex, ...]]}}``; the intervals category
@@ -214,6 +225,7 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
     layout["dynamics"] = {
         "detour ratio by order": ["Multiline", [r"dynamics/order_\d+/detour_ratio"]],
         "detour ratio by band": ["Multiline", [band_detour_ratio(b) for b in DETOUR_BANDS]],
+        "scale-free detour ratio by band": ["Multiline", [band_scale_free_detour_ratio(b) for b in DETOUR_BANDS]],
         "sign flips and forgotten concepts": ["Multiline", [SIGN_FLIPS, FORGOTTEN]],
         "emergence step by order": ["Multiline", [r"dynamics/order_\d+/emergence_step"]],
         "high-order strength (absolute)": ["Multiline", [HIGH_ORDER_STRENGTH]],
@@ -227,6 +239,7 @@ def custom_layout(kinds: list[str], generalization: bool) -> dict[str, dict[str,
     layout["perf"] = {
         "seconds per tracked step": ["Multiline", [PERF_SECONDS]],
         "forwards per second": ["Multiline", [FORWARDS_PER_SECOND]],
-        "skipped steps": ["Multiline", [SKIPPED_STEPS]],
     }
+    if budget:
+        layout["perf"]["skipped steps"] = ["Multiline", [SKIPPED_STEPS]]
     return layout

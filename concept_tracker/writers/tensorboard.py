@@ -4,7 +4,9 @@ Wraps ``torch.utils.tensorboard.SummaryWriter``:
 
 - the event file is opened on the first write, so building a tracker creates nothing;
 - off global rank 0 every call does nothing;
-- a value that cannot be logged is dropped with one warning per tag, never an exception;
+- a value that cannot be logged is dropped with one warning per tag, never an exception; an
+  ``OSError`` (a full disk, a folder gone) is the event file's, not the value's: one warning
+  for the whole writer, also when flushing or closing fails;
 - an existing ``SummaryWriter`` (for example a Lightning ``TensorBoardLogger.experiment``)
   can be passed in; it is flushed but not closed, since its owner closes it.
 """
@@ -60,9 +62,17 @@ class TensorBoardWriter:
         return self._writer
 
     def _drop(self, tag: str, err: Exception) -> None:
+        if isinstance(err, OSError):
+            tag = "the event file"  # the disk or the folder failed, not this value
+            message = (
+                f"concept_tracker could not write TensorBoard events to {self.log_dir!r} ({err!r}); values "
+                "are dropped while it fails. Training goes on."
+            )
+        else:
+            message = f"concept_tracker could not log {tag!r} ({err!r}); the value is dropped."
         if tag not in self._warned:
             self._warned.add(tag)
-            warnings.warn(f"concept_tracker could not log {tag!r} ({err!r}); the value is dropped.", stacklevel=3)
+            warnings.warn(message, stacklevel=3)
 
     @_main_process_only
     def scalar(self, tag: str, value: Any, step: int) -> None:
@@ -119,17 +129,23 @@ class TensorBoardWriter:
     def flush(self) -> None:
         """Push pending events to disk (no-op before the first write)."""
         if self._writer is not None:
-            self._writer.flush()
+            try:
+                self._writer.flush()
+            except OSError as err:
+                self._drop("flush", err)
 
     @_main_process_only
     def close(self) -> None:
         """Flush, and close the event file if this object opened it."""
         if self._writer is None:
             return
-        if self._owned:
-            self._writer.close()
-            # A later write opens a fresh event file, which needs its own layout.
-            self._writer = None
-            self._layout_written = False
-        else:
-            self._writer.flush()
+        try:
+            if self._owned:
+                writer, self._writer = self._writer, None
+                # A later write opens a fresh event file, which needs its own layout.
+                self._layout_written = False
+                writer.close()
+            else:
+                self._writer.flush()
+        except OSError as err:
+            self._drop("close", err)

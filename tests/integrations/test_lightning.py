@@ -51,7 +51,7 @@ def data():
 def fit(root, ckpt_path=None, logger="tb", max_steps=8, players=None):
     x, y = data()
     players = TabularPlayers(baselines="zero") if players is None else players
-    callback = ConceptTrackerLightningCallback(players, x[:4], y[:4], schedule=at_steps([2]))
+    callback = ConceptTrackerLightningCallback(players, (x[:4], y[:4]), schedule=at_steps([2]))
     if logger == "tb":
         loggers = TensorBoardLogger(root, name="tb", version=0)
     else:

@@ -28,11 +28,12 @@ from transformers import (
     TrainingArguments,
 )
 
-from concept_tracker import TabularPlayers, TokenPlayers, report
+from concept_tracker import OutputConfig, TabularPlayers, TokenPlayers, report
 from concept_tracker.integrations._common import unwrap
 from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, ConceptTrackerCallback
+from concept_tracker.metrics.phase import overfit_stop_step
 from concept_tracker.schedules import at_steps, every
-from concept_tracker.store import load_step
+from concept_tracker.store import list_steps, load_step
 from concept_tracker.writers import tags
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -40,6 +41,7 @@ CUES = ["good", "great", "not"]
 FILLERS = ["the", "movie", "film", "was", "is", "really", "very", "plot", "acting", "story", "quite", "and"]
 N_WORDS = 6
 N_PLAYERS = 6
+NO_FIGURES = OutputConfig(figures=False)
 
 
 def make_tokenizer() -> BertTokenizer:
@@ -295,11 +297,14 @@ class Plan(TrainerCallback):
             model.a.fill_(self.plan[state.global_step])
 
 
-def test_stop_on_overfit_stops_after_the_phase_boundary(tmp_path, caplog):
+@pytest.mark.parametrize("mode", [True, "warn"])
+def test_stop_on_overfit_fires_where_the_online_replay_says(tmp_path, caplog, mode):
+    """The callback stops (or, with "warn", only warns once) at the step that
+    ``overfit_stop_step`` gives on the logged high-order shares: the replay is the callback."""
     transformers.utils.logging.enable_propagation()  # so that caplog sees the reason to stop
     data = [{"x": torch.ones(4), "labels": 1} for _ in range(8)]
     callback = ConceptTrackerCallback(
-        TabularPlayers(baselines="zero"), num_probe=2, schedule=every(1), stop_on_overfit=True, patience=1
+        TabularPlayers(baselines="zero"), num_probe=2, schedule=every(1), stop_on_overfit=mode, patience=1
     )
     trainer = Trainer(
         model=Planted(),
@@ -313,11 +318,26 @@ def test_stop_on_overfit_stops_after_the_phase_boundary(tmp_path, caplog):
             trainer.train()
     finally:
         transformers.utils.logging.disable_propagation()
-    boundary = scalar_values(concepts_dir(tmp_path), tags.PHASE_BOUNDARY)
+    folder = concepts_dir(tmp_path)
+    boundary = scalar_values(folder, tags.PHASE_BOUNDARY)
     assert set(boundary.values()) == {3.0}
-    first = min(boundary)
-    assert trainer.state.global_step == first + 1 < 12  # patience=1: one more tracked step
-    assert "stops training at step" in caplog.text and "bottomed out at step 3" in caplog.text
+    shares = scalar_values(folder, tags.HIGH_ORDER_SHARE)
+    steps = sorted(shares)
+    assert [shares[t] for t in steps[:5]] == pytest.approx([8 / 9, 0.8, 2 / 3, 0.5, 2 / 3])  # a / (1 + a)
+    fired = overfit_stop_step(steps, [shares[t] for t in steps], patience=1)
+    assert fired == min(boundary) + 1  # patience=1: one more tracked step
+    if mode is True:
+        assert trainer.state.global_step == fired < 12
+        assert f"stops training at step {fired}" in caplog.text
+    else:
+        assert trainer.state.global_step == 12
+        assert caplog.text.count("ConceptTrackerCallback warns") == 1 and f"warns at step {fired}" in caplog.text
+    assert "bottomed out at step 3" in caplog.text
+
+
+def test_stop_on_overfit_rejects_other_values():
+    with pytest.raises(ValueError, match="stop_on_overfit='yes'"):
+        ConceptTrackerCallback(TabularPlayers(), stop_on_overfit="yes")
 
 
 def test_core_never_imports_integrations_or_frameworks():
@@ -374,10 +394,12 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     tokenizer = make_tokenizer()
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), figures=False)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([4]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
-        args=training_args(tmp_path, report_to=["tensorboard"], eval_strategy="steps", eval_steps=4, save_strategy="no"),
+        args=training_args(
+            tmp_path, report_to=["tensorboard"], eval_strategy="steps", eval_steps=4, save_strategy="no"
+        ),
         train_dataset=make_dataset(tokenizer, 64, seed=1),
         eval_dataset=make_dataset(tokenizer, 16, seed=2),
         processing_class=tokenizer,
@@ -394,7 +416,7 @@ def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss
     assert float(row.split()[-1]) == pytest.approx(last, abs=1e-3)
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([]), figures=False)
+    callback = ConceptTrackerCallback(TokenPlayers(n=N_PLAYERS), num_probe=4, schedule=at_steps([0]), output=NO_FIGURES)
     trainer = Trainer(
         model=make_model(tokenizer),
         args=training_args(tmp_path / "b", report_to=["tensorboard"], max_steps=1, save_strategy="no"),
@@ -445,7 +467,9 @@ def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report
     trainer = Trainer(
         model=TabularModel(),
         args=training_args(tmp_path, max_steps=3, save_strategy="no", eval_strategy="steps", eval_steps=1),
-        train_dataset=data, eval_dataset=data[:8], callbacks=[callback],
+        train_dataset=data,
+        eval_dataset=data[:8],
+        callbacks=[callback],
     )
     trainer.train()
     torch.testing.assert_close(players._mean, x.mean(0))  # the training set's 40 rows, not the 4 probes
@@ -459,3 +483,13 @@ def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report
         for step, value in series.items():
             logged = next(e[key] for e in trainer.state.log_history if e["step"] == step and key in e)
             assert value == pytest.approx(logged)
+
+
+def test_a_second_launch_into_a_used_folder_warns_once(tmp_path):
+    run(tmp_path / "first", log_dir=tmp_path / "concepts")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run(tmp_path / "second", log_dir=tmp_path / "concepts")
+    used = [str(w.message) for w in record if "already holds a run" in str(w.message)]
+    assert len(used) == 1, used
+    assert list_steps(tmp_path / "concepts") == [0, 3, 8]  # the first launch's run, untouched
