@@ -22,7 +22,6 @@ from concept_tracker.worker import JOBS, THREADS, Worker, run_job
 from concept_tracker.writers import render
 
 CONFIG = AndOrConfig(max_iter=200)
-SETTINGS = {"ratio": 0.05, "simple_max": None, "complex_min": None}
 
 
 def values(seed: int, samples: int = 3, n: int = 5) -> Interactions:
@@ -34,7 +33,7 @@ def values(seed: int, samples: int = 3, n: int = 5) -> Interactions:
 def finish_args(seed: int, warm=None, samples: int = 3) -> tuple:
     """A "finish_step" job of kind "and_or" (warm: the previous job's results)."""
     warm = warm or {"probe": None}
-    return (seed, {"probe": values(seed, samples)}, warm, CONFIG, Trajectory(), None, SETTINGS)
+    return (seed, {"probe": values(seed, samples)}, warm, CONFIG, Trajectory(), None)
 
 
 def figure_jobs() -> list[tuple]:
