@@ -52,6 +52,7 @@ from .probes import (
 )
 from .rundir import RunGuard
 from .schedules import Schedule, every, log_spaced
+from .spectrum import OrderSpectrum, order_spectrum, spectrum_scalars
 from .state import DeclaredState, stack_list, unstack_list
 from .summary import StepSummary
 from .threads import spare_cores
@@ -64,6 +65,12 @@ from .writers.tensorboard import TensorBoardWriter
 DEFAULT_SCHEDULE = log_spaced(0, 10000, 20) | every(1000)
 """Used when ``schedule=None``: 20 log-spaced steps over the first 10,000 (dense early, when
 concepts change fastest) plus every 1,000th step for long runs."""
+
+SAMPLED_ABOVE = 16
+"""Players above which the tracker reads the sampled order spectrum instead of the exact
+readings (``2**n`` forwards per probe sample: 131,072 at n = 17; the exact path stops at 20)."""
+SPECTRUM_FORWARDS = 4096
+"""Forwards per probe sample of the sampled order spectrum when ``ReadingsConfig.spectrum`` is None."""
 
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
@@ -197,6 +204,20 @@ class ConceptTracker(DeclaredState):
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
         n = checks.check_players_fit(players, probe.inputs, "probes")
+        # Above SAMPLED_ABOVE players the sampled order spectrum replaces the exact readings;
+        # at or below, it is read beside them when readings.spectrum asks for it.
+        self._sampled_only = n > SAMPLED_ABOVE
+        self._spectrum = self.readings.spectrum or (SPECTRUM_FORWARDS if self._sampled_only else None)
+        self._spectrum_scalars: dict[int, dict[str, float]] = {}  # by step, until the exact step is done
+        if self._sampled_only:
+            warnings.warn(
+                f"ConceptTracker: n={n} players, above {SAMPLED_ABOVE}: the tracker reads the sampled order "
+                f"spectrum (spectrum/* tags, {self._spectrum} forwards per probe sample; set "
+                f"readings=ReadingsConfig(spectrum=...) to change it) instead of the exact readings (2**{n} "
+                "forwards per probe sample). Per-coalition readings (dynamics, held-out similarity, figures, "
+                f"kind={self.kind!r}) need the exact ones and are not tracked.",
+                stacklevel=2,
+            )
         bands = band_orders(n, self.readings.simple_max, self.readings.complex_min)
         claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
         self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once, self._worker.submit)
@@ -282,14 +303,65 @@ class ConceptTracker(DeclaredState):
     def _track(self, model: nn.Module, step: int, start: float) -> None:
         """The masked forwards, here on the live weights (a setup mistake raises at the first
         scheduled step); the rest of the step is queued for the worker."""
-        splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
+        splits = [] if self._sampled_only else ["probe"] + (["heldout"] if self._heldout is not None else [])
         # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
         # interleave with it, line by line and escape code by escape code.
         show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
         # On CUDA the small [B, 2**n] values come to the CPU here: the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
-        if is_main_process():
+        spectrum = self._read_spectrum(model) if self._spectrum is not None else None
+        if not is_main_process():
+            return
+        if spectrum is None:
             self._queue.append((step, results, time.perf_counter() - start))
+            return
+        # The spectrum's readings are a few scalars and one small file: written here, not queued.
+        scalars = self._write_spectrum(step, spectrum)
+        if not self._sampled_only:
+            self._spectrum_scalars[step] = scalars  # joins the exact step's summary
+            self._queue.append((step, results, time.perf_counter() - start))
+            return
+        stall = time.perf_counter() - start
+        perf = {tags.FORWARDS_PER_SECOND: spectrum.forwards / max(stall, 1e-9), tags.PERF_SECONDS: stall}
+        if self._timing.plan is not None:
+            perf[tags.SKIPPED_STEPS] = self._timing.skipped
+        self.writer.scalars(perf, step)
+        self.writer.flush()
+        self._timing.finished(0.0)
+        self._run.tally.tracked += 1
+        self._summaries.append(StepSummary(step, scalars=scalars))
+
+    def _read_spectrum(self, model: nn.Module) -> OrderSpectrum:
+        """The sampled order spectrum of the probes (the same seed at every step: the same
+        random masks, so steps differ by the model only)."""
+        probes = self._probe
+        spectrum = order_spectrum(
+            model,
+            probes.inputs,
+            self.players,
+            probes.labels,
+            value=self.value,
+            forwards_per_probe=cast(int, self._spectrum),
+            simple_max=self.readings.simple_max,
+            complex_min=self.readings.complex_min,
+            seed=self.readings.seed,
+            ratio=self.ratio,
+            batch_size=self.batch_size,
+        )
+        if probes.labels is None and spectrum.targets is not None:
+            # Predictions at the first tracked step become the fixed targets of the run.
+            self._probe = probes._replace(labels=spectrum.targets.detach().cpu())
+        return spectrum
+
+    def _write_spectrum(self, step: int, spectrum: OrderSpectrum) -> dict[str, float]:
+        """Its own scalars, layout and file: an estimate never fills an exact tag or field."""
+        scalars = spectrum_scalars(spectrum)
+        if self._sampled_only:  # else the exact readings' layout holds its category too
+            self.writer.layout(tags.spectrum_layout())
+        self.writer.scalars(scalars, step)
+        if self.store:
+            storage.save_spectrum(self.log_dir, step, spectrum, run=self._run.id)
+        return scalars
 
     def _collect(self, wait: bool = False) -> None:
         """Apply the steps the worker finished, in step order, sending it the next queued step
@@ -335,6 +407,7 @@ class ConceptTracker(DeclaredState):
         finally:  # the scalars are logged even when the store fails
             self._write(step, res, summary, perf)
         self._run.tally.tracked += 1
+        summary.scalars.update(self._spectrum_scalars.pop(step, {}))  # logged at the forwards
         self._summaries.append(summary)
 
     def summaries(self, wait: bool = False) -> list[StepSummary]:
@@ -349,7 +422,8 @@ class ConceptTracker(DeclaredState):
 
     def _write(self, step: int, res: Interactions, summary: StepSummary, perf: dict[str, float]) -> None:
         writer = self.writer
-        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None))
+        layout = tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None)
+        writer.layout({**layout, **(tags.spectrum_layout() if self._spectrum is not None else {})})
         for tag, magnitude in summary.histograms.items():
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)

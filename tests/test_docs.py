@@ -256,9 +256,10 @@ def test_every_tensorboard_tag_is_documented(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     x, labels = torch.randn(6, 4), torch.arange(6) % 3
+    budget = ct.BudgetConfig(max_overhead=0.9, total_steps=3, sync=True)
     with ct.ConceptTracker(
-        ct.TabularPlayers(baselines="zero"), x, labels, heldout_inputs=x.flip(0), heldout_targets=labels,
-        log_dir=tmp_path, schedule=ct.every(1), kind="and_or", max_overhead=0.9, total_steps=3, sync=True,
+        ct.TabularPlayers(baselines="zero"), (x, labels), (x.flip(0), labels), log_dir=tmp_path,
+        schedule=ct.every(1), kind="and_or", budget=budget,
     ) as tracker, warnings.catch_warnings(record=True):  # whether the budget skips a step depends on the load
         warnings.simplefilter("always")
         for step in range(4):

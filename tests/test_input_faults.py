@@ -18,11 +18,13 @@ def rows(count: int = 6, width: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(count, width, generator=torch.Generator().manual_seed(seed))
 
 
-def tracker(log_dir, players=None, x=None, y=None, **options) -> ct.ConceptTracker:
-    options.setdefault("schedule", ct.every(1))
+def tracker(log_dir, players=None, x=None, y=None, **budget) -> ct.ConceptTracker:
     players = ct.TabularPlayers(baselines="zero") if players is None else players
     x = rows() if x is None else x
-    return ct.ConceptTracker(players, x, y, log_dir=log_dir, figures=False, **options)
+    return ct.ConceptTracker(
+        players, ct.ProbeSet(x, y), log_dir=log_dir, schedule=ct.every(1),
+        output=ct.OutputConfig(figures=False), budget=ct.BudgetConfig(**budget),
+    )  # fmt: skip
 
 
 def messages(record) -> list[str]:
@@ -160,6 +162,24 @@ def test_players_reused_by_a_second_tracker_take_its_own_mean(tmp_path):
         tracker(tmp_path / "c", players=players, x=second_x).close()
 
 
+def test_a_callback_reusing_players_fits_them_on_the_second_runs_training_data(tmp_path):
+    """The framework callbacks fit unfitted players on training items before building their
+    tracker (fit_mean_baseline); a mean they fitted for an earlier run counts as unfitted."""
+    from concept_tracker.players import fit_mean_baseline, mean_unfitted
+
+    players = ct.TabularPlayers()
+    first_train, second_train = rows(40, seed=3), rows(40, seed=4) + 2.0
+    assert fit_mean_baseline(players, first_train)
+    tracker(tmp_path / "a", players=players).close()
+    assert mean_unfitted(players)  # claimed by the first run's tracker
+    assert fit_mean_baseline(players, second_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second run's own training data: nothing to warn about
+        tracker(tmp_path / "b", players=players, x=rows(seed=5)).close()
+    assert torch.allclose(players._mean, second_train.mean(0))
+    assert not mean_unfitted(ct.TabularPlayers().fit(first_train))  # a user's fit is never replaced
+
+
 def test_players_fitted_by_the_user_share_one_mean_across_trackers(tmp_path):
     train = rows(40, seed=3)
     players = ct.TabularPlayers().fit(train)
@@ -173,7 +193,7 @@ def test_players_fitted_by_the_user_share_one_mean_across_trackers(tmp_path):
 
 def test_image_patch_players_on_text_fail_at_setup(tmp_path):
     text = {"input_ids": torch.randint(5, 20, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
-    with pytest.raises(ValueError, match="ImagePatchPlayers cannot mask probe_inputs.*TokenPlayers"):
+    with pytest.raises(ValueError, match="ImagePatchPlayers cannot mask probes.*TokenPlayers"):
         tracker(tmp_path, players=ct.ImagePatchPlayers(grid=(2, 2)), x=text)
 
 
@@ -187,7 +207,7 @@ def test_image_patch_players_on_text_stop_the_trainer_before_training(tmp_path):
     tokenizer = wordpiece_tokenizer()
     texts = ["the cat is very happy today .", "a dog was running .", "the dog is sad .", "a cat was playing ."]
     data = [{**tokenizer(t), "labels": i % 2} for i, t in enumerate(texts * 2)]
-    callback = ConceptTrackerCallback(ct.ImagePatchPlayers(grid=(2, 2)), num_probe=4, figures=False)
+    callback = ConceptTrackerCallback(ct.ImagePatchPlayers(grid=(2, 2)), num_probe=4, output=ct.OutputConfig(figures=False))
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[], save_strategy="no",
         use_cpu=True, disable_tqdm=True,
