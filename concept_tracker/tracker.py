@@ -175,7 +175,6 @@ class ConceptTracker(DeclaredState):
         self.writer = TensorBoardWriter(self.log_dir, self.output.writer)
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
         self._worker = Worker(inline=self.budget.sync)
-        atexit.register(self.close)  # a script that never calls close() still gets its tracked steps
         # Tracked steps whose forwards are done: queued, then (one at a time) on the worker.
         self._queue: deque[tuple[int, dict[str, Interactions], float]] = deque()  # step, values, stall
         self._inflight: tuple[int, int, float] | None = None  # job id, step, stall
@@ -218,6 +217,8 @@ class ConceptTracker(DeclaredState):
         contention = 0.0 if spare_cores() else 1.0
         budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention)
         self._timing = self._add_state("timing", budget_state)
+        # Last, once built: a script that never calls close() still gets its tracked steps.
+        atexit.register(self.close)
 
     # ----------------------------------------------------------------------------- stepping
 
