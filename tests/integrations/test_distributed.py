@@ -118,7 +118,7 @@ def test_different_probes_on_ranks_raise_on_every_rank(two_ranks):
 
 def test_a_failing_rank_does_not_hang_the_others(two_ranks):
     _, seen = two_ranks
-    assert seen[1]["failure"].startswith("ValueError: rank 1 values samples [3, 4, 4] of the batch")
+    assert seen[1]["failure"].startswith("NonFiniteValueError: rank 1 values samples [3, 4, 4] of the batch")
     assert "sample 1," in seen[1]["failure"]  # the 2nd of rank 1's block: sample 4
     assert seen[0]["failure"] == "RuntimeError: compute_interactions failed on rank(s) [1]; see their error."
 
