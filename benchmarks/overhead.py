@@ -7,7 +7,7 @@ The training is the demo's (``concept_tracker.demo``): the MLP 64-256-256-10 on 
 Adam, minibatches of ``--batch`` (default the demo's 64), clean labels, one torch thread; the
 tracker is the demo's too (AND-OR interactions of 10 image patches on 32 training and 32
 held-out probes, the solver capped at 300 iterations, figures on: drawn at the 1st, 2nd, 4th,
-... tracked step and at close; post-processing on the tracker's background worker), with two
+... tracked step and at close; post-processing in the tracker's background worker process), with two
 schedules:
 
 - default: ``schedule=None``, the tracker's default ``log_spaced(0, 10000, 20) | every(1000)``;
@@ -87,7 +87,7 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
         loss.backward()
         optimizer.step()
     if tracker is not None:
-        tracker.close()  # timed: it waits for the worker and the figure renderer
+        tracker.close()  # timed: it waits for the background worker
     sync(device)
     seconds = time.perf_counter() - start
     steps = tracker.state_dict()["trajectory"]["steps"] if tracker is not None else []
@@ -98,7 +98,8 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
 def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> list[tuple[str, float]]:
     """Where the time goes, after 300 training steps: one training step, the bare forwards of the
     probes' masked rows, and per tracked step (the 2nd to 5th, taking turns with the bare
-    forwards) the training stall with the background worker, the worker's time, and the stall
+    forwards) the training stall with the background worker, the worker's time (the child's
+    seconds for the step's job), and the stall
     with ``sync=True``; medians."""
     demo, model, optimizer, batches, x, y = setup(args, data, device)
 
@@ -146,7 +147,7 @@ def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log
         times["forwards"].append(timed(forwards, device)[0])
         times["stall"].append(timed(lambda step=step: trackers["worker"].step(model, step), device)[0])
         trackers["worker"].summaries(wait=True)
-        times["worker"].append(trackers["worker"]._worker.last_job_seconds or 0.0)
+        times["worker"].append(trackers["worker"]._timing.worker_cost or 0.0)
         times["sync"].append(timed(lambda step=step: trackers["sync"].step(model, step), device)[0])
     for tracker in trackers.values():
         tracker.close()

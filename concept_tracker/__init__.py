@@ -24,6 +24,7 @@ from .probes import ProbeSet, select_probes
 from .rundir import new_run_dir
 from .schedules import Schedule, at_steps, every, log_spaced
 from .sensitivity import adversarial_inconsistency, noise_sensitivity
+from .spectrum import OrderSpectrum, order_spectrum
 from .store import list_steps, load_step
 from .summary import StepSummary
 from .tracker import DEFAULT_SCHEDULE, ConceptTracker
@@ -42,6 +43,7 @@ __all__ = [
     "Interactions",
     "OutputConfig",
     "Players",
+    "OrderSpectrum",
     "ProbeSet",
     "ReadingsConfig",
     "Schedule",
@@ -66,6 +68,7 @@ __all__ = [
     "or_inverse",
     "or_transform",
     "order_profile",
+    "order_spectrum",
     "orders",
     "prompt_answer_batch",
     "reference_similarity",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .interactions import KINDS
-from .transforms import MAX_PLAYERS
+from .transforms import MAX_SAMPLED_PLAYERS
 
 if TYPE_CHECKING:
     from .players import Players
@@ -42,13 +42,15 @@ def check_players(players: Players) -> Players:
 
 
 def check_num_players(n: int, param: str) -> int:
-    """``n`` players, as ``param`` gives them, must be between 1 and ``MAX_PLAYERS``."""
+    """``n`` players, as ``param`` gives them, must be between 1 and ``MAX_SAMPLED_PLAYERS``.
+
+    The exact readings stop at 20 players (checked where they run); the sampled order spectrum
+    reads more."""
     if n < 1:
         raise ValueError(f"{param} gives n={n} players; at least 1 is needed.")
-    if n > MAX_PLAYERS:
+    if n > MAX_SAMPLED_PLAYERS:
         raise ValueError(
-            f"{param} gives n={n} players; at most {MAX_PLAYERS} are supported "
-            f"(2**n coalitions per sample). Choose fewer players."
+            f"{param} gives n={n} players; at most {MAX_SAMPLED_PLAYERS} are supported. Choose fewer players."
         )
     return n
 

@@ -29,6 +29,11 @@ class ReadingsConfig:
         complex_min: lowest order of a complex concept (None: ``n // 2 + 1``).
         resamples: bootstrap resamples of the 95% intervals.
         seed: seed of the bootstrap's private generator (the same seed, the same bounds).
+        spectrum: masked forwards per probe sample of the sampled order spectrum
+            (:func:`~concept_tracker.order_spectrum`) read at every tracked step beside the
+            exact readings, under its own ``spectrum/*`` tags and files; None reads it only
+            where the exact readings cannot run (more than ``tracker.SAMPLED_ABOVE`` players),
+            then with ``tracker.SPECTRUM_FORWARDS`` forwards.
     """
 
     ratio: float = 0.05
@@ -36,12 +41,14 @@ class ReadingsConfig:
     complex_min: int | None = None
     resamples: int = 1000
     seed: int = 0
+    spectrum: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", check_ratio(self.ratio))
         check_band_cutoffs(self.simple_max, self.complex_min)
         check_int("resamples", self.resamples, 1, unit="bootstrap resamples, such as 1000")
         check_int("seed", self.seed, None)
+        check_int("spectrum", self.spectrum, 4, optional=True, unit="masked forwards per probe sample, such as 1000")
 
     @property
     def stored(self) -> dict[str, Any]:

@@ -413,6 +413,66 @@ def coalition_values(
     return out
 
 
+def sampled_coalition_values(
+    model: nn.Module,
+    samples: list[Any],
+    players: Players,
+    targets: Tensor | None,
+    value_fn: ValueFn,
+    coalitions: Tensor,
+    batch_size: int | None = None,
+) -> Tensor:
+    """v(S) for a chosen set of coalitions of every sample. Call inside :func:`preserved_state`.
+
+    The sampled counterpart of :func:`coalition_values` (same chunking, forward wrapper, value
+    buffers and out-of-memory halving), for estimators that evaluate a few coalitions of many
+    players instead of all ``2**n``.
+
+    Args:
+        samples: B samples (no batch dimension) on the model's device.
+        targets: [B] (or [B, T] answer labels) per sample, or None.
+        value_fn: ``f(outputs, target[M]) -> Tensor[M]``.
+        coalitions: [B, M, n] bool; row ``m`` of sample ``b`` keeps the players set in it.
+        batch_size: rows per forward; None sizes it as for :func:`coalition_values`.
+    Returns:
+        [B, M] float64 values on the model's device.
+    """
+    device = model_device(model)
+    num, per = coalitions.shape[0], coalitions.shape[1]
+    out = torch.empty(num, per, dtype=torch.float64, device=device)
+    if per == 0:
+        return out
+    rows = batch_size or _auto_rows(model, samples[0], device, num * per)
+    forward = players.model_forward(model)
+    buffers: dict[Any, Tensor] = {}
+    warned = False
+    for b, sample in enumerate(samples):
+        masker = players.masker(sample)
+        done = 0
+        while done < per:
+            block = _block_rows(rows, _row_elements(sample), per)
+            try:
+                for start in range(done, per, block):
+                    stop = min(per, start + block)
+                    tgt = None if targets is None else targets[b].expand(stop - start, *targets.shape[1:])
+                    with torch.inference_mode():
+                        masked = masker(coalitions[b, start:stop].to(device))
+                        _value_block(forward, value_fn, masked, tgt, out[b, start:stop], rows, buffers)
+                    done = stop
+            except torch.cuda.OutOfMemoryError:
+                if rows == 1:
+                    raise
+                rows = max(1, rows // 2)
+                torch.cuda.empty_cache()
+                if not warned:
+                    warnings.warn(
+                        f"CUDA out of memory in order_spectrum; retrying with batch_size={rows}.", stacklevel=3
+                    )
+                    warned = True
+    _check_finite(out)
+    return out
+
+
 def default_targets(model: nn.Module, samples: list[Any], players: Players, batch_size: int | None = None) -> Tensor:
     """The model's predicted class on each unmasked sample. Call inside :func:`preserved_state`.
 
@@ -595,7 +655,11 @@ def compute_interactions(
     players.prepare(batch)
     n = players.n
     if n > MAX_PLAYERS:
-        raise ValueError(f"players give n={n}; at most {MAX_PLAYERS} are supported.")
+        raise ValueError(
+            f"players give n={n}; the exact readings evaluate all 2**n coalitions and stop at "
+            f"{MAX_PLAYERS} players. Choose fewer players, or estimate the band shares from a set "
+            "number of forwards with ct.order_spectrum(..., forwards_per_probe=...)."
+        )
     _check_memory(num_samples, n, device)
     targets = _resolve_targets(target, num_samples, device)
     batch, targets = answer_labels(batch, targets, value)

@@ -1,12 +1,13 @@
-"""The AND-OR step of a tracked step: probe and held-out values split in one solver call.
+"""A tracked step after its masked forwards: the AND-OR split of the probe and held-out values in
+one solver call, the dynamics and the step summary.
 
-Pure apart from the warm starts it is given and returns; the tracker's background worker
-(:mod:`concept_tracker.worker`) runs it after the masked forwards.
+Pure: the tracker's background worker (:mod:`concept_tracker.worker`) runs :func:`finish_step`
+on copies of the tracker's state and hands back the new state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,9 @@ import torch
 from . import store as storage
 from .and_or import AndOrConfig, AndOrResult, decompose
 from .interactions import Interactions
+from .metrics.dynamics import Trajectory
+from .metrics.profile import stack_effects
+from .summary import StepSummary, summarize_step
 
 
 def decompose_splits(
@@ -33,8 +37,7 @@ def decompose_splits(
         warm: ``{split: the split's "and_or" result at the previous tracked step, or None}``;
             the solver warm-starts from their gamma and q when every split has one.
         config: solver settings (None: the defaults).
-        solve: :func:`~concept_tracker.and_or.decompose` or a stand-in with its signature
-            (the tracker's :class:`~concept_tracker.solver_process.SolverProcess`).
+        solve: :func:`~concept_tracker.and_or.decompose` or a stand-in with its signature.
     Returns:
         ``{split: Interactions}`` of kind "and_or" (also the next step's warm starts).
     """
@@ -52,6 +55,33 @@ def decompose_splits(
         effects = {name: getattr(sol, name)[part] for name in ("and_effects", "or_effects", "gamma", "q")}
         out[split] = replace(res, kind="and_or", **effects)
     return out
+
+
+def finish_step(
+    step: int,
+    results: Mapping[str, Interactions],
+    warm: Mapping[str, Interactions | None] | None,
+    config: AndOrConfig | None,
+    trajectory: Trajectory,
+    ids: Sequence[Any] | None,
+) -> tuple[dict[str, Interactions], Trajectory, StepSummary]:
+    """Everything of tracked step ``step`` after its masked forwards.
+
+    Args:
+        results: ``{"probe": ..., "heldout": ... (optional)}`` from the engine, on the CPU.
+        warm: kind "and_or": the warm starts (see :func:`decompose_splits`), and ``results``
+            hold the values only; None: ``results`` are final.
+        config: the solver's settings.
+        trajectory: the probe dynamics before ``step``; the step's effects are appended to it.
+        ids: the probe ids, for the summary's table.
+    Returns:
+        The final results (kind "and_or": also the next warm starts), ``trajectory`` and the
+        step's :class:`~concept_tracker.summary.StepSummary`.
+    """
+    final = dict(results) if warm is None else decompose_splits(results, warm, config)
+    trajectory.append(step, stack_effects(final["probe"]))
+    summary = summarize_step(step, final["probe"], trajectory, held=final.get("heldout"), ids=ids)
+    return final, trajectory, summary
 
 
 def warm_state(warm: Mapping[str, Interactions | None]) -> dict[str, Any]:

@@ -222,11 +222,12 @@ def stored_settings(log_dir: str | os.PathLike) -> dict[str, Any] | None:
         ``{"ratio", "simple_max", "complex_min"}`` (see :func:`store.tracked_settings`), or None
         when no file records them.
     Raises:
-        ValueError: if two files record different settings or different runs (interleaved
-            runs: the message names both files).
+        ValueError: if two files record different settings, baselines or runs (interleaved
+            runs, or a run resumed with another baseline: the message names both files).
     """
     found = first = None
     runs: dict[str | None, Path] = {}  # run id -> its first file
+    baselines: dict[str, Path] = {}  # baseline -> its first file
     for split in store.SPLITS:
         for step in store.list_steps(log_dir, split):
             path = store.step_path(log_dir, step, split)
@@ -239,6 +240,15 @@ def stored_settings(log_dir: str | os.PathLike) -> dict[str, Any] | None:
                     f"{log_dir} holds interleaved runs: {a} and {b} were written by different trackers. "
                     "Give each run its own folder (concept_tracker.new_run_dir()) and report them side by side."
                 )
+            baseline = store.stored_baseline(meta)
+            if baseline is not None:
+                baselines.setdefault(baseline, path)
+                if len(baselines) > 1:
+                    (old, old_path), (new, new_path) = list(baselines.items())[:2]
+                    raise ValueError(
+                        f"{new_path} was tracked with baseline {new!r} but {old_path} with baseline {old!r}; one "
+                        "run directory must hold one tracked run (a resume with another baseline?)."
+                    )
             settings = store.tracked_settings(meta)
             if settings is None:
                 continue

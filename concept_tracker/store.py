@@ -286,6 +286,96 @@ def list_steps(log_dir: str | os.PathLike, split: str = "probe") -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
 
 
+SPECTRUM_DIR = "spectrum"
+SPECTRUM_FORMAT = "concept-tracker/spectrum/1"
+SPECTRUM_FIELDS = (
+    "strength",
+    "simple_share",
+    "medium_share",
+    "complex_share",
+    "simple_ci_low",
+    "simple_ci_high",
+    "complex_ci_low",
+    "complex_ci_high",
+    "unseen",
+)
+"""The tensors of a stored sampled order spectrum (``[B, n + 1]`` strength, the rest ``[B]``)."""
+
+
+def spectrum_path(log_dir: str | os.PathLike, step: int) -> Path:
+    """``<log_dir>/spectrum/step_{step:08d}.safetensors``: the sampled order spectrum of one step."""
+    return Path(log_dir) / SPECTRUM_DIR / f"step_{as_step(step):08d}.safetensors"
+
+
+def save_spectrum(log_dir: str | os.PathLike, step: int, spectrum: Any, *, run: str | None = None) -> Path:
+    """Write the sampled order spectrum of one tracked step (its own file: an estimate never
+    sits in the exact interactions' fields).
+
+    Args:
+        spectrum: a :class:`~concept_tracker.spectrum.OrderSpectrum`.
+        run: the tracked run's id.
+    Returns:
+        The path written (:func:`spectrum_path`): tensors :data:`SPECTRUM_FIELDS`, metadata
+        ``step``, ``n``, ``forwards``, ``forwards_per_probe``, ``exact_order``, ``seen_order``,
+        ``simple_max``, ``complex_min``, ``ratio``, ``overall`` (JSON) and ``run``.
+    """
+    step = as_step(step)
+    path = spectrum_path(log_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "strength": spectrum.strength,
+        "simple_share": spectrum.simple_share,
+        "medium_share": spectrum.medium_share,
+        "complex_share": spectrum.complex_share,
+        "simple_ci_low": spectrum.simple_interval.low,
+        "simple_ci_high": spectrum.simple_interval.high,
+        "complex_ci_low": spectrum.complex_interval.low,
+        "complex_ci_high": spectrum.complex_interval.high,
+        "unseen": spectrum.unseen,
+    }
+    meta = {
+        "format": SPECTRUM_FORMAT,
+        "step": str(step),
+        "run": str(run),
+        "overall": json.dumps(spectrum.overall),
+        **{
+            key: str(getattr(spectrum, key))
+            for key in ("n", "forwards", "forwards_per_probe", "exact_order", "seen_order", "simple_max", "complex_min")
+        },
+        "ratio": str(spectrum.ratio),
+    }
+    _atomic_save(path, tensors, meta)
+    return path
+
+
+def load_spectrum(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a file written by :func:`save_spectrum`.
+
+    Returns:
+        ``(tensors, metadata)`` with the integers and ``overall`` decoded.
+    Raises:
+        ValueError: if the file is damaged or not a spectrum file.
+    """
+    tensors, raw = _read(path)
+    if raw.get("format") != SPECTRUM_FORMAT:
+        raise ValueError(f"{path} is not a sampled order spectrum file (format {raw.get('format')!r}).")
+    meta: dict[str, Any] = dict(raw)
+    for key in (
+        "step",
+        "n",
+        "forwards",
+        "forwards_per_probe",
+        "exact_order",
+        "seen_order",
+        "simple_max",
+        "complex_min",
+    ):
+        meta[key] = int(raw[key])
+    meta["ratio"] = float(raw["ratio"])
+    meta["overall"] = {k: tuple(v) for k, v in json.loads(raw["overall"]).items()}
+    return tensors, meta
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write a nested state (dicts / lists of tensors and JSON values) to one safetensors file.
 

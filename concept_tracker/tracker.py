@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 
 from . import checks
 from . import store as storage
-from .and_or import AndOrConfig, decompose
+from .and_or import AndOrConfig
+from .budget import OverheadBudget, budget_text
 from .checks import check_kind, check_players, check_schedule
 from .config import BudgetConfig, OutputConfig, ReadingsConfig, configs, warn_legacy
 from .distributed import is_main_process, main_process_flag
@@ -35,7 +37,7 @@ from .engine import compute_interactions, progress_bar_open
 from .interactions import Interactions
 from .metrics.dynamics import Trajectory
 from .metrics.profile import OrderProfile, band_orders, stack_effects
-from .pipeline import decompose_splits, warm_from_state, warm_state
+from .pipeline import warm_from_state, warm_state
 from .players import Players, claim_baseline
 from .probes import (
     Probes,
@@ -48,13 +50,13 @@ from .probes import (
     run_fingerprint,
 )
 from .rundir import RunGuard
-from .schedules import OverheadBudget, Schedule, budget_text, every, log_spaced
-from .solver_process import SolverProcess
+from .schedules import Schedule, every, log_spaced
+from .spectrum import OrderSpectrum, order_spectrum, spectrum_scalars
 from .state import DeclaredState, stack_list, unstack_list
-from .summary import StepSummary, summarize_step
+from .summary import StepSummary
 from .threads import spare_cores
 from .values import resolve_value, value_name
-from .worker import StepWorker
+from .worker import Answer, Worker
 from .writers import tags
 from .writers.step_figures import StepFigures
 from .writers.tensorboard import TensorBoardWriter
@@ -63,10 +65,18 @@ DEFAULT_SCHEDULE = log_spaced(0, 10000, 20) | every(1000)
 """Used when ``schedule=None``: 20 log-spaced steps over the first 10,000 (dense early, when
 concepts change fastest) plus every 1,000th step for long runs."""
 
+SAMPLED_ABOVE = 16
+"""Players above which the tracker reads the sampled order spectrum instead of the exact
+readings (``2**n`` forwards per probe sample: 131,072 at n = 17; the exact path stops at 20)."""
+SPECTRUM_FORWARDS = 4096
+"""Forwards per probe sample of the sampled order spectrum when ``ReadingsConfig.spectrum`` is None."""
+
 STATE_VERSION = 1
 PROGRESS_AFTER = 2.0
 """Seconds: after a tracked step that stalled training longer, the next ones show a progress bar
 (unless another tqdm bar is open, such as the Hugging Face Trainer's)."""
+MAX_PENDING = 4
+"""Tracked steps whose background work may wait; a step beyond waits for the worker (bounded)."""
 
 
 class ConceptTracker(DeclaredState):
@@ -88,10 +98,10 @@ class ConceptTracker(DeclaredState):
     - the raw interactions, ``<log_dir>/interactions/step_{step:08d}.safetensors`` (held-out:
       ``interactions/heldout/...``), when ``store=True``.
 
-    Only the masked forwards stall training; the rest runs on a background thread, in step
-    order, its AND-OR solves in a worker process (:mod:`concept_tracker.solver_process`);
-    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it.
-    The first tracked step runs whole inside :meth:`step`. Tracking never changes training: the
+    Only the masked forwards stall training; the rest of a step runs in one background process
+    (:mod:`concept_tracker.worker`) and is applied, in step order, at the next calls;
+    :meth:`summaries` hands out its summaries; :meth:`close`, :meth:`state_dict` wait for it
+    (bounded). Tracking never changes training: the
     engine restores training flags, grad mode and RNG states, and the tracker draws no random
     numbers. Bad arguments raise at construction, a failing first scheduled step raises, later
     failures (a background one at the next call) warn once per distinct message (``strict=True``
@@ -179,9 +189,11 @@ class ConceptTracker(DeclaredState):
         self._settings: dict[str, Any] = self.readings.stored
         self.writer = TensorBoardWriter(self.log_dir, self.output.writer)
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
-        self._worker = StepWorker(sync=self.budget.sync)
-        # Background solves run in their own process, off the training's interpreter lock.
-        self._solver = SolverProcess() if self.kind == "and_or" and not self.budget.sync else None
+        self._worker = Worker(inline=self.budget.sync)
+        # Tracked steps whose forwards are done: queued, then (one at a time) on the worker.
+        self._queue: deque[tuple[int, dict[str, Interactions], float]] = deque()  # step, values, stall
+        self._inflight: tuple[int, int, float] | None = None  # job id, step, stall
+        self._summaries: deque[StepSummary] = deque(maxlen=32)  # finished, not handed out
 
         # The resumable state: state_dict() / load_state_dict() are derived from these lines.
         probe = probe_set(probes)
@@ -190,9 +202,23 @@ class ConceptTracker(DeclaredState):
         self._heldout: ProbeSet | None = self._add_state("heldout", held, probe_state, probe_from_state)
         # Mistakes in players, probes or cut-offs fail here, not at the first tracked step.
         n = checks.check_players_fit(players, probe.inputs, "probes")
+        # Above SAMPLED_ABOVE players the sampled order spectrum replaces the exact readings;
+        # at or below, it is read beside them when readings.spectrum asks for it.
+        self._sampled_only = n > SAMPLED_ABOVE
+        self._spectrum = self.readings.spectrum or (SPECTRUM_FORWARDS if self._sampled_only else None)
+        self._spectrum_scalars: dict[int, dict[str, float]] = {}  # by step, until the exact step is done
+        if self._sampled_only:
+            warnings.warn(
+                f"ConceptTracker: n={n} players, above {SAMPLED_ABOVE}: the tracker reads the sampled order "
+                f"spectrum (spectrum/* tags, {self._spectrum} forwards per probe sample; set "
+                f"readings=ReadingsConfig(spectrum=...) to change it) instead of the exact readings (2**{n} "
+                "forwards per probe sample). Per-coalition readings (dynamics, held-out similarity, figures, "
+                f"kind={self.kind!r}) need the exact ones and are not tracked.",
+                stacklevel=2,
+            )
         bands = band_orders(n, self.readings.simple_max, self.readings.complex_min)
         claim_baseline(players, self, probe.inputs)  # players reused from another tracker: not its mean
-        self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once)
+        self._figures = StepFigures(self.writer, bands, strict, self._run.tally.warn_once, self._worker.submit)
         if held is not None:
             checks.check_same_width(probe.inputs, held.inputs)
             checks.check_players_fit(players, held.inputs, "heldout")
@@ -204,96 +230,65 @@ class ConceptTracker(DeclaredState):
         # [K, 2**n] effects of probe sample 0 at every tracked step, for the trajectory figure.
         self._sample_effects: list[Tensor] = self._add_state("sample_effects", [], stack_list, unstack_list)
         contention = 0.0 if spare_cores() else 1.0
-        budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, contention=contention)
+        budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention)
         self._timing = self._add_state("timing", budget_state)
 
     # ----------------------------------------------------------------------------- stepping
 
     def step(self, model: nn.Module, global_step: int, *, last: bool = False) -> StepSummary | None:
-        """Track ``model`` at ``global_step`` if the schedule (and the budget's plan) fires there.
+        """Track ``model`` at ``global_step`` if the schedule (and the budget) says so.
 
         Call it once per optimizer step (repeated calls with the same step are ignored).
         ``global_step`` may be any integer type (int, numpy integer, 0-dim integer tensor); a
         float or a string raises ``TypeError``.
         ``last=True`` marks the run's final step: tracked unless ``max_overhead`` forbids it.
+        Every call first applies the background work finished since the last one, in step order.
 
         Returns:
             For a tracked step, its :class:`~concept_tracker.summary.StepSummary` (a mapping
-            ``{tag: value}``), with scalars only with ``sync=True`` on rank 0 (else they follow
-            in :meth:`summaries`). None when not tracked (not scheduled, already tracked, skipped
-            by ``max_overhead``, or failed without ``strict``).
+            ``{tag: value}``), with scalars when its background work is already done (``sync=True``,
+            on rank 0), else empty (they follow in :meth:`summaries`). None when not tracked (not
+            scheduled, already tracked, skipped by ``max_overhead``, or failed without ``strict``).
         """
         global_step = checks.check_step(global_step)
-        now = time.perf_counter()
-        timing = self._timing
-        timing.start(now)
-        timing.arrived(now)
-        summary = None
+        start = time.perf_counter()
+        self._timing.call_began(start)
         try:
             if not self._run.enter(self, global_step, self._cursor):
                 return None
-            self._report_background()
-            if (
-                self.max_overhead is not None
-                and timing.can_plan(global_step, worker_idle=not self._worker.pending())
-                and is_main_process()
-            ):
-                self._plan(global_step, now)
-            if not (last or self.schedule(global_step) or global_step == timing.total_steps):
+            self._collect()
+            if not (last or self.schedule(global_step) or global_step == self._timing.horizon):
                 return None
             self._cursor = global_step
             self._run.tally.scheduled += 1
             try:
                 # Rank 0 decides for all ranks: the engine's forwards are collective.
-                if self.max_overhead is not None and main_process_flag(timing.refuses(global_step, now, last)):
-                    self._skip(global_step)
+                if not main_process_flag(not is_main_process() or self._allows(global_step, start, last)):
                     return None
-                summary = self._track(model, global_step, now)
-                return summary
+                self._track(model, global_step, start)
             except Exception as err:
                 self._run.failed(f"step {global_step}", err, self.strict)
                 return None
-            finally:
-                if summary is not None:
-                    if self._worker.sync:  # the whole step was the stall
-                        timing.last_cost = time.perf_counter() - now
-                    timing.tracked(global_step)
+            self._collect(wait=len(self._queue) > MAX_PENDING)  # a stuck worker: bounded, then inline
+            self._timing.tracked(global_step, time.perf_counter() - start)
+            done = self._summaries[-1] if self._summaries else None
+            return done if done is not None and done.step == global_step else StepSummary(global_step)
         finally:
-            end = time.perf_counter()
-            timing.spent += end - now  # every call counts, also the microseconds of untracked ones
-            # The next training step is timed as running beside background work, or not.
-            timing.left(end, self._worker.pending() > 0 or self._figures.busy())
+            self._timing.call_ended(time.perf_counter(), self._worker.busy())
 
-    def _report_background(self) -> None:
-        """Failures of steps finished on the worker since the last call: warn once per message."""
-        for label, err in self._worker.failures():
-            self._run.failed(label, err, self.strict)
-
-    def summaries(self, wait: bool = False) -> list[StepSummary]:
-        """Finished step summaries not yet handed out, in step order (see ``StepWorker.results``)."""
-        return self._worker.results(wait)
-
-    def _skip(self, step: int) -> None:
-        self._timing.skipped += 1
-        if self._timing.plan is not None:
-            return  # counted; logged with the next tracked step and in the budget text
-        skipped = self._timing.skipped
-        self._worker.submit(f"step {step}", lambda: self.writer.scalars({tags.SKIPPED_STEPS: skipped}, step))
-        if self._timing.skipped == 1 and is_main_process():
-            reason = self._timing.skip_reason(tags.SKIPPED_STEPS)
-            warnings.warn(f"ConceptTracker skipped step {step}: {reason}", stacklevel=3)
-
-    def _plan(self, step: int, now: float) -> None:
-        """(Re)plan the tracked steps of a run of known length (see ``OverheadBudget.make_plan``)."""
-        total, first = cast(int, self._timing.total_steps), self._timing.plan is None
-        self._timing.make_plan(step, now, (s for s in range(step, total) if self.schedule(s)))
-        text = budget_text(self._timing, cast(float, self.max_overhead), now)
-        self._worker.submit("the budget plan", lambda: self.writer.text(tags.BUDGET_TEXT, text, step))
-        if first and self._timing.cut:
-            warnings.warn(f"ConceptTracker: {self._timing.cut} (see the {tags.BUDGET_TEXT!r} text).", stacklevel=3)
+    def _allows(self, step: int, now: float, last: bool) -> bool:
+        """The budget's answer; a new plan goes to the budget text, a skip without a plan to its
+        scalar (with a plan: with the next tracked step, and in the budget text)."""
+        allowed = self._timing.allows(step, now, last)
+        news = self._timing.news()
+        if news is not None:
+            self.writer.text(tags.BUDGET_TEXT, news, step)
+        if not allowed and self._timing.plan is None:
+            self.writer.scalars({tags.SKIPPED_STEPS: self._timing.skipped}, step)
+        return allowed
 
     def _compute(self, model: nn.Module, split: str, show_progress: bool) -> Interactions:
-        """The engine on one probe set; for kind "and_or" only the values (see ``decompose_splits``)."""
+        """The engine on one probe set; for kind "and_or" only the values (the split is the worker's)."""
         probes: ProbeSet = getattr(self, f"_{split}")
         kind = "and" if self.kind == "and_or" else self.kind
         options = dict(value=self.value, kind=kind, batch_size=self.batch_size, show_progress=show_progress)
@@ -303,71 +298,138 @@ class ConceptTracker(DeclaredState):
             setattr(self, f"_{split}", probes._replace(labels=res.targets.detach().cpu()))
         return res
 
-    def _track(self, model: nn.Module, step: int, start: float) -> StepSummary | None:
-        """The masked forwards here, on the live weights; the rest on the worker (:meth:`_finish`)."""
-        splits = ["probe"] + (["heldout"] if self._heldout is not None else [])
+    def _track(self, model: nn.Module, step: int, start: float) -> None:
+        """The masked forwards, here on the live weights (a setup mistake raises at the first
+        scheduled step); the rest of the step is queued for the worker."""
+        splits = [] if self._sampled_only else ["probe"] + (["heldout"] if self._heldout is not None else [])
         # No bar of our own under another one (the Trainer's, Lightning's, a loop's): it would
         # interleave with it, line by line and escape code by escape code.
         show = (self._timing.last_cost or 0.0) > PROGRESS_AFTER and is_main_process() and not progress_bar_open()
-        # On CUDA the small [B, 2**n] values come to the CPU here, so the worker never touches the device.
+        # On CUDA the small [B, 2**n] values come to the CPU here: the worker never touches the device.
         results = {split: self._compute(model, split, show).to("cpu") for split in splits}
+        spectrum = self._read_spectrum(model) if self._spectrum is not None else None
         if not is_main_process():
-            return StepSummary(step)
-        stall = self._timing.last_cost = time.perf_counter() - start
-        # The first scheduled step runs whole here, so that a setup mistake raises before training.
-        waited = self._worker.sync or self._run.tally.scheduled == 1
-        self._worker.submit(f"step {step}", lambda: self._finish(step, results, stall, waited), inline=waited)
-        if waited:
-            return self._worker.last_result
-        return StepSummary(step)
-
-    def _finish(self, step: int, results: dict[str, Interactions], stall: float, waited: bool) -> StepSummary:
-        """Everything after the forwards: decomposition, dynamics, summary, store and writers."""
-        start = time.perf_counter()
-        if self.kind == "and_or":  # warm-started from the previous tracked step's split
-            solve = decompose if waited or self._solver is None else self._solver.decompose
-            results = decompose_splits(results, self._warm_start, self.and_or, solve)
-            self._warm_start.update(results)
-        res, held = results["probe"], results.get("heldout")
-        effects = stack_effects(res)  # [B, K, 2**n]
-        self._trajectory.append(step, effects)
-        summary = summarize_step(step, res, self._trajectory, held=held, ids=self._probe.ids)
-        self._shares.append(cast(OrderProfile, summary.profile).share)
-        self._sample_effects.append(effects[0].float())
-        failure = None  # a storage failure is raised once the scalars are written
-        try:
-            for split, part, probes in (("probe", res, self._probe), ("heldout", held, self._heldout)):
-                if self.store and part is not None and probes is not None:
-                    meta = {**self._settings, "baseline": self.players.baseline_description}
-                    storage.save_step(self.log_dir, step, part, probes.ids, split, run=self._run.id, **meta)
-        except Exception as err:
-            failure = err
-        self._write(step, res, summary)
-        rows = res.outputs.numel() + (held.outputs.numel() if held is not None else 0)
-        seconds = time.perf_counter() - start
-        perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: seconds}
-        perf[tags.PERF_SECONDS] = stall + (seconds if waited else 0.0)  # what training waited
+            return
+        if spectrum is None:
+            self._queue.append((step, results, time.perf_counter() - start))
+            return
+        # The spectrum's readings are a few scalars and one small file: written here, not queued.
+        scalars = self._write_spectrum(step, spectrum)
+        if not self._sampled_only:
+            self._spectrum_scalars[step] = scalars  # joins the exact step's summary
+            self._queue.append((step, results, time.perf_counter() - start))
+            return
+        stall = time.perf_counter() - start
+        perf = {tags.FORWARDS_PER_SECOND: spectrum.forwards / max(stall, 1e-9), tags.PERF_SECONDS: stall}
         if self._timing.plan is not None:
             perf[tags.SKIPPED_STEPS] = self._timing.skipped
         self.writer.scalars(perf, step)
         self.writer.flush()
-        self._figures.log(wait=False)
-        self._timing.worker_cost = 0.0 if self._worker.sync else seconds
-        self._timing.background += 0.0 if waited else seconds
-        if failure is not None:
-            raise failure
+        self._timing.finished(0.0)
         self._run.tally.tracked += 1
-        return summary
+        self._summaries.append(StepSummary(step, scalars=scalars))
+
+    def _read_spectrum(self, model: nn.Module) -> OrderSpectrum:
+        """The sampled order spectrum of the probes (the same seed at every step: the same
+        random masks, so steps differ by the model only)."""
+        probes = self._probe
+        spectrum = order_spectrum(
+            model,
+            probes.inputs,
+            self.players,
+            probes.labels,
+            value=self.value,
+            forwards_per_probe=cast(int, self._spectrum),
+            simple_max=self.readings.simple_max,
+            complex_min=self.readings.complex_min,
+            seed=self.readings.seed,
+            ratio=self.ratio,
+            batch_size=self.batch_size,
+        )
+        if probes.labels is None and spectrum.targets is not None:
+            # Predictions at the first tracked step become the fixed targets of the run.
+            self._probe = probes._replace(labels=spectrum.targets.detach().cpu())
+        return spectrum
+
+    def _write_spectrum(self, step: int, spectrum: OrderSpectrum) -> dict[str, float]:
+        """Its own scalars, layout and file: an estimate never fills an exact tag or field."""
+        scalars = spectrum_scalars(spectrum)
+        if self._sampled_only:  # else the exact readings' layout holds its category too
+            self.writer.layout(tags.spectrum_layout())
+        self.writer.scalars(scalars, step)
+        if self.store:
+            storage.save_spectrum(self.log_dir, step, spectrum, run=self._run.id)
+        return scalars
+
+    def _collect(self, wait: bool = False) -> None:
+        """Apply the steps the worker finished, in step order, sending it the next queued step
+        once the previous one is applied (its warm start and dynamics are the next one's input).
+        ``wait``: until every queued step is applied (each wait bounded, see ``Worker.answers``)."""
+        while True:
+            if self._inflight is None and self._queue:
+                step, results, stall = self._queue.popleft()
+                warm = self._warm_start if self.kind == "and_or" else None
+                args = (step, results, warm, self.and_or, self._trajectory, self._probe.ids)
+                self._inflight = (self._worker.submit("finish_step", *args), step, stall)
+            answers = self._worker.answers(wait)
+            for answer in answers:
+                if not self._figures.received(answer):
+                    _, step, stall = cast(tuple, self._inflight)
+                    self._inflight = None
+                    try:
+                        self._finish(step, stall, answer)
+                    except Exception as err:
+                        self._run.failed(f"step {step}", err, self.strict)
+            if not answers:
+                return
+
+    def _finish(self, step: int, stall: float, answer: Answer) -> None:
+        """Take the worker's result of tracked ``step`` into the state, then store and log it."""
+        if answer.error is not None:
+            raise answer.error
+        results, self._trajectory, summary = answer.value
+        if self.kind == "and_or":
+            self._warm_start.update(results)
+        res = results["probe"]
+        self._shares.append(cast(OrderProfile, summary.profile).share)
+        self._sample_effects.append(stack_effects(res)[0].float())
+        self._timing.finished(0.0 if answer.inline else answer.seconds)
+        rows = sum(part.outputs.numel() for part in results.values())
+        perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: answer.seconds}
+        perf[tags.PERF_SECONDS] = stall + (answer.seconds if answer.inline else 0.0)  # what training waited
+        try:
+            meta = {**self._settings, "baseline": self.players.baseline_description}
+            for split, part in results.items() if self.store else ():
+                ids = cast(ProbeSet, getattr(self, f"_{split}")).ids
+                storage.save_step(self.log_dir, step, part, ids, split, run=self._run.id, **meta)
+        finally:  # the scalars are logged even when the store fails
+            self._write(step, res, summary, perf)
+        self._run.tally.tracked += 1
+        summary.scalars.update(self._spectrum_scalars.pop(step, {}))  # logged at the forwards
+        self._summaries.append(summary)
+
+    def summaries(self, wait: bool = False) -> list[StepSummary]:
+        """Step summaries finished since the last call (the latest 32), in step order; ``wait``:
+        first every tracked step."""
+        self._collect(wait)
+        done = list(self._summaries)
+        self._summaries.clear()
+        return done
 
     # ------------------------------------------------------------------------------ writing
 
-    def _write(self, step: int, res: Interactions, summary: StepSummary) -> None:
+    def _write(self, step: int, res: Interactions, summary: StepSummary, perf: dict[str, float]) -> None:
         writer = self.writer
-        writer.layout(tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None))
+        layout = tags.custom_layout(res.effect_kinds, self._heldout is not None, self.max_overhead is not None)
+        writer.layout({**layout, **(tags.spectrum_layout() if self._spectrum is not None else {})})
         for tag, magnitude in summary.histograms.items():
             writer.histogram(tag, magnitude, step)
         writer.text(tags.TOP_CONCEPTS_TEXT, summary.top_concepts, step)
         writer.scalars(summary.scalars, step)
+        if self._timing.plan is not None:
+            perf[tags.SKIPPED_STEPS] = self._timing.skipped
+        writer.scalars(perf, step)
+        writer.flush()
         if self.figures:
             sample = self._probe.ids[0] if self._probe.ids is not None else 0
             history, shares = torch.stack(self._sample_effects), torch.stack(self._shares)
@@ -378,24 +440,23 @@ class ConceptTracker(DeclaredState):
     # ------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Draw the figures of the last tracked step if they are not drawn yet, log every figure
-        the renderer process still owes, stop it, then flush and close the TensorBoard writer
-        (an external writer is only flushed)."""
+        """Finish every tracked step, draw the figures of the last one if not drawn yet, wait for
+        the figures owed (each wait bounded, see :mod:`concept_tracker.worker`), stop the worker,
+        then flush and close the TensorBoard writer (an external writer is only flushed)."""
         try:
-            self._worker.close()  # every tracked step written before the figures and the writer close
-            if self._solver is not None:
-                self._solver.close()
-            self._report_background()
+            self._collect(wait=True)
             if self.max_overhead is not None:
-                self.writer.text(tags.BUDGET_TEXT, budget_text(self._timing, self.max_overhead), self._cursor or 0)
+                self.writer.text(tags.BUDGET_TEXT, budget_text(self._timing), self._cursor or 0)
             # Under a budget, the last step's figures are not drawn: that work would come after
             # the budget's last say.
             self._figures.close(draw_last=self.max_overhead is None)
+            self._collect(wait=True)
         except Exception as err:
             if self.strict:
                 raise
-            warnings.warn(f"ConceptTracker could not draw its last figures: {type(err).__name__}: {err}", stacklevel=2)
+            warnings.warn(f"ConceptTracker could not finish at close: {type(err).__name__}: {err}", stacklevel=2)
         finally:
+            self._worker.close()
             try:
                 self.writer.close()
             finally:  # the lock goes whatever the event file does
@@ -416,7 +477,7 @@ class ConceptTracker(DeclaredState):
             cursor, the trajectory, the "and_or" warm starts, the figure history, timing). Save
             it with :meth:`save` or inside a training checkpoint.
         """
-        self._worker.drain()  # pending steps first: the state holds every step tracked so far
+        self._collect(wait=True)  # pending steps first: the state holds every step tracked so far
         settings = {"version": STATE_VERSION, "kind": self.kind, "ratio": self.ratio}
         settings.update(fingerprint=self._fingerprint(), run=self._run.id, step=self._run.last_step)
         return {**settings, "schedule": self.schedule.to_config(), **self._declared_state()}
@@ -456,7 +517,7 @@ class ConceptTracker(DeclaredState):
                 f"{Schedule.from_config(state['schedule'])!r}; dynamics continue on the new schedule.",
                 stacklevel=2,
             )
-        self._worker.drain()
+        self._collect(wait=True)
         self._load_declared_state(state)
         self._figures.forget()
 

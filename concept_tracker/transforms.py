@@ -19,7 +19,11 @@ from torch import Tensor
 from .threads import threads_for
 
 MAX_PLAYERS = 20
-"""Largest supported number of players (``2**20`` coalitions per sample)."""
+"""Largest number of players of the exact readings (``2**20`` coalitions per sample)."""
+
+MAX_SAMPLED_PLAYERS = 1024
+"""Largest number of players a player kind accepts; above :data:`MAX_PLAYERS` only the sampled
+order spectrum (:func:`concept_tracker.order_spectrum`) reads them."""
 
 
 def num_players(values: Tensor, name: str = "values") -> int:

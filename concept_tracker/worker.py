@@ -1,150 +1,288 @@
-"""A background thread that finishes tracked steps while training goes on.
+"""The tracker's one background worker: a child process that runs post-processing jobs.
 
-Only the masked forwards of a tracked step need the live weights. Everything after them (the
-AND-OR solve, the step summary, the store and TensorBoard writes) works on tensors the forwards
-already returned, so :class:`StepWorker` runs it on one background thread, one job at a time, in
-the order the jobs were submitted: steps are written in step order.
+Only the masked forwards of a tracked step need the live weights; they run on the training
+thread. What follows (the AND-OR solve, the step summary, the figures) is a pure function of
+tensors, named in :data:`JOBS`. :class:`Worker` sends such jobs to one child process and hands
+back their answers, in submission order, when asked (:meth:`Worker.answers`): training never
+waits for a job, and nothing else runs beside the training thread in its process.
 
-Threading: torch releases the GIL inside its kernels, so the worker and the training loop run
-side by side. The worker sets its own intra-op thread count to :data:`WORKER_THREADS` when it
-starts, so that it takes one core, not all of them; with torch's OpenMP backend that setting is
-the calling thread's only (:data:`PER_THREAD_SETTING`; on other backends the worker leaves it
-alone), so the training thread's setting is never touched. The worker draws no random numbers.
+The protocol: each job and each answer is one pickle, preceded by its length (8 bytes, big
+endian), on the child's stdin and stdout. The parent's ends of the pipes are non-blocking, so a
+send or a read never blocks; bytes the pipe cannot take yet wait in a buffer for the next call.
 
-With ``sync=True`` (or ``inline=True`` for one job) a job runs inline, at
-:meth:`StepWorker.submit`, on the same number of torch threads (the caller's setting is restored
-afterwards), so it computes the very same floats; its exception then reaches the caller.
+The child is a fresh interpreter (not a ``multiprocessing`` child: fork is unsafe in a process
+that holds CUDA and OpenMP threads, and spawn re-runs a training script that lacks an
+``if __name__ == "__main__"`` guard), started by the first job, at a lower priority than training
+and on one torch thread. It imports torch and the job's module (matplotlib only for figures).
+
+One fallback and one failure rule: if the child cannot start, exits, cannot be sent a job, or
+owes an answer for :data:`ANSWER_TIMEOUT` seconds while the caller waits for it (a stopped
+child), the worker warns once, kills it, and runs every pending and later job inline, on the
+calling thread, from then on. Nothing waits longer than that bound. Inline (also with
+``inline=True``, for debugging) a job runs on one torch thread (the caller's setting is restored)
+and on a copy of its arguments, as in the child: both give the same floats, and a job never
+changes the caller's objects.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import copy
+import importlib
+import os
+import pickle
+import select
+import subprocess
+import sys
 import time
-import weakref
-from collections import deque
-from collections.abc import Callable
-from typing import Any
+import traceback
+import warnings
+from pathlib import Path
+from typing import IO, Any, NamedTuple, cast
 
 import torch
 
-WORKER_THREADS = 1
-"""Intra-op torch threads of the worker: the post-processing is a chain of small tensor ops,
-which gain nothing from more threads and would take cores from training."""
+JOBS = {
+    "finish_step": ("concept_tracker.pipeline", "finish_step"),
+    "figure": ("concept_tracker.writers.render", "render"),
+}
+"""Job name -> (module, function): what the worker can run. The child gets the module and function
+with each job and imports the module then, so it imports only what its jobs need."""
 
-MAX_PENDING = 4
-"""Jobs that may wait behind the running one before :meth:`StepWorker.submit` blocks (bounds
-the memory held by steps not yet finished)."""
+ANSWER_TIMEOUT = 60.0
+"""Seconds a caller waits for the child's next answer (in :meth:`Worker.answers` with
+``wait=True``: at ``close()``, ``state_dict()``) before the child counts as stuck and its jobs
+run inline."""
 
-PER_THREAD_SETTING = "OpenMP" in torch.__config__.parallel_info()
-"""Whether ``torch.set_num_threads`` acts on the calling thread only: true with torch's OpenMP
-backend (that of the Linux and Windows builds). Elsewhere it would change the training thread's
-setting too, so the worker then leaves the thread count alone."""
+STOP_TIMEOUT = 5.0
+"""Seconds to wait for a killed child to be gone."""
 
-RESULTS_KEPT = 32
-"""Job results kept for :meth:`StepWorker.results` (the oldest are dropped)."""
+NICENESS = 10
+"""How much lower than training the child's scheduling priority is (Unix nice)."""
+
+THREADS = 1
+"""Torch intra-op threads of every job: chains of small tensor ops gain nothing from more, and
+they would take cores from training."""
+
+HEADER = 8
+"""Bytes of the length before each pickle."""
 
 
-class StepWorker:
-    """Run jobs in submission order on one background thread (or inline with ``sync=True``).
+class Answer(NamedTuple):
+    """A finished job: its id (from :meth:`Worker.submit`), its return value or the exception it
+    raised, the seconds it took, and whether it ran inline (the caller waited for it)."""
 
-    A job's return value (unless None) joins :meth:`results`. A background job that raises does
-    not stop the worker: its exception is kept, with the job's label, until :meth:`failures`
-    hands it out (the caller decides how to report it). The thread starts
-    with the first job and is a daemon: call :meth:`close` (or :meth:`drain`) before relying on
-    the jobs' effects (at interpreter exit the queued jobs are finished all the same).
+    job: int
+    value: Any
+    error: Exception | None
+    seconds: float
+    inline: bool = False
+
+
+def command() -> list[str]:
+    """The child's command line."""
+    # Not ``-m``: the package imports this module before runpy would run it as __main__.
+    return [sys.executable, "-c", "from concept_tracker.worker import serve; serve()"]
+
+
+def run_job(module: str, function: str, args: tuple) -> Any:
+    """``module.function(*args)`` (a job of :data:`JOBS`) on :data:`THREADS` torch threads."""
+    caller = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return getattr(importlib.import_module(module), function)(*args)
+    finally:
+        torch.set_num_threads(caller)
+
+
+def frame(message: Any) -> bytes:
+    """``message`` pickled, after its length."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(payload).to_bytes(HEADER, "big") + payload
+
+
+class Worker:
+    """One child process running :data:`JOBS` (see the module docstring); all calls from one thread.
 
     Args:
-        sync: run every job inline, at :meth:`submit`.
-        max_pending: jobs waiting behind the running one before :meth:`submit` blocks.
+        inline: run every job inline, at :meth:`submit`.
     """
 
-    def __init__(self, sync: bool = False, max_pending: int = MAX_PENDING) -> None:
-        self.sync = sync
-        self._results: deque[Any] = deque(maxlen=RESULTS_KEPT)
-        self._queue: queue.Queue[tuple[str, Callable[[], Any]] | None] = queue.Queue(maxsize=max_pending)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._failures: list[tuple[str, Exception]] = []
-        self.busy_seconds = 0.0  # wall seconds the worker spent in jobs
-        self.last_job_seconds: float | None = None  # wall seconds of the last finished job
-        self.last_result: Any = None  # return value of the last job that returned one
-        # At interpreter exit, finish the queued jobs before the daemon thread is stopped.
-        weakref.finalize(self, self._queue.join)
+    def __init__(self, inline: bool = False) -> None:
+        # Without select() on pipes (Windows), jobs run inline.
+        self.inline = inline or sys.platform == "win32"
+        self._proc: subprocess.Popen | None = None
+        self._jobs: dict[int, tuple[str, str, tuple]] = {}  # submitted, not answered: id -> (module, function, args)
+        self._done: list[Answer] = []  # answered, not handed out
+        self._out = bytearray()  # bytes for the child not yet written
+        self._in = bytearray()  # bytes from the child not yet parsed
+        self._next = 0
 
-    def submit(self, label: str, job: Callable[[], Any], inline: bool = False) -> None:
-        """Queue ``job()``; ``label`` (e.g. ``"step 100"``) names it in :meth:`failures`. With
-        ``sync`` or ``inline``, run it now, after the jobs queued before it, and let its
-        exception propagate."""
-        if self.sync or inline:
-            self.drain()
-            # The worker's thread count here too, so both modes compute the same floats.
-            caller = torch.get_num_threads()
-            torch.set_num_threads(WORKER_THREADS)
+    def submit(self, name: str, *args: Any) -> int:
+        """Queue job ``name`` of :data:`JOBS` on ``args``; returns its id. Never waits (starts the
+        child at the first job)."""
+        job, self._next = self._next, self._next + 1
+        self._jobs[job] = (*JOBS[name], args)
+        if self.inline:
+            self._run_inline()
+            return job
+        try:
+            self._out += frame((job, *self._jobs[job]))
+            if self._proc is None:
+                self._proc = _start()
+            self._pump(0.0)
+        except Exception as err:  # no start, a closed pipe, an argument pickle refuses
+            self._fail(f"could not take a job ({type(err).__name__}: {err})")
+        return job
+
+    def busy(self) -> bool:
+        """Whether the child owes answers (it then competes with training for the CPU)."""
+        return bool(self._jobs) and not self.inline
+
+    def answers(self, wait: bool = False) -> list[Answer]:
+        """The answers finished since the last call, in submission order; ``wait=True`` first
+        waits for every job submitted (at most :data:`ANSWER_TIMEOUT` s without an answer)."""
+        if not self.inline and self._jobs:
             try:
-                self._run(label, job, catch=False)
-            finally:
-                torch.set_num_threads(caller)
-            return
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="concept-tracker-worker", daemon=True)
-            self._thread.start()
-        self._queue.put((label, job))
-
-    def pending(self) -> int:
-        """Jobs queued or running."""
-        return self._queue.unfinished_tasks
-
-    def drain(self) -> None:
-        """Return once every submitted job has finished."""
-        if not self.sync:
-            self._queue.join()
-
-    def results(self, wait: bool = False) -> list[Any]:
-        """The return values of the jobs finished since the last call, in order (at most
-        :data:`RESULTS_KEPT`); ``wait=True`` first waits for every submitted job."""
-        if wait:
-            self.drain()
-        return [self._results.popleft() for _ in range(len(self._results))]
-
-    def failures(self) -> list[tuple[str, Exception]]:
-        """``(label, exception)`` of the background jobs that raised since the last call."""
-        with self._lock:
-            out, self._failures = self._failures, []
-        return out
+                self._pump(0.0)
+                last = time.monotonic()
+                while wait and self._jobs:
+                    if self._pump(min(1.0, ANSWER_TIMEOUT)):
+                        last = time.monotonic()
+                    elif time.monotonic() - last > ANSWER_TIMEOUT:
+                        raise TimeoutError(f"no answer within {ANSWER_TIMEOUT:g} s")
+            except Exception as err:  # it exited, a broken pipe, a stopped child
+                self._fail(f"failed ({type(err).__name__}: {err})")
+        done, self._done = self._done, []
+        return done
 
     def close(self) -> None:
-        """Drain, then stop the thread."""
-        self.drain()
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._thread = None
+        """Stop the child; answers still owed are dropped: call :meth:`answers` with ``wait=True`` first."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+        self._jobs.clear()
 
-    def _run(self, label: str, job: Callable[[], Any], catch: bool = True) -> None:
-        start = time.perf_counter()
-        try:
-            out = job()
-            if out is not None:
-                self._results.append(out)
-                self.last_result = out
-        except Exception as err:
-            if not catch:
-                raise
-            with self._lock:
-                self._failures.append((label, err))
-        finally:
-            self.last_job_seconds = time.perf_counter() - start
-            self.busy_seconds += self.last_job_seconds
+    # ------------------------------------------------------------------------------ internals
 
-    def _loop(self) -> None:
-        if PER_THREAD_SETTING:
-            torch.set_num_threads(WORKER_THREADS)
-        while True:
-            item = self._queue.get()
+    def _pump(self, timeout: float) -> bool:
+        """Write what the child's stdin takes and read what its stdout has, waiting up to
+        ``timeout`` seconds for either; True when an answer arrived.
+
+        Raises:
+            EOFError: the child exited. OSError: a broken pipe.
+        """
+        proc = cast(subprocess.Popen, self._proc)
+        stdin, stdout = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stdout)
+        readable, writable, _ = select.select([stdout], [stdin] if self._out else [], [], timeout)
+        if writable:
             try:
-                if item is None:
-                    return
-                self._run(*item)
-            finally:
-                self._queue.task_done()
+                del self._out[: os.write(stdin.fileno(), self._out)]
+            except BlockingIOError:
+                pass
+        before = len(self._done)
+        if readable:
+            while True:
+                try:
+                    chunk = os.read(stdout.fileno(), 1 << 20)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    raise EOFError(f"the worker exited (code {proc.poll()})")
+                self._in += chunk
+            self._parse()
+        return len(self._done) > before
+
+    def _parse(self) -> None:
+        while len(self._in) >= HEADER:
+            size = int.from_bytes(self._in[:HEADER], "big")
+            if len(self._in) < HEADER + size:
+                return
+            job, value, error, seconds = pickle.loads(self._in[HEADER : HEADER + size])
+            del self._in[: HEADER + size]
+            self._jobs.pop(job, None)
+            self._done.append(Answer(job, value, error, seconds))
+
+    def _run_inline(self) -> None:
+        for job in list(self._jobs):
+            module, function, args = self._jobs.pop(job)
+            start, value, error = time.perf_counter(), None, None
+            try:
+                # A copy, as the child gets: the job never changes the caller's objects.
+                value = run_job(module, function, copy.deepcopy(args))
+            except Exception as err:
+                error = err
+            self._done.append(Answer(job, value, error, time.perf_counter() - start, inline=True))
+
+    def _fail(self, reason: str) -> None:
+        warnings.warn(
+            f"concept_tracker: the background worker {reason}; its jobs run in the training process from now on.",
+            stacklevel=4,
+        )
+        self.inline = True
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+        self._out.clear()
+        self._in.clear()
+        self._run_inline()
+
+
+def _start() -> subprocess.Popen:
+    """Start the child with pipes on its stdin and stdout; the parent's ends do not block."""
+    # The child must import this very package, also from a source checkout on sys.path.
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    for pipe in (proc.stdin, proc.stdout):
+        os.set_blocking(cast(IO[bytes], pipe).fileno(), False)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the child (it holds nothing worth finishing: its answers are read or dropped) and reap it."""
+    try:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for pipe in (proc.stdin, proc.stdout):
+        cast(IO[bytes], pipe).close()
+
+
+def serve() -> None:
+    """The child's loop: run each job read from stdin, answer ``(id, value, error, seconds)`` on
+    stdout, until the input ends or nobody reads the answers any more."""
+    # Answers go to a private copy of stdout; anything a library prints goes to stderr instead
+    # of corrupting the answers.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    jobs = sys.stdin.buffer
+    try:
+        os.nice(NICENESS)
+    except (AttributeError, OSError):
+        pass
+    while True:
+        header = jobs.read(HEADER)
+        if len(header) < HEADER:
+            return
+        job, module, function, args = pickle.loads(jobs.read(int.from_bytes(header, "big")))
+        start = time.perf_counter()
+        value, error = None, None
+        try:
+            value = run_job(module, function, args)
+        except Exception as err:
+            if hasattr(err, "add_note"):  # Python >= 3.11: the child's traceback travels with it
+                err.add_note("In the background worker:\n" + traceback.format_exc())
+            error = err
+        reply = (job, value, error, time.perf_counter() - start)
+        try:
+            message = frame(reply)
+        except Exception as err:  # what pickle cannot carry: the exception's type and message
+            error = error or err
+            message = frame((job, None, RuntimeError(f"{type(error).__name__}: {error}"), reply[3]))
+        try:
+            answers.write(message)
+            answers.flush()
+        except BrokenPipeError:
+            return  # the caller stopped the child without waiting for this answer

@@ -371,6 +371,19 @@ def test_report_of_a_run_stored_without_settings_uses_the_defaults_and_says_so(w
     assert "do not record simple_max, complex_min; the report used the default simple_max" in out
 
 
+def test_report_refuses_a_run_whose_files_disagree_on_the_baseline(workdir, capsys):
+    """A run resumed with another baseline (refused at load since; files written before that)."""
+    write_checkpoints(workdir / "ckpts")
+    write_data(workdir / "data.pt")
+    assert analyze(workdir, "--baseline", "zero") == 0
+    rewrite_metadata(step_path(workdir / "run", 10), baseline='"mean (fit on 6 samples)"')
+    capsys.readouterr()
+    assert cli.main(["report", str(workdir / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "step_00000010.safetensors was tracked with baseline 'mean (fit on 6 samples)'" in err
+    assert "step_00000000.safetensors with baseline 'zero'" in err
+
+
 def test_report_reads_stored_bands_and_files_without_settings_make_no_claim(tmp_path):
     model = seeded(build, seed=0)
     inputs = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(0))

@@ -245,6 +245,7 @@ def test_report_refuses_interleaved_runs(tmp_path):
 def test_a_storage_failure_keeps_the_scalars(tmp_path, monkeypatch):
     t = tracker(tmp_path)
     t.step(model(), 0)
+    t.summaries(wait=True)  # step 0 finished and stored before the disk fills
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

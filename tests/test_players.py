@@ -108,10 +108,12 @@ def test_tabular_every_column_and_names():
 
 
 def test_tabular_too_many_players():
+    # Above 20 players only the sampled order spectrum reads them; above 1024 nothing does.
+    assert ct.TabularPlayers(features=range(21)).n == 21
     with pytest.raises(ValueError, match="features"):
-        ct.TabularPlayers(features=range(21))
+        ct.TabularPlayers(features=range(1025))
     with pytest.raises(ValueError, match="features"):
-        ct.TabularPlayers(baselines="zero").prepare(torch.zeros(2, 21))
+        ct.TabularPlayers(baselines="zero").prepare(torch.zeros(2, 1025))
 
 
 def test_tabular_bad_inputs():
@@ -224,12 +226,11 @@ def test_select_int_follows_the_documented_seeded_rule():
 
 
 def test_image_too_many_players_and_bad_select():
+    assert ct.ImagePatchPlayers(grid=(8, 8)).n == 64  # the sampled order spectrum reads them
     with pytest.raises(ValueError, match="select=None"):
-        ct.ImagePatchPlayers(grid=(5, 5))
-    with pytest.raises(ValueError, match="select=21"):
-        ct.ImagePatchPlayers(grid=(5, 5), select=21)
-    with pytest.raises(ValueError, match="select"):
-        ct.ImagePatchPlayers(grid=(5, 5), select=list(range(21)))
+        ct.ImagePatchPlayers(grid=(33, 32))
+    with pytest.raises(ValueError, match="select=26"):
+        ct.ImagePatchPlayers(grid=(5, 5), select=26)
     with pytest.raises(ValueError, match="select"):
         ct.ImagePatchPlayers(grid=(2, 3), select=[0, 6])
     with pytest.raises(ValueError, match="grid"):
@@ -270,7 +271,7 @@ def test_feature_mask_errors():
     with pytest.raises(ValueError, match="integer"):
         ct.FeatureMaskPlayers(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="feature_mask"):
-        ct.FeatureMaskPlayers(torch.arange(21))
+        ct.FeatureMaskPlayers(torch.arange(1025))
     with pytest.raises(ValueError, match="broadcast"):
         ct.FeatureMaskPlayers(torch.tensor([0, 1, 1])).mask(torch.zeros(4), coalition_matrix(2))
 
@@ -365,8 +366,8 @@ def test_callable_select_and_explicit_mask_id(tokenizer, encoding):
 
 
 def test_token_errors(tokenizer, encoding):
-    with pytest.raises(ValueError, match="n=21"):
-        ct.TokenPlayers(n=21)
+    with pytest.raises(ValueError, match="n=1025"):
+        ct.TokenPlayers(n=1025)
     players = ct.TokenPlayers(n=6, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="only 5 words.*fewer than n=6"):
         players.mask(samples(encoding, True)[0], coalition_matrix(6))

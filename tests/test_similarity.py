@@ -11,6 +11,7 @@ from concept_tracker.metrics import (
     stability,
     train_test_similarity,
 )
+from concept_tracker.metrics.similarity import calibrated_train_test_similarity
 from concept_tracker.transforms import and_inverse
 
 
@@ -21,8 +22,13 @@ def f64(values) -> torch.Tensor:
 def and_result(effects: torch.Tensor, aligned: bool = True, targets=None) -> Interactions:
     n = effects.shape[-1].bit_length() - 1
     return Interactions(
-        outputs=and_inverse(effects), and_effects=effects, or_effects=None, n=n, kind="and",
-        targets=targets, aligned=aligned,
+        outputs=and_inverse(effects),
+        and_effects=effects,
+        or_effects=None,
+        n=n,
+        kind="and",
+        targets=targets,
+        aligned=aligned,
     )
 
 
@@ -119,3 +125,62 @@ def test_and_or_results_concatenate_kinds_per_order():
     expected = f64([1, 0.5, 0.5])
     torch.testing.assert_close(reference_similarity(res_a, res_b), expected)
     torch.testing.assert_close(train_test_similarity(res_a, None, res_b, None), expected)
+
+
+def test_calibrated_similarity_two_training_probes_is_the_hand_ratio():
+    # One class, training probes a and b (halves of one), held-out t: every split gives
+    # numerator (J(a, t) + J(b, t)) / 2 and denominator J(a, b), per order. Order 1 (coalitions
+    # {0}, {1}): J(a, b) = (1 + 1) / (2 + 2) = 1/2, J(a, t) = 1/3, J(b, t) = 1/3: ratio 2/3.
+    # Order 2: neither training probe has an effect (J(a, b) = 1, both empty) but t has: ratio 0.
+    a, b, t = f64([0, 1, 2, 0]), f64([0, 2, 1, 0]), f64([0, 1, 0, 3])
+    train = and_result(torch.stack([a, b]), targets=torch.tensor([0, 0]))
+    test = and_result(t[None], targets=torch.tensor([0]))
+    out = calibrated_train_test_similarity(train, None, test, None, splits=5)
+    assert out[1].item() == pytest.approx(2 / 3)
+    assert out[2].item() == pytest.approx(0.0)
+
+
+def test_calibrated_similarity_is_one_when_held_out_comes_from_the_training_distribution():
+    # Effects of two classes drawn from one distribution per class for both sets: the held-out
+    # means differ from a training half's exactly as much as the two halves differ, in
+    # expectation, so the ratio is about 1 at every order; the uncalibrated similarity is not.
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.randn(2, 1, 32, generator=gen, dtype=torch.float64)
+    labels = torch.arange(2).repeat_interleave(40)
+
+    def draw() -> torch.Tensor:
+        return (centre + 1.5 * torch.randn(2, 40, 32, generator=gen, dtype=torch.float64)).reshape(80, 32)
+
+    ratios, plain = [], []
+    for _ in range(30):  # the expectation over data sets, not one draw
+        train, test = and_result(draw(), targets=labels), and_result(draw(), targets=labels)
+        ratios.append(calibrated_train_test_similarity(train, None, test, None, splits=10))
+        plain.append(train_test_similarity(train, None, test, None))
+    # orders 1-4 (5 to 10 coalitions each; order 5 is a single coalition, too noisy to pin)
+    assert torch.allclose(torch.stack(ratios).mean(0)[1:5], torch.ones(4, dtype=torch.float64), atol=0.03)
+    assert (torch.stack(plain).mean(0)[1:5] < 0.97).all()
+
+
+def test_calibrated_similarity_falls_when_held_out_concepts_differ():
+    # Held-out effects of the opposite sign at every coalition: far below the halves' agreement.
+    gen = torch.Generator().manual_seed(1)
+    effects = 1.0 + 0.3 * torch.randn(40, 8, generator=gen, dtype=torch.float64)
+    labels = torch.zeros(40, dtype=torch.long)
+    out = calibrated_train_test_similarity(
+        and_result(effects, targets=labels), None, and_result(-effects, targets=labels), None
+    )
+    assert (out[1:] < 0.05).all()
+
+
+def test_calibrated_similarity_is_seeded_and_checks_its_input():
+    effects = torch.randn(12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1] * 6)
+    res = and_result(effects, targets=labels)
+    first = calibrated_train_test_similarity(res, None, res, None, seed=3)
+    assert torch.equal(first, calibrated_train_test_similarity(res, None, res, None, seed=3))
+    with pytest.raises(ValueError, match="splits"):
+        calibrated_train_test_similarity(res, None, res, None, splits=0)
+    with pytest.raises(ValueError, match="aligned"):
+        calibrated_train_test_similarity(and_result(effects, aligned=False, targets=labels), None, res, None)
+    with pytest.raises(ValueError, match="two training"):
+        calibrated_train_test_similarity(res[:1], None, res, None)

@@ -1,107 +1,199 @@
-"""StepWorker: jobs in submission order on one background thread, errors kept for failures(),
-results handed out once, the caller's torch threads untouched; sync=True runs inline."""
+"""The one background worker: jobs in a child process give what they give inline (the AND-OR
+split, warm starts, summaries, figure pixels), in submission order; a job's error comes back as
+its exception; and a child that cannot start, dies, is stopped, or cannot be sent a job costs
+one warning, a bounded wait, and nothing else: its jobs run inline with the same results."""
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
 import time
 
 import pytest
 import torch
 
-from concept_tracker.worker import PER_THREAD_SETTING, WORKER_THREADS, StepWorker
+from concept_tracker import worker as worker_module
+from concept_tracker.and_or import AndOrConfig, matching_error
+from concept_tracker.interactions import Interactions
+from concept_tracker.metrics.dynamics import Trajectory
+from concept_tracker.metrics.profile import order_profile
+from concept_tracker.transforms import and_transform
+from concept_tracker.worker import JOBS, THREADS, Worker, run_job
+from concept_tracker.writers import render
+
+CONFIG = AndOrConfig(max_iter=200)
 
 
-@pytest.mark.parametrize("sync", [False, True])
-def test_jobs_run_in_order_and_results_come_out_once(sync):
-    worker = StepWorker(sync=sync, max_pending=2)
-    done = []
-
-    def job(i):
-        time.sleep(0.01 * (i % 3))  # uneven jobs: the order must not depend on their length
-        done.append(i)
-        return i
-
-    for i in range(8):
-        worker.submit(f"job {i}", lambda i=i: job(i))
-    assert worker.results(wait=True) == list(range(8))
-    assert done == list(range(8)) and worker.results() == []
-    worker.close()
+def values(seed: int, samples: int = 3, n: int = 5) -> Interactions:
+    v = torch.randn(samples, 1 << n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    names = [[f"p{i}" for i in range(n)]] * samples
+    return Interactions(outputs=v, and_effects=and_transform(v), or_effects=None, n=n, kind="and", player_names=names)
 
 
-def test_jobs_run_off_the_calling_thread_and_inline_when_sync():
-    threads = {}
-    for sync in (False, True):
-        worker = StepWorker(sync=sync)
-        worker.submit("where", lambda sync=sync: threads.__setitem__(sync, threading.current_thread()))
+def finish_args(seed: int, warm=None, samples: int = 3) -> tuple:
+    """A "finish_step" job of kind "and_or" (warm: the previous job's results)."""
+    warm = warm or {"probe": None}
+    return (seed, {"probe": values(seed, samples)}, warm, CONFIG, Trajectory(), None)
+
+
+def figure_jobs() -> list[tuple]:
+    v = values(0, n=4).outputs
+    profile = order_profile(Interactions(outputs=v, and_effects=and_transform(v), or_effects=None, n=4, kind="and"))
+    steps = [0, 1, 3, 10]
+    series = {"{p1}": torch.tensor([0.0, 1.0, 2.0, 1.5])}
+    return [
+        ("order_profile_figure", profile, "AND concepts by order, step 10"),
+        ("order_heatmap_figure", steps, torch.rand(4, 5, generator=torch.Generator().manual_seed(1))),
+        ("trajectory_figure", steps, series, {"{p0,p2,p3}": torch.tensor([0.0, -1.0, 0.5, 2.0])}, "sample 0"),
+    ]
+
+
+def same_step(got, expected) -> None:
+    """Two "finish_step" answers: the same split, dynamics and readings. Both sides run the same
+    float64 code on one thread; the tolerance only absorbs library builds."""
+    (res, traj, summary), (res_e, traj_e, summary_e) = got, expected
+    for name in ("and_effects", "or_effects", "gamma", "q"):
+        torch.testing.assert_close(getattr(res["probe"], name), getattr(res_e["probe"], name), rtol=0, atol=1e-12)
+    assert traj.steps == traj_e.steps
+    assert summary.scalars.keys() == summary_e.scalars.keys()
+    for tag, value in summary.scalars.items():
+        assert value == pytest.approx(summary_e.scalars[tag], rel=1e-9, abs=1e-12, nan_ok=True), tag
+
+
+def finish(args: tuple):
+    """A "finish_step" job run in this process."""
+    return run_job(*JOBS["finish_step"], args)
+
+
+def answers(worker: Worker) -> dict:
+    """Every answer, waiting: ``{job: value or exception}``."""
+    return {a.job: (a.value if a.error is None else a.error) for a in worker.answers(wait=True)}
+
+
+def test_the_child_runs_jobs_in_order_with_the_results_of_this_process():
+    worker = Worker()
+    try:
+        first = worker.submit("finish_step", *finish_args(0))
+        [done] = worker.answers(wait=True)
+        assert done.job == first and done.error is None and not done.inline and not worker.inline
+        res = done.value[0]
+        # The second job warm-starts from the first's split; figures follow in order.
+        second = worker.submit("finish_step", *finish_args(1, warm=res))
+        figures = [worker.submit("figure", *job) for job in figure_jobs()]
+        assert worker.busy()
+        out = worker.answers(wait=True)
+        assert [a.job for a in out] == [second, *figures] and not worker.busy()
+    finally:
         worker.close()
-    assert threads[True] is threading.current_thread()
-    assert threads[False] is not threading.current_thread()
+    same_step(done.value, finish(finish_args(0)))
+    same_step(out[0].value, finish(finish_args(1, warm=res)))
+    split = out[0].value[0]["probe"]
+    assert matching_error(split.outputs, split.and_effects, split.or_effects, split.q).max() < 1e-9
+    for answer, job in zip(out[1:], figure_jobs()):
+        assert answer.value[:4] == b"\x89PNG" and answer.value == render.render(*job), job[0]
 
 
-@pytest.mark.parametrize("sync", [False, True])
-def test_jobs_see_the_worker_thread_count_and_the_caller_keeps_its_own(sync):
-    if not (sync or PER_THREAD_SETTING):
-        pytest.skip("torch's thread setting is per thread only with its OpenMP backend")
-    caller = torch.get_num_threads()
+def test_a_failing_job_comes_back_as_its_exception_and_the_child_goes_on():
+    worker = Worker()
+    try:
+        bad = finish_args(0)
+        bad[1]["probe"].outputs[1, 3] = float("nan")
+        failing = [worker.submit("finish_step", *bad), worker.submit("figure", "order_heatmap_figure", [0, 1], "x")]
+        good = worker.submit("finish_step", *finish_args(2))
+        done = answers(worker)
+        assert not worker.inline  # a job's error is not the worker's failure
+    finally:
+        worker.close()
+    assert isinstance(done[failing[0]], ValueError) and "NaN or inf in samples [1]" in str(done[failing[0]])
+    assert isinstance(done[failing[1]], Exception)
+    same_step(done[good], finish(finish_args(2)))
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_job_never_changes_the_callers_arguments(inline):
+    worker = Worker(inline=inline)
+    args = finish_args(0)
+    worker.submit("finish_step", *args)
+    [done] = worker.answers(wait=True)
+    worker.close()
+    assert done.inline == inline and done.value[1].steps == [0]
+    assert args[4].steps == []  # the caller's trajectory
+
+
+def test_inline_jobs_run_on_the_workers_thread_count_and_restore_the_callers(monkeypatch):
     seen = []
-    worker = StepWorker(sync=sync)
-    worker.submit("threads", lambda: seen.append(torch.get_num_threads()))
+    monkeypatch.setitem(worker_module.JOBS, "threads", ("torch", "get_num_threads"))
+    worker = Worker(inline=True)
+    caller = torch.get_num_threads()
+    worker.submit("threads")
+    seen = [a.value for a in worker.answers()]
+    assert seen == [THREADS] and torch.get_num_threads() == caller
+
+
+def test_a_child_that_cannot_start_warns_once_and_jobs_run_inline(monkeypatch):
+    monkeypatch.setattr(worker_module, "command", lambda: ["/nonexistent/python"])
+    worker = Worker()
+    with pytest.warns(UserWarning, match="background worker could not take a job") as record:
+        jobs = [worker.submit("finish_step", *finish_args(3)), worker.submit("figure", *figure_jobs()[1])]
+        jobs.append(worker.submit("finish_step", *finish_args(4)))
+        done = answers(worker)
     worker.close()
-    assert seen == [WORKER_THREADS]
-    assert torch.get_num_threads() == caller
+    assert len(record) == 1 and worker.inline
+    same_step(done[jobs[0]], finish(finish_args(3)))
+    assert done[jobs[1]] == render.render(*figure_jobs()[1])
+    same_step(done[jobs[2]], finish(finish_args(4)))
 
 
-def test_a_failing_job_is_handed_out_once_and_the_next_jobs_still_run():
-    worker = StepWorker()
-    worker.submit("step 3", lambda: 1 / 0)
-    worker.submit("step 4", lambda: 4)
-    assert worker.results(wait=True) == [4]
-    [(label, err)] = worker.failures()
-    assert label == "step 3" and isinstance(err, ZeroDivisionError)
-    assert worker.failures() == []  # handed out already
+def test_an_argument_pickle_refuses_falls_back_inline():
+    class Steps(list):
+        """Defined in a function: pickle cannot find it by name."""
+
+    worker = Worker()
+    name, steps, shares = figure_jobs()[1]
+    with pytest.warns(UserWarning, match="could not take a job"):
+        job = worker.submit("figure", name, Steps(steps), shares)
+    assert answers(worker)[job] == render.render(name, steps, shares)
     worker.close()
 
 
-@pytest.mark.parametrize("sync", [False, True])
-def test_an_inline_job_raises_to_the_caller_after_the_queued_ones(sync):
-    worker = StepWorker(sync=sync)
-    done = []
-    worker.submit("queued", lambda: done.append(1))
-    with pytest.raises(IndexError):
-        worker.submit("step 3", lambda: [][1], inline=True)
-    assert done == [1] and worker.failures() == []
+def test_the_jobs_of_a_killed_child_run_inline():
+    worker = Worker()
+    worker.submit("figure", *figure_jobs()[1])
+    worker.answers(wait=True)  # the child is up
+    proc = worker._proc
+    os.kill(proc.pid, signal.SIGSTOP)  # so that it dies owing the next job's answer
+    job = worker.submit("finish_step", *finish_args(5))
+    proc.kill()
+    proc.wait()
+    with pytest.warns(UserWarning, match="background worker failed .EOFError: the worker exited") as record:
+        done = answers(worker)
+        later = worker.submit("figure", *figure_jobs()[1])
+        done.update(answers(worker))
     worker.close()
+    assert len(record) == 1 and worker.inline
+    same_step(done[job], finish(finish_args(5)))
+    assert done[later] == render.render(*figure_jobs()[1])
 
 
-def test_submit_waits_when_max_pending_jobs_are_held():
-    release = threading.Event()
-    worker = StepWorker(max_pending=1)
-    worker.submit("blocker", release.wait)
-    while worker._queue.qsize():  # until the worker runs the blocker
-        time.sleep(0.01)
-    worker.submit("waits", lambda: None)
-    submitted = threading.Event()
-    thread = threading.Thread(target=lambda: (worker.submit("next", lambda: None), submitted.set()))
-    thread.start()
-    # One job runs and one waits: a third submit cannot return before the first finishes.
-    assert not submitted.wait(0.2)
-    release.set()
-    assert submitted.wait(5)
-    thread.join()
-    worker.close()
-    assert worker.pending() == 0
-
-
-def test_queued_jobs_finish_at_interpreter_exit_without_close():
-    import subprocess
-    import sys
-
-    code = (
-        "import time\n"
-        "from concept_tracker.worker import StepWorker\n"
-        "w = StepWorker()\n"
-        "w.submit('slow', lambda: (time.sleep(0.3), print('job done', flush=True)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "job done" in out.stdout, out.stderr
+def test_a_stopped_child_never_blocks_and_its_jobs_run_inline_after_the_bound(monkeypatch):
+    worker = Worker()
+    worker.submit("figure", *figure_jobs()[1])
+    worker.answers(wait=True)  # the child is up
+    monkeypatch.setattr(worker_module, "ANSWER_TIMEOUT", 1.0)
+    os.kill(worker._proc.pid, signal.SIGSTOP)
+    try:
+        # More than a pipe's buffer of jobs: submit never waits for the stopped child.
+        big = [worker.submit("finish_step", *finish_args(6 + i, samples=300)) for i in range(3)]
+        assert worker._out and worker.answers() == []  # not sent yet, and no answer
+        start = time.monotonic()
+        with pytest.warns(UserWarning, match="no answer within 1 s") as record:
+            done = answers(worker)
+        waited = time.monotonic() - start
+    finally:
+        if worker._proc is not None:
+            os.kill(worker._proc.pid, signal.SIGCONT)
+        worker.close()
+    # The stated bound (1 s here) plus the inline work, with a wide margin for a busy machine.
+    assert len(record) == 1 and waited < 1.0 + 60
+    for i, job in enumerate(big):
+        same_step(done[job], finish(finish_args(6 + i, samples=300)))

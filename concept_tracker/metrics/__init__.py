@@ -15,12 +15,14 @@ from .profile import (
     sum_by_order,
 )
 from .similarity import (
+    calibrated_train_test_similarity,
     reference_similarity,
     similarity,
     similarity_by_order,
     stability,
     train_test_similarity,
 )
+from .spindle import spindle_weight
 
 __all__ = [
     "BandSummary",
@@ -28,6 +30,7 @@ __all__ = [
     "OrderProfile",
     "band_orders",
     "band_summary",
+    "calibrated_train_test_similarity",
     "order_profile",
     "reference_similarity",
     "salient_mask",
@@ -35,6 +38,7 @@ __all__ = [
     "similarity_by_order",
     "stability",
     "stack_effects",
+    "spindle_weight",
     "sum_by_order",
     "train_test_similarity",
     "Trajectory",

@@ -216,3 +216,81 @@ def train_test_similarity(
             "samples of the classes seen in training."
         )
     return total / weight
+
+
+def calibrated_train_test_similarity(
+    train_res: Interactions,
+    train_targets: Tensor | None,
+    test_res: Interactions,
+    test_targets: Tensor | None,
+    *,
+    splits: int = 20,
+    seed: int = 0,
+) -> Tensor:
+    """Train–held-out similarity divided by the similarity of two halves of the training probes.
+
+    The class means of a few probes differ by sampling noise alone, and how much depends on the
+    model (how spread its effects are across samples). The noise floor is measured on the
+    training probes themselves: for every class ``c`` present in both sets, with
+    ``h = min(n_train(c) // 2, n_test(c))``, each split draws two disjoint halves ``A`` and ``B``
+    of ``h`` training probes and ``h`` held-out probes ``T``; per order,
+
+        numerator   = (J(mean A, mean T) + J(mean B, mean T)) / 2
+        denominator = J(mean A, mean B)
+
+    (:func:`similarity_by_order` of the class means). Both terms compare means over the same
+    counts, so when the held-out probes come from the same distribution as the training probes
+    their expectations agree and the ratio is about 1; below 1, the held-out concepts differ
+    from the training ones by more than the training probes differ among themselves. Each term
+    is averaged over classes (weights ``h``) and over the splits before the ratio is taken.
+
+    Args:
+        train_res: interactions of the training probe samples (aligned players), at least two
+            samples in some class that the held-out probes share.
+        train_targets: [B_train] class labels; None as in :func:`train_test_similarity`.
+        test_res: interactions of the held-out probe samples, same players and kind.
+        test_targets: [B_test] class labels.
+        splits: random splits to average, >= 1.
+        seed: seed of the splits (a private generator; the global RNG is untouched).
+    Returns:
+        [n + 1] float64 ratio per order (entry 0: the empty set); NaN where the halves share
+        nothing at that order (denominator 0).
+    Raises:
+        ValueError: as :func:`train_test_similarity`, if ``splits`` < 1, or if no shared class
+            has two training probes.
+    """
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"splits={splits!r} must be a positive integer; the default is 20.")
+    check_train_test_pair(train_res, test_res)
+    train_labels = _class_labels(train_res, train_targets, "train_targets")
+    test_labels = _class_labels(test_res, test_targets, "test_targets")
+    train_effects = stack_effects(train_res).cpu().to(torch.float64)
+    test_effects = stack_effects(test_res).cpu().to(torch.float64)
+
+    gen = torch.Generator().manual_seed(seed)
+    numerator = torch.zeros(train_res.n + 1, dtype=torch.float64)
+    denominator = torch.zeros(train_res.n + 1, dtype=torch.float64)
+    weight = 0
+    for c in sorted(set(train_labels.tolist()) & set(test_labels.tolist())):
+        in_train = torch.nonzero(train_labels == c).squeeze(1)
+        in_test = torch.nonzero(test_labels == c).squeeze(1)
+        half = min(len(in_train) // 2, len(in_test))
+        if half == 0:
+            continue
+        # [splits, len] random orders; every split's halves and held-out draw at once
+        train_order = torch.argsort(torch.rand(splits, len(in_train), generator=gen), dim=1)
+        test_order = torch.argsort(torch.rand(splits, len(in_test), generator=gen), dim=1)
+        mean_a = train_effects[in_train[train_order[:, :half]]].mean(1)
+        mean_b = train_effects[in_train[train_order[:, half : 2 * half]]].mean(1)
+        mean_t = test_effects[in_test[test_order[:, :half]]].mean(1)
+        numerator += half * (_pooled_by_order(mean_a, mean_t) + _pooled_by_order(mean_b, mean_t)).sum(0) / 2
+        denominator += half * _pooled_by_order(mean_a, mean_b).sum(0)
+        weight += half
+    if weight == 0:
+        raise ValueError(
+            f"train_targets (classes {sorted(set(train_labels.tolist()))}) and test_targets "
+            f"(classes {sorted(set(test_labels.tolist()))}) share no class with two training "
+            "probes; probe at least two training samples of each held-out class."
+        )
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, numerator / safe, torch.full_like(denominator, float("nan")))

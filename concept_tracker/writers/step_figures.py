@@ -1,7 +1,7 @@
-"""The figures of tracked steps: which steps get them, handing their inputs to the renderer
-process, and logging the PNG images it returns.
+"""The figures of tracked steps: which steps get them, handing their inputs to the tracker's
+background worker (:mod:`concept_tracker.worker`), and logging the PNG images it returns.
 
-A figure costs the renderer process a few tenths of a second of CPU. Drawing at the 1st, 2nd,
+A figure costs the worker a few tenths of a second of CPU. Drawing at the 1st, 2nd,
 4th, 8th, ... tracked step (and, for the last tracked step, at close) is O(log T) renders over
 T tracked steps; the scalars keep every step.
 """
@@ -9,17 +9,15 @@ T tracked steps; the scalars keep every step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from ..interactions import Interactions
 from ..metrics.profile import Bands, OrderProfile
+from ..worker import Answer
 from . import tags
 from .tensorboard import TensorBoardWriter
-
-if TYPE_CHECKING:
-    from .render import FigureRenderer
 
 TRAJECTORY_CONCEPTS = 3
 """Concepts per band drawn in the trajectory figure."""
@@ -34,11 +32,19 @@ class StepFigures:
             picks the strongest simple and complex concepts).
         strict: a figure that fails to draw raises instead of warning.
         warn_once: ``warn_once(message, key=...)``, the tracker's one-warning-per-message rule.
+        submit: ``submit("figure", name, *args) -> job id``, the worker's :meth:`~concept_tracker.worker.Worker.submit`.
     """
 
-    def __init__(self, writer: TensorBoardWriter, bands: Bands, strict: bool, warn_once: Callable[..., None]) -> None:
-        self.writer, self.bands, self.strict, self._warn_once = writer, bands, strict, warn_once
-        self._renderer: FigureRenderer | None = None  # started with the first figure
+    def __init__(
+        self,
+        writer: TensorBoardWriter,
+        bands: Bands,
+        strict: bool,
+        warn_once: Callable[..., None],
+        submit: Callable[..., int],
+    ) -> None:
+        self.writer, self.bands, self.strict, self._warn_once, self._submit = writer, bands, strict, warn_once, submit
+        self._jobs: dict[int, tuple[str, int]] = {}  # job id -> (tag, step) of the figures owed
         self._undrawn: tuple[Any, ...] | None = None  # the last tracked step's figures, due at close
 
     def tracked(self, count: int, *figure: Any) -> None:
@@ -61,7 +67,7 @@ class StepFigures:
         history: Tensor,
         sample: Any,
     ) -> None:
-        """Hand the figures of tracked step ``step`` to the renderer process.
+        """Hand the figures of tracked step ``step`` to the worker.
 
         Args:
             kind_profiles: the step's order profile per kind; boundary: the phase boundary step
@@ -71,49 +77,43 @@ class StepFigures:
         """
         # Imported here: matplotlib takes about a second to load, and a run may draw no figure.
         from .figures import trajectory_series
-        from .render import FigureRenderer
 
-        if self._renderer is None:
-            self._renderer = FigureRenderer()
-        submit = self._renderer.submit
+        def submit(tag: str, name: str, *args: Any) -> None:
+            self._jobs[self._submit("figure", name, *args)] = (tag, step)
+
         for kind, profile in kind_profiles.items():
-            title = f"{kind.upper()} concepts by order, step {step}"
-            submit((tags.order_profile_figure(kind), step), "order_profile_figure", profile, title)
+            submit(
+                tags.order_profile_figure(kind),
+                "order_profile_figure",
+                profile,
+                f"{kind.upper()} concepts by order, step {step}",
+            )
         simple_max = self.bands.simple[-1] if self.bands.simple else 0
-        submit((tags.HEATMAP_FIGURE, step), "order_heatmap_figure", steps, shares, simple_max, boundary)
+        submit(tags.HEATMAP_FIGURE, "order_heatmap_figure", steps, shares, simple_max, boundary)
         series = trajectory_series(history, res, self.bands, sample, TRAJECTORY_CONCEPTS)
-        submit((tags.TRAJECTORY_FIGURE, step), "trajectory_figure", steps, *series)
+        submit(tags.TRAJECTORY_FIGURE, "trajectory_figure", steps, *series)
 
-    def log(self, wait: bool) -> None:
-        """Log the figures rendered so far (all of them when ``wait``). A figure function's
+    def received(self, answer: Answer) -> bool:
+        """Log ``answer`` if it is one of the figures owed (False if not). A figure function's
         error warns once per message (the step itself was tracked), or raises under ``strict``."""
-        if self._renderer is None:
-            return
-        for (tag, step), png in self._renderer.wait() if wait else self._renderer.ready():
-            if not isinstance(png, Exception):
-                self.writer.png(tag, png, step)
-            elif self.strict:
-                raise png
-            else:
-                self._warn_once(f"ConceptTracker could not draw {tag!r} of step {step}: {png}", key=str(png))
-
-    def busy(self) -> bool:
-        """Whether the renderer process is at work on figures (it then competes with training)."""
-        return self._renderer is not None and self._renderer.busy()
+        if answer.job not in self._jobs:
+            return False
+        tag, step = self._jobs.pop(answer.job)
+        if answer.error is None:
+            self.writer.png(tag, answer.value, step)
+        elif self.strict:
+            raise answer.error
+        else:
+            err = answer.error
+            self._warn_once(f"ConceptTracker could not draw {tag!r} of step {step}: {err}", key=str(err))
+        return True
 
     def forget(self) -> None:
         """Drop the figures kept for :meth:`close` (a resumed run draws from its own steps)."""
         self._undrawn = None
 
     def close(self, draw_last: bool) -> None:
-        """Draw the kept figures of the last tracked step when ``draw_last``, log every figure the
-        renderer still owes, and stop it."""
-        try:
-            if self._undrawn is not None and draw_last:
-                self.draw(*self._undrawn)
-            self._undrawn = None
-            self.log(wait=True)
-        finally:
-            if self._renderer is not None:
-                self._renderer.close()
-                self._renderer = None
+        """Hand the kept figures of the last tracked step to the worker when ``draw_last``."""
+        if self._undrawn is not None and draw_last:
+            self.draw(*self._undrawn)
+        self._undrawn = None

@@ -31,6 +31,11 @@ Tags beyond the contract (same families, so TensorBoard groups them with the con
                                                sustained rise (once found)
     {tag}_ci_low | {tag}_ci_high               95% percentile bootstrap interval over probe
                                                samples of every averaged reading (INTERVAL_TAGS)
+    spectrum/simple_share | medium_share | complex_share   the sampled order spectrum
+                                               (``order_spectrum``): share of salient strength
+                                               per band averaged over the probes, an estimate
+                                               (never written to a concepts/* tag)
+    spectrum/forwards                          masked forwards the sampled spectrum ran
     perf/forwards_per_second                   masked rows per second of the engine
     perf/skipped_steps                         scheduled steps skipped for max_overhead
     histograms/{kind}/order_{m:02d}/abs_effect |I(S)| of every S of order m, all probe samples
@@ -64,6 +69,9 @@ FORWARDS_PER_SECOND = "perf/forwards_per_second"
 SKIPPED_STEPS = "perf/skipped_steps"
 WORKER_SECONDS = "perf/worker_seconds"
 BUDGET_TEXT = "text/overhead_budget"
+SPECTRUM_SHARES = tuple(f"spectrum/{band}_share" for band in ("simple", "medium", "complex"))
+"""The sampled order spectrum's band shares (with ``_ci_low`` / ``_ci_high``)."""
+SPECTRUM_FORWARDS = "spectrum/forwards"
 HEATMAP_FIGURE = "figures/order_share_heatmap"
 TRAJECTORY_FIGURE = "figures/trajectories"
 TOP_CONCEPTS_TEXT = "text/top_concepts"
@@ -243,3 +251,13 @@ def custom_layout(kinds: list[str], generalization: bool, budget: bool = False) 
     if budget:
         layout["perf"]["skipped steps"] = ["Multiline", [SKIPPED_STEPS]]
     return layout
+
+
+def spectrum_layout() -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars category of the sampled order spectrum: one margin chart per band."""
+    return {
+        "spectrum (sampled)": {
+            f"{tag.split('/')[1]} (95% interval)": ["Margin", [tag, ci_low(tag), ci_high(tag)]]
+            for tag in SPECTRUM_SHARES
+        }
+    }
