@@ -928,7 +928,8 @@ def zoo_text(saved: dict) -> str:
     caps = ", ".join(f"{t} {n:,}" for t, n in saved["step_cap"].items())
     return "\n".join(wrap(line, "  ") for line in [
         f"- {z['models']} models, {z['converged']} reached training CE ≤ {saved['ce_target']} within the step "
-        f"cap ({caps}): {per_task}; {z['configs']} configurations, seeds {saved['seeds']}.",
+        f"cap ({caps}): {per_task}; {z['configs']} configurations with at least one of them, seeds "
+        f"{saved['seeds']}.",
         f"- Not converged, reported and left out of every τ: {dropped}.",
         f"- Kendall τ between the error gap and the loss gap over the models, per task: {agreement}.",
         f"- Wall time {saved['seconds']:.0f} s on 2 shared CPU cores (load average {saved['load_average']:.1f} "

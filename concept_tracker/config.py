@@ -150,3 +150,27 @@ def warn_legacy(owner: str, moved: list[str], legacy: Mapping[str, Any], stackle
             FutureWarning,
             stacklevel=stacklevel,
         )
+
+
+TRACKER_OPTIONS = ("kind", "value", "strict", "readings", "output", "budget")
+"""The ConceptTracker keywords a framework callback passes on; it fills in the rest itself."""
+
+
+def tracker_options(options: dict[str, Any], owner: str) -> dict[str, Any]:
+    """A callback's ConceptTracker keywords, checked at its construction rather than when
+    training starts: every config built, the loose keywords of earlier releases folded in
+    (one ``FutureWarning``).
+
+    Raises:
+        ValueError: for keywords ConceptTracker does not take or that the callback fills in
+            (``log_dir``, ``schedule``, the probes, ``writer``, ``total_steps``).
+    """
+    loose = {key for keys in LEGACY_FIELDS.values() for key in keys} - {"writer", "total_steps"} | {"and_or"}
+    unknown = sorted(set(options) - set(TRACKER_OPTIONS) - loose)
+    if unknown:
+        raise ValueError(f"{owner} got unknown tracker option(s) {unknown}; tracker options are {TRACKER_OPTIONS}.")
+    legacy = dict(options)
+    given = {"kind": legacy.pop("kind", "and"), **{name: legacy.pop(name, None) for name in CONFIGS}}
+    found, moved = configs(given, legacy, owner)
+    warn_legacy(owner, moved, legacy, stacklevel=4)
+    return {**{key: options[key] for key in ("value", "strict") if key in options}, **found}

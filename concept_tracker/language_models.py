@@ -13,6 +13,7 @@ words of the prompt only; the answer is never masked.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -152,3 +153,33 @@ def guess_answers(input_ids: Tensor, attention_mask: Tensor | None, labels: Tens
             raise ValueError(f"probe {b} has {int(last[b]) + 1} tokens; a prompt and an answer need at least 2.")
         out[b, last[b]] = input_ids[b, last[b]]
     return out, int((~sft).sum())
+
+
+def answer_probes(inputs: Mapping[str, Tensor], logits: Tensor, vocab_size: int | None) -> dict[str, Tensor] | None:
+    """Probe inputs with answer labels, if ``logits`` show a causal language model.
+
+    Args:
+        inputs: the probes' ``{"input_ids": [B, T], ...}``, with supervised fine-tuning
+            ``"labels"`` [B, T] where the dataset had them.
+        logits: the model's logits on the first probe, ``[1, T, V]`` for a causal LM.
+        vocab_size: the model's vocabulary size (None: not known).
+    Returns:
+        The inputs with answer labels as ``"labels"`` (see :func:`guess_answers`), with one
+        warning when some answers are guessed; None when the model is no causal LM.
+    """
+    ids = inputs["input_ids"]
+    if not is_causal_lm(logits, ids[:1], vocab_size):
+        return None
+    labels = inputs.get("labels")
+    labels = labels if isinstance(labels, Tensor) and labels.shape == ids.shape else None
+    answers, guessed = guess_answers(ids, inputs.get("attention_mask"), labels)
+    if guessed:
+        why = "have no labels" if labels is None else "have no answer in their labels (no -100 on the prompt)"
+        warnings.warn(
+            f"ConceptTracker probes: the model is a causal language model, but {guessed} of {ids.shape[0]} "
+            f"probes {why}, so the last token of each is taken as the answer and the words before it "
+            "as the prompt; the value is log p(answer | prompt). For your own answers, give labels "
+            "with -100 on the prompt (supervised fine-tuning layout).",
+            stacklevel=3,
+        )
+    return {**inputs, "labels": answers}

@@ -8,17 +8,21 @@ with :func:`probe_set` and keeps it in its saved state.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from .checks import check_targets
-from .engine import batch_size_of
+from .config import warn_legacy
+from .engine import batch_size_of, model_device, preserved_state
+from .language_models import answer_probes
 from .metrics.similarity import ALIGNED_HINT
-from .players import Players
+from .players import Players, TokenPlayers, fit_mean_baseline, mean_unfitted
+from .values import model_logits
 
 Inputs = Any
 """Probe inputs: a Tensor [B, ...] or a mapping of tensors [B, ...] (Hugging Face style)."""
@@ -41,24 +45,33 @@ class ProbeSet(NamedTuple):
 
 
 def select_probes(
-    dataset_or_tensors: Any, k: int, labels: Tensor | Sequence[int] | None = None, seed: int = 0
+    dataset_or_tensors: Any,
+    k: int,
+    labels: Tensor | Sequence[int] | None = None,
+    seed: int = 0,
+    collate: Callable[[list], Any] | None = None,
 ) -> ProbeSet:
     """Pick ``k`` probe samples, stratified by label and reproducible from ``seed``.
 
     With labels, every class gets a share of the ``k`` samples proportional to its frequency
     (largest classes first when the shares do not divide evenly); within a class the samples
-    are a seeded random draw. Without labels it is a seeded random draw. The global RNG is not
-    touched.
+    are a seeded random draw. Without labels it is a seeded random draw. Every RNG (torch CPU
+    and CUDA, numpy, ``random``) is left as it was, even when reading an item draws a random
+    augmentation, so picking probes never changes training.
 
     Args:
         dataset_or_tensors: a Tensor [N, ...], a mapping of tensors [N, ...] (Hugging Face
             style), or a map-style dataset whose items are ``(input, label, ...)`` tuples,
-            mappings (the label under "labels" or "label") or bare inputs. Dataset items are
-            read once each to find their labels unless ``labels`` is given, then only the
-            ``k`` picked items are read and stacked with ``default_collate``.
+            mappings (the label under "labels" or "label") or bare inputs. From a dataset, a
+            seeded pool of at most ``LABEL_POOL`` items is read (once each) and the probes
+            are drawn from it.
         k: number of probes, 1 <= k <= N.
         labels: [N] class labels; overrides labels found in dataset items.
         seed: seed of the draw.
+        collate: for a dataset, how the picked items become one batch (e.g. a Trainer's data
+            collator); None: ``default_collate`` of the items' inputs. A collated mapping's
+            "labels" / "label" are the probes' labels when they hold one class per sample;
+            other labels (per-token, ``[k, T]``) stay in the inputs as "labels".
     Returns:
         :class:`ProbeSet` ``(inputs, labels, ids)``.
     """
@@ -66,42 +79,54 @@ def select_probes(
     is_batch = isinstance(data, Tensor) or isinstance(data, Mapping)
     if not is_batch and not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
         raise ValueError(
-            f"dataset_or_tensors has type {type(data).__name__}; pass a Tensor [N, ...], a dict "
-            "of tensors [N, ...] or a map-style dataset (len() and [i])."
+            f"dataset_or_tensors has type {type(data).__name__}, which has no len() and [i] (an iterable "
+            "dataset?); pass a Tensor [N, ...], a dict of tensors [N, ...] or a map-style dataset."
         )
     size = batch_size_of(data) if is_batch else len(data)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
         raise ValueError(f"k={k!r} must be an int between 1 and the number of samples ({size}).")
-    if labels is None and not is_batch:
-        labels = _dataset_labels(data)
     if labels is not None:
         labels = torch.as_tensor(labels).reshape(-1).long().cpu()
         if labels.numel() != size:
             raise ValueError(f"labels has {labels.numel()} entries for {size} samples; pass one label per sample.")
+    if is_batch:
+        index = torch.tensor(sorted(_pick(size, k, labels, seed).tolist()))
+        if isinstance(data, Tensor):
+            return ProbeSet(data[index], None if labels is None else labels[index], index.tolist())
+        inputs = {key: v[index] if isinstance(v, Tensor) else [v[i] for i in index] for key, v in data.items()}
+        return ProbeSet(inputs, None if labels is None else labels[index], index.tolist())
+    with preserved_state(nn.Identity()):  # forks every RNG: an item may draw a random augmentation
+        generator = torch.Generator().manual_seed(seed)
+        pool = torch.randperm(size, generator=generator)[:LABEL_POOL].sort().values if size > LABEL_POOL else None
+        ids = torch.arange(size) if pool is None else pool
+        items = [data[int(i)] for i in ids]
+        found = labels[ids] if labels is not None else _item_labels(items)
+        picked = sorted(_pick(len(items), k, found, seed).tolist())
+        chosen = [items[p] for p in picked]
+        probe_labels = None if found is None else found[picked]
+        ids_out = ids[picked].tolist()
+        if collate is None:
+            return ProbeSet(_collate([_item_input(item) for item in chosen]), probe_labels, ids_out)
+        return _split_labels(collate(chosen), ids_out)
 
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(size, generator=generator)
+
+LABEL_POOL = 2048
+"""At most this many dataset items are read to stratify a probe draw by label."""
+
+
+def _pick(size: int, k: int, labels: Tensor | None, seed: int) -> Tensor:
+    """``k`` of ``size`` positions, a seeded draw stratified by ``labels`` when given."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
     if labels is None:
-        picked = order[:k]
-    else:
-        # Rank every sample by its position within its class (as a fraction of the class size):
-        # taking the k lowest ranks gives each class a share proportional to its size.
-        shuffled = labels[order]
-        rank = torch.empty(size, dtype=torch.float64)
-        for c in shuffled.unique():
-            members = (shuffled == c).nonzero().reshape(-1)
-            rank[members] = (torch.arange(members.numel(), dtype=torch.float64) + 0.5) / members.numel()
-        picked = order[torch.argsort(rank, stable=True)[:k]]
-    ids = sorted(picked.tolist())
-    index = torch.tensor(ids)
-    inputs: Inputs
-    if isinstance(data, Tensor):
-        inputs = data[index]
-    elif isinstance(data, Mapping):
-        inputs = {key: v[index] if isinstance(v, Tensor) else [v[i] for i in ids] for key, v in data.items()}
-    else:
-        inputs = _collate([_item_input(data[i]) for i in ids])
-    return ProbeSet(inputs, None if labels is None else labels[index], ids)
+        return order[:k]
+    # Rank every sample by its position within its class (as a fraction of the class size):
+    # taking the k lowest ranks gives each class a share proportional to its size.
+    shuffled = labels[order]
+    rank = torch.empty(size, dtype=torch.float64)
+    for c in shuffled.unique():
+        members = (shuffled == c).nonzero().reshape(-1)
+        rank[members] = (torch.arange(members.numel(), dtype=torch.float64) + 0.5) / members.numel()
+    return order[torch.argsort(rank, stable=True)[:k]]
 
 
 def _item_input(item: Any) -> Any:
@@ -112,19 +137,39 @@ def _item_input(item: Any) -> Any:
     return item
 
 
-def _item_label(item: Any) -> Any:
-    if isinstance(item, (tuple, list)) and len(item) > 1:
-        return item[1]
-    if isinstance(item, Mapping):
-        return item.get("labels", item.get("label"))
-    return None
+def _class_label(label: Any) -> int | None:
+    """``label`` as one class index, or None (no label, a float, per-token labels, ...)."""
+    if isinstance(label, Tensor):
+        label = label.item() if label.numel() == 1 and not label.is_floating_point() else None
+    return int(label) if isinstance(label, numbers.Integral) and not isinstance(label, bool) else None
 
 
-def _dataset_labels(data: Any) -> Tensor | None:
-    found = [_item_label(data[i]) for i in range(len(data))]
-    if any(label is None for label in found):
-        return None
-    return torch.as_tensor([int(label) for label in found])
+def _item_labels(items: list[Any]) -> Tensor | None:
+    """The class of every item, or None when one has none."""
+    found = []
+    for item in items:
+        label = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 else None
+        label = item.get("labels", item.get("label")) if isinstance(item, Mapping) else label
+        found.append(_class_label(label))
+    return None if None in found else torch.as_tensor(found, dtype=torch.int64)
+
+
+def _split_labels(batch: Any, ids: list[int]) -> ProbeSet:
+    """A collated batch as a probe set: class labels [k] become its labels, other tensors its
+    inputs (per-token labels included, as "labels")."""
+    if isinstance(batch, (tuple, list)):
+        inputs, labels = batch[0], batch[1] if len(batch) > 1 else None
+    elif isinstance(batch, Mapping):
+        inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key != "label"}
+        labels = batch.get("labels", batch.get("label"))
+        if isinstance(labels, Tensor) and labels.dim() == 1:
+            inputs.pop("labels", None)
+    else:
+        raise ValueError(
+            f"the collate function made a {type(batch).__name__}; return a dict or an (inputs, labels) tuple."
+        )
+    is_class = isinstance(labels, Tensor) and labels.dim() == 1 and not labels.is_floating_point()
+    return ProbeSet(inputs, labels.long() if isinstance(labels, Tensor) and is_class else None, ids)
 
 
 def _collate(items: list[Any]) -> Inputs:
@@ -135,6 +180,67 @@ def _collate(items: list[Any]) -> Inputs:
             f"the picked dataset items cannot be stacked into one batch ({err}); pad them to one "
             "length first (e.g. tokenizer(..., padding='max_length'))."
         ) from err
+
+
+def fit_baseline_on_dataset(
+    players: Players,
+    dataset: Any,
+    collate: Callable[[list], Any] | None,
+    inputs_of: Callable[[Any], Any],
+    like: Any,
+    seed: int = 0,
+) -> bool:
+    """Fit the players' unfitted "mean" baseline on up to ``BASELINE_SAMPLES`` training items.
+
+    The items are drawn with a private generator and every RNG is restored afterwards (reading
+    an item may draw a random augmentation), so training is unchanged. Nothing is fitted (the
+    probe inputs then give the mean) when the players need no fit, the dataset is not
+    map-style, or its inputs do not have the probes' sample shape.
+
+    Args:
+        players: the tracked players.
+        dataset: the training dataset (map-style: ``len()`` and ``[i]``).
+        collate: the training loader's collate function (None: ``default_collate``).
+        inputs_of: maps a collated batch to the players' inputs [N, ...] (or None).
+        like: the probe inputs [B, ...], whose sample shape the fit must match.
+        seed: seed of the draw.
+    Returns:
+        True when the baseline was fitted on the training items.
+    """
+    if not mean_unfitted(players) or not isinstance(like, Tensor):
+        return False
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")) or len(dataset) < 2:
+        return False
+    with preserved_state(nn.Identity()):
+        picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:BASELINE_SAMPLES]
+        inputs = inputs_of((collate or default_collate)([dataset[int(i)] for i in picked]))
+    if not isinstance(inputs, Tensor) or inputs.shape[1:] != like.shape[1:]:
+        return False
+    return fit_mean_baseline(players, inputs)
+
+
+BASELINE_SAMPLES = 1024
+"""Training items a "mean" baseline is fitted on when the players are not fitted yet."""
+
+
+def language_model_probes(model: nn.Module, players: Players, probe: ProbeSet) -> tuple[ProbeSet, bool]:
+    """The probes as the model reads them: for a causal language model read through token
+    players (its logits on a probe are ``[1, T, V]`` over its vocabulary), the probe set with
+    answer labels in its inputs (:func:`~concept_tracker.language_models.answer_probes`) and
+    True (the value is then "answer_log_prob"); else the probes without per-token labels and
+    False. The one forward runs in eval mode, without gradients, every RNG restored."""
+    inputs = probe.inputs
+    if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), Tensor):
+        return probe, False
+    plain = probe._replace(inputs={k: v for k, v in inputs.items() if k != "labels"})
+    if not isinstance(players, TokenPlayers):
+        return plain, False
+    first = {k: v[:1].to(model_device(model)) for k, v in plain.inputs.items()}
+    with preserved_state(model), torch.no_grad():
+        logits = model_logits(model(**first), position=slice(None))
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    answered = answer_probes(inputs, logits, getattr(embed, "num_embeddings", None))
+    return (plain, False) if answered is None else (probe._replace(inputs=answered), True)
 
 
 Probes = ProbeSet | tuple | Inputs
@@ -224,6 +330,19 @@ def legacy_probes(probes: Any, heldout: Any, legacy: dict[str, Any]) -> tuple[An
     if isinstance(held, ProbeSet) and held.inputs is None:
         raise ValueError("heldout_targets / heldout_ids are given without heldout_inputs; pass the inputs too.")
     return parts["probe"], held, moved
+
+
+def probe_arguments(
+    players: Players, probes: Any, heldout: Any, legacy: dict[str, Any], owner: str
+) -> tuple[ProbeSet, ProbeSet | None]:
+    """The checked probe and held-out sets of a caller that takes them as ``ConceptTracker``
+    does, with the probe keywords of earlier releases popped from ``legacy`` (one
+    ``FutureWarning``; see :func:`legacy_probes`)."""
+    probes, heldout, moved = legacy_probes(probes, heldout, legacy)
+    warn_legacy(owner, moved, {}, stacklevel=4)
+    if probes is None:
+        raise TypeError(f"{owner} needs probes: a ProbeSet, an (inputs, labels) tuple or the inputs.")
+    return probe_set(probes), heldout_set(players, heldout)
 
 
 def probe_state(probes: ProbeSet | None) -> dict[str, Any] | None:

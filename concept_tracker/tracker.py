@@ -115,36 +115,24 @@ class ConceptTracker(DeclaredState):
     Args:
         players: how each sample splits into players (``TabularPlayers``, ...). A "mean" baseline
             not fitted yet (``players.fit(train_x)``) becomes the mean of the probe inputs.
-        probes: the probe samples, fixed for the whole run: a :class:`ProbeSet` (``inputs``
-            Tensor [B, ...] or dict of tensors [B, ...]; ``labels`` [B] target classes, None =
-            the model's predictions at the first tracked step, then fixed; ``ids``, stored with
-            the raw interactions), an ``(inputs, labels)`` tuple, or the inputs alone.
-        heldout: held-out probes for ``generalization/*`` (needs aligned players), in the same
-            forms; None = none.
-        log_dir: directory of the event file and the raw interactions; one run per directory
-            (e.g. ``new_run_dir()``): one holding another run's interactions is refused unless
-            :meth:`load` / :meth:`load_state_dict` resumes it before the first step.
-        schedule: a :class:`~concept_tracker.schedules.Schedule`; None = ``DEFAULT_SCHEDULE``,
-            ``log_spaced(0, 10000, 20) | every(1000)``.
-        kind: "and", "or", "and_or", or an ``AndOrConfig`` (kind "and_or" with those solver
-            settings).
+        probes: the probe samples, fixed for the run: a :class:`ProbeSet` (inputs [B, ...] or a
+            dict of them; labels [B], None = the model's predictions at the first tracked step;
+            ids, stored with the raw interactions), an ``(inputs, labels)`` tuple or the inputs.
+        heldout: held-out probes for ``generalization/*`` (aligned players), in the same forms.
+        log_dir: the run's folder (event file, raw interactions); one holding another run's
+            interactions is refused unless :meth:`load` resumes it before the first step.
+        schedule: a :class:`~concept_tracker.schedules.Schedule`; None = ``DEFAULT_SCHEDULE``.
+        kind: "and", "or", "and_or", or an ``AndOrConfig`` (kind "and_or" with those settings).
         value: value function name or callable (see ``compute_interactions``).
-        readings: :class:`~concept_tracker.config.ReadingsConfig`: salience ratio, band
-            cut-offs, bootstrap resamples and seed, shared with the trajectory, the summaries
-            and ``report``.
-        output: :class:`~concept_tracker.config.OutputConfig`: store the raw interactions, draw
-            figures (a worker process renders them, see :mod:`concept_tracker.writers.render`),
-            or log into an open ``SummaryWriter``.
-        budget: :class:`~concept_tracker.config.BudgetConfig`: ``max_overhead`` (skips:
-            ``perf/skipped_steps``, plan: ``text/overhead_budget``, one warning; :meth:`close`
-            then draws no late figures), ``total_steps``, ``batch_size``, ``sync``.
+        readings: :class:`~concept_tracker.config.ReadingsConfig` (salience ratio, band cut-offs,
+            bootstrap), the one the trajectory, the summaries and ``report`` use.
+        output: :class:`~concept_tracker.config.OutputConfig` (store, figures, writer).
+        budget: :class:`~concept_tracker.config.BudgetConfig` (max_overhead, total_steps,
+            batch_size, sync).
         strict: re-raise exceptions from :meth:`step` instead of warning.
-        **legacy: the keywords of earlier releases, for this release only (one ``FutureWarning``):
-            ``probe_inputs``, ``probe_targets`` (also as the third positional argument),
-            ``probe_ids``, ``heldout_inputs``, ``heldout_targets``, ``heldout_ids``,
-            ``ratio``, ``simple_max``, ``complex_min`` (readings), ``store``, ``figures``,
-            ``writer`` (output), ``max_overhead``, ``total_steps``, ``batch_size``, ``sync``
-            (budget) and ``and_or`` (kind).
+        **legacy: the keywords of the previous release, for this release only, with one
+            ``FutureWarning``: ``probe_inputs``, ``probe_targets`` (also positional),
+            ``probe_ids``, ``heldout_*``, the config fields by name, and ``and_or``.
     """
 
     def __init__(
@@ -178,13 +166,9 @@ class ConceptTracker(DeclaredState):
         self.schedule = check_schedule(schedule) or DEFAULT_SCHEDULE
         self.log_dir = checks.check_log_dir(log_dir)
         self.value, self.strict = value, strict
-        # The step path reads these often; they are the configs' fields.
-        self.ratio, self.batch_size, self.max_overhead = (
-            self.readings.ratio,
-            self.budget.batch_size,
-            self.budget.max_overhead,
-        )
-        self.store, self.figures = self.output.store, self.output.figures
+        # Read often on the step path: the configs' fields.
+        self.ratio, self.max_overhead = self.readings.ratio, self.budget.max_overhead
+        self.batch_size, self.store, self.figures = self.budget.batch_size, self.output.store, self.output.figures
         # What the readings depend on besides the interactions; stored with every step.
         self._settings: dict[str, Any] = self.readings.stored
         self.writer = TensorBoardWriter(self.log_dir, self.output.writer)

@@ -24,8 +24,17 @@ is masked, and only then: the strongest concept should be {red, ball}.
 
     python examples/causal_lm_sft.py              # 150 steps, well under a minute on an idle CPU
     python examples/causal_lm_sft.py --steps 20   # smoke test
+    python examples/causal_lm_sft.py --every-word # 30-word prompts, every word a player (31 with
+                                                  # "->"): the sampled order spectrum, spectrum/* tags
     tensorboard --logdir runs/causal_lm_sft/runs
     concept-tracker report runs/causal_lm_sft/runs/*
+
+With ``--every-word`` the prompts have 30 words and every word of the prompt is a player:
+2**31 coalitions per probe, far beyond the exact readings (they stop at 20 players). Above 16
+players the tracker reads the sampled order spectrum instead (``ct.order_spectrum``, one
+message says so): the simple and complex shares of salient Harsanyi strength, with intervals,
+from 1,000 forwards per probe sample (16 probes: 16,000 masked forwards of the model per
+tracked step; several minutes for `--steps 20` on a busy 2-core CPU), under ``spectrum/*`` tags and ``spectrum/`` files.
 
 Nothing is downloaded.
 """
@@ -47,15 +56,16 @@ from transformers import (
     TrainingArguments,
 )
 
-from concept_tracker import TokenPlayers
+from concept_tracker import ReadingsConfig, TokenPlayers
 from concept_tracker.integrations.transformers import ConceptTrackerCallback
-from concept_tracker.store import list_steps, load_step, step_path
+from concept_tracker.store import SPECTRUM_DIR, list_steps, load_spectrum, load_step, step_path
 
 SPECIAL = ["<pad>", "<unk>", "<eos>"]
 RULE_WORDS = ("red", "ball")
 FILLERS = ["a", "the", "big", "small", "blue", "green", "box", "cup", "on", "table", "near", "old"]
 VOCAB = SPECIAL + list(RULE_WORDS) + FILLERS + ["->", "yes", "no", "."]
 WORDS = 6
+LONG_WORDS = 30
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -65,10 +75,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
 
 
-def example(rng: random.Random) -> tuple[str, str]:
-    """A prompt and its answer: "yes ." iff the prompt holds both rule words."""
-    words = rng.choices(FILLERS, k=WORDS)
-    slots = rng.sample(range(WORDS), 2)
+def example(rng: random.Random, length: int = WORDS) -> tuple[str, str]:
+    """A prompt of ``length`` words and its answer: "yes ." iff the prompt holds both rule words."""
+    words = rng.choices(FILLERS, k=length)
+    slots = rng.sample(range(length), 2)
     for word, slot in zip(RULE_WORDS, slots):
         if rng.random() < 0.6:
             words[slot] = word
@@ -76,12 +86,12 @@ def example(rng: random.Random) -> tuple[str, str]:
     return " ".join(words) + " ->", answer
 
 
-def sft_dataset(tokenizer, size: int, seed: int) -> list[dict]:
+def sft_dataset(tokenizer, size: int, seed: int, length: int = WORDS) -> list[dict]:
     """Items in the supervised fine-tuning layout: prompt + answer ids, labels -100 on the prompt."""
     rng = random.Random(seed)
     items = []
     for _ in range(size):
-        prompt, answer = example(rng)
+        prompt, answer = example(rng, length)
         p = tokenizer(prompt)["input_ids"]
         a = tokenizer(answer)["input_ids"]
         items.append({"input_ids": p + a, "attention_mask": [1] * (len(p) + len(a)), "labels": [-100] * len(p) + a})
@@ -94,17 +104,24 @@ def main() -> None:
     parser.add_argument("--mask", choices=["word", "embedding"], default="word",
                         help='word: mask by the filler word "the"; embedding: the mean input embedding')
     parser.add_argument("--output-dir", default="runs/causal_lm_sft")
+    parser.add_argument("--every-word", action="store_true",
+                        help=f"{LONG_WORDS}-word prompts, every prompt word a player (the sampled order spectrum)")
     args = parser.parse_args()
+    length = LONG_WORDS if args.every_word else WORDS
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     config = GPT2Config(
-        vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=2, n_positions=16,
+        vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=2, n_positions=length + 10,
         bos_token_id=VOCAB.index("<eos>"), eos_token_id=VOCAB.index("<eos>"), pad_token_id=VOCAB.index("<pad>"),
     )
     model = GPT2LMHeadModel(config)
     neutral = VOCAB.index("the") if args.mask == "word" else None
-    callback = ConceptTrackerCallback(TokenPlayers(n=WORDS, mask_token_id=neutral))
+    if args.every_word:  # every word of the prompt, "->" included: 31 players
+        options = {"readings": ReadingsConfig(spectrum=1000)}
+        callback = ConceptTrackerCallback(TokenPlayers(n=length + 1, mask_token_id=neutral), **options)
+    else:
+        callback = ConceptTrackerCallback(TokenPlayers(n=WORDS, mask_token_id=neutral))
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
@@ -113,8 +130,8 @@ def main() -> None:
             eval_strategy="steps", eval_steps=max(1, args.steps // 5), save_strategy="no",
             report_to=["tensorboard"], use_cpu=True, seed=0, disable_tqdm=True,
         ),
-        train_dataset=sft_dataset(tokenizer, 2000, seed=1),
-        eval_dataset=sft_dataset(tokenizer, 200, seed=2),
+        train_dataset=sft_dataset(tokenizer, 2000, seed=1, length=length),
+        eval_dataset=sft_dataset(tokenizer, 200, seed=2, length=length),
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),  # pads labels with -100
         processing_class=tokenizer,
         callbacks=[callback],
@@ -122,6 +139,17 @@ def main() -> None:
     trainer.train()
 
     log_dir = Path(callback.tracker.log_dir)
+    if args.every_word:
+        print(f"\nthe sampled order spectrum in {log_dir} (spectrum/* tags; tensorboard --logdir {log_dir.parent})")
+        for path in sorted((log_dir / SPECTRUM_DIR).glob("step_*.safetensors")):
+            tensors, meta = load_spectrum(path)
+            (simple, low, high), complex_ = meta["overall"]["simple_share"], meta["overall"]["complex_share"]
+            print(
+                f"step {meta['step']:4d}: simple share {simple:.3f} [{low:.3f}, {high:.3f}], complex share "
+                f"{complex_[0]:.3f} [{complex_[1]:.3f}, {complex_[2]:.3f}], {meta['forwards']} forwards "
+                f"(exact: {2 ** meta['n'] * tensors['simple_share'].numel():,})"
+            )
+        return
     last = list_steps(log_dir)[-1]
     res, meta = load_step(step_path(log_dir, last))
     print(f"\nconcepts and losses in {log_dir} (tensorboard --logdir {log_dir.parent}); step {last}")

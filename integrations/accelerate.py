@@ -15,8 +15,8 @@ sharded across the ranks and only rank 0 writes)::
     tracker.close()
 
 The loop, not Accelerate, knows the run's length: pass it to the tracker as
-``ConceptTracker(..., total_steps=num_training_steps)``, so that ``max_overhead`` can plan the
-tracked steps (first, last, the rest log-spaced).
+``ConceptTracker(..., budget=BudgetConfig(max_overhead=0.05, total_steps=num_training_steps))``,
+so that ``max_overhead`` can plan the tracked steps (first, last, the rest log-spaced).
 """
 
 from __future__ import annotations

@@ -30,12 +30,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from concept_tracker import ConceptTracker, Players, Schedule
-from concept_tracker.checks import check_players, check_schedule
-from concept_tracker.config import warn_legacy
-from concept_tracker.probes import heldout_set, legacy_probes, probe_set
+from concept_tracker import ConceptTracker, Players, Schedule, checks, config
+from concept_tracker.probes import fit_baseline_on_dataset, probe_arguments
 
-from ._common import checked_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
+from ._common import run_schedule, track_last_step, unwrap
 
 
 class ConceptTrackerLightningCallback(Callback):
@@ -73,16 +71,13 @@ class ConceptTrackerLightningCallback(Callback):
         log_dir: str | os.PathLike | None = None,
         **tracker_options: Any,
     ) -> None:
-        self.players = check_players(players)
-        check_schedule(schedule)
+        self.players = checks.check_players(players)
+        self.schedule = checks.check_schedule(schedule)
         owner = "ConceptTrackerLightningCallback"
-        probes, heldout, moved = legacy_probes(probes, heldout, tracker_options)
-        warn_legacy(owner, moved, {})
         # Checked now, so that a bad probe set fails at construction, not when training starts.
-        self.probes, self.heldout = probe_set(probes), heldout_set(players, heldout)
-        self.schedule = schedule
+        self.probes, self.heldout = probe_arguments(players, probes, heldout, tracker_options, owner)
         self.log_dir = None if log_dir is None else str(log_dir)
-        self.tracker_options = checked_tracker_options(tracker_options, owner)
+        self.tracker_options = config.tracker_options(tracker_options, owner)
         self.tracker: ConceptTracker | None = None
         self._restored: dict[str, Any] | None = None  # checkpoint state that arrived before the tracker
         self._last_tracked: int | None = None

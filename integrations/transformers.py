@@ -30,6 +30,7 @@ What happens at each Trainer event:
 from __future__ import annotations
 
 import glob
+import json
 import math
 import numbers
 import os
@@ -40,35 +41,38 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
-from concept_tracker.checks import check_int, check_players, check_schedule
-from concept_tracker.distributed import is_main_process, main_process_flag
-from concept_tracker.engine import model_device, preserved_state
-from concept_tracker.language_models import guess_answers, is_causal_lm
+from concept_tracker import (
+    ConceptTracker,
+    Players,
+    ProbeSet,
+    Schedule,
+    StepSummary,
+    TokenPlayers,
+    checks,
+    config,
+    distributed,
+    new_run_dir,
+    select_probes,
+)
+from concept_tracker.metrics import phase
 from concept_tracker.metrics.dynamics import loss_gap_step
-from concept_tracker.metrics.phase import overfit_stop_step, phase_boundary
-from concept_tracker.players import Players, TokenPlayers
-from concept_tracker.probes import ProbeSet, select_probes
-from concept_tracker.rundir import new_run_dir
-from concept_tracker.schedules import Schedule
-from concept_tracker.store import load_state, save_state
-from concept_tracker.summary import StepSummary
-from concept_tracker.tracker import ConceptTracker
-from concept_tracker.values import model_logits
+from concept_tracker.probes import fit_baseline_on_dataset, language_model_probes
 from concept_tracker.writers import tags
 
-from ._common import checked_tracker_options, fit_baseline_on_dataset, run_schedule, track_last_step, unwrap
+from ._common import run_schedule, track_last_step, unwrap
 
 logger = logging.get_logger(__name__)
 
 STATE_DIR = "concept_tracker"
 """Folder of the callback's state inside each Trainer checkpoint folder."""
 STATE_FILE = "state.safetensors"
+CALLBACK_FILE = "callback.json"
+"""The callback's own state beside the tracker's: its concept folder, counts and losses."""
 
 HEADLINE_TAGS = (
     tags.summary("complex_ratio"),
@@ -78,9 +82,6 @@ HEADLINE_TAGS = (
     tags.HIGH_ORDER_SHARE,
 )
 """Scalars copied into the Trainer's logs, so that every reporter (W&B, MLflow, ...) sees them."""
-
-LABEL_POOL = 2048
-"""At most this many dataset items are read to stratify the probe draw by label."""
 
 
 class ConceptTrackerCallback(TrainerCallback):
@@ -158,10 +159,10 @@ class ConceptTrackerCallback(TrainerCallback):
         patience: int = 2,
         **tracker_options: Any,
     ) -> None:
-        self.players = check_players(players)
-        self.num_probe = check_int("num_probe", num_probe, 1, unit="probes per dataset")
-        self.schedule = check_schedule(schedule)
-        self.patience = check_int("patience", patience, 0, unit="tracked steps")
+        self.players = checks.check_players(players)
+        self.num_probe = checks.check_int("num_probe", num_probe, 1, unit="probes per dataset")
+        self.schedule = checks.check_schedule(schedule)
+        self.patience = checks.check_int("patience", patience, 0, unit="tracked steps")
         if stop_on_overfit not in (False, True, "warn"):
             raise ValueError(f"stop_on_overfit={stop_on_overfit!r} must be False, True (stop) or 'warn' (warn only).")
         self.probe_dataset = probe_dataset
@@ -169,7 +170,7 @@ class ConceptTrackerCallback(TrainerCallback):
         self.log_dir = None if log_dir is None else str(log_dir)
         self.seed = seed
         self.stop_on_overfit = stop_on_overfit
-        self.tracker_options = checked_tracker_options(tracker_options, "ConceptTrackerCallback")
+        self.tracker_options = config.tracker_options(tracker_options, "ConceptTrackerCallback")
         self.tracker: ConceptTracker | None = None
         self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
         self._shares: dict[int, float] = {}  # high-order share by tracked step, for stop_on_overfit
@@ -181,11 +182,12 @@ class ConceptTrackerCallback(TrainerCallback):
     # ------------------------------------------------------------------------------ events
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, processing_class=None, **kwargs):
+        saved = _saved_state(args, state) if state.global_step > 0 else None
         # A setup mistake (players that cannot mask these inputs, ...) raises before training,
         # rather than leaving the whole run untracked behind one warning.
-        self.tracker = self._build(args, state, train_dataloader, processing_class, model)
+        self.tracker = self._build(args, state, train_dataloader, processing_class, model, saved)
         if state.global_step > 0:
-            self._guard("resume", self._resume, self.tracker, args, state)
+            self._guard("resume", self._resume, self.tracker, state, saved)
         else:
             self._track(model, 0)
 
@@ -194,7 +196,7 @@ class ConceptTrackerCallback(TrainerCallback):
             return
         due = self.tracker.schedule(state.global_step)  # the same answer on every rank
         self._track(model, state.global_step)
-        if self.stop_on_overfit and due and main_process_flag(self._overfitting(state.global_step)):
+        if self.stop_on_overfit and due and distributed.main_process_flag(self._overfitting(state.global_step)):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -216,9 +218,8 @@ class ConceptTrackerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if self.tracker is None or not state.is_world_process_zero:
             return
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        saved = {"tracker": self.tracker.state_dict(), "callback": {"shares": sorted(self._shares.items())}}
-        self._guard("save its state", save_state, os.path.join(folder, STATE_DIR, STATE_FILE), saved)
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_DIR)
+        self._guard("save its state", self._save, self.tracker, folder, args.output_dir)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.tracker is None:
@@ -249,37 +250,27 @@ class ConceptTrackerCallback(TrainerCallback):
             raise ValueError("the Trainer passed no model to the callback event; is this a transformers Trainer?")
         return unwrap(model)
 
-    def _build(self, args, state, train_dataloader, processing_class, model) -> ConceptTracker:
+    def _build(self, args, state, train_dataloader, processing_class, model, saved: str | None) -> ConceptTracker:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if isinstance(self.players, TokenPlayers) and self.players.tokenizer is None:
             self.players.tokenizer = tokenizer
         if train_dataloader is None:
             raise ValueError("the Trainer passed no train_dataloader; is this a transformers Trainer?")
-        collate = train_dataloader.collate_fn
-        source = train_dataloader.dataset if self.probe_dataset is None else self.probe_dataset
-        probe, sequence_labels = _draw_probes(self.players, source, self.num_probe, collate, self.seed, "probe")
+        collate, train = train_dataloader.collate_fn, train_dataloader.dataset
         options = dict(self.tracker_options)
-        answered = _language_model_probes(self._model(model), self.players, probe, sequence_labels)
-        if answered is not None:
-            probe = answered
+        probe = self._draw(train if self.probe_dataset is None else self.probe_dataset, collate, "probe_dataset")
+        probe, causal = language_model_probes(self._model(model), self.players, probe)
+        if causal:
             options.setdefault("value", "answer_log_prob")
-        held = None
-        if self.heldout_dataset is not None:
-            held, _ = _draw_probes(self.players, self.heldout_dataset, self.num_probe, collate, self.seed, "heldout")
+        held = None if self.heldout_dataset is None else self._draw(self.heldout_dataset, collate, "heldout_dataset")
         # A "mean" baseline is fitted on a larger training sample than the probes.
-        fit_baseline_on_dataset(
-            self.players,
-            train_dataloader.dataset,
-            collate,
-            lambda batch: _batch_inputs(self.players, batch),
-            probe.inputs,
-            self.seed,
-        )
+        inputs_of = lambda batch: _batch_inputs(self.players, batch)  # noqa: E731
+        fit_baseline_on_dataset(self.players, train, collate, inputs_of, probe.inputs, self.seed)
         period = state.eval_steps if args.eval_strategy == "steps" else None
         self._pending, self._shares, self._alarmed, self._last_tracked = {}, {}, False, None
         self._losses = {"train": {}, "eval": {}}
         trainer_dir = _trainer_log_dir(args)
-        log_dir = self.log_dir or trainer_dir or _concepts_log_dir(args)
+        log_dir = self.log_dir or _resumed_log_dir(saved, args.output_dir) or trainer_dir or _concepts_log_dir(args)
         # The Trainer's TensorBoard callback already writes the losses into its own folder.
         self._write_losses = log_dir != trainer_dir
         total = state.max_steps if state.max_steps > 0 else None
@@ -309,12 +300,12 @@ class ConceptTrackerCallback(TrainerCallback):
 
     def _overfitting(self, step: int) -> bool:
         """Main process: has the phase boundary been reported long enough to stop (or warn)?"""
-        if not is_main_process() or self._alarmed:
+        if not distributed.is_main_process() or self._alarmed:
             return False
         self._collect(wait=True)
         steps = sorted(self._shares)
         shares = [self._shares[s] for s in steps]
-        if overfit_stop_step(steps, shares, patience=self.patience) is None:
+        if phase.overfit_stop_step(steps, shares, patience=self.patience) is None:
             return False
         self._alarmed = True
         gap = self._loss_gap_step()
@@ -322,7 +313,7 @@ class ConceptTrackerCallback(TrainerCallback):
         action = "stops training" if self.stop_on_overfit is True else "warns"
         logger.warning(
             f"ConceptTrackerCallback {action} at step {step} (stop_on_overfit={self.stop_on_overfit!r}): "
-            f"the high-order share of concept strength bottomed out at step {phase_boundary(steps, shares)} "
+            f"the high-order share of concept strength bottomed out at step {phase.phase_boundary(steps, shares)} "
             f"and rises since, as seen at {self.patience + 1} tracked steps in a row (patience="
             f"{self.patience}); a sign of memorization, see the held-out loss.{beside}"
         )
@@ -342,24 +333,85 @@ class ConceptTrackerCallback(TrainerCallback):
                 evals[step], paired[step] = loss, before[-1]
         return loss_gap_step(evals, paired) if evals else None
 
-    def _resume(self, tracker: ConceptTracker, args, state) -> None:
-        folders = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
-        if isinstance(args.resume_from_checkpoint, str):
-            folders.insert(0, args.resume_from_checkpoint)
-        paths = [os.path.join(folder, STATE_DIR, STATE_FILE) for folder in folders]
-        found = next((p for p in paths if os.path.isfile(p)), None)
+    def _draw(self, dataset: Any, collate, name: str) -> ProbeSet:
+        """``num_probe`` items of ``dataset`` drawn stratified by label (every RNG restored),
+        collated by the Trainer's collator into the players' inputs."""
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")) or len(dataset) == 0:
+            raise ValueError(
+                f"{name} is a {type(dataset).__name__} without items to index (empty, or an iterable "
+                f"dataset?); pass a map-style dataset with at least one item as {name}=..."
+            )
+        probe = select_probes(dataset, min(self.num_probe, len(dataset)), seed=self.seed, collate=collate)
+        if not isinstance(probe.inputs, Mapping):
+            raise ValueError(
+                f"the data collator made no dict from {name}; the callback needs dict batches (Hugging Face style)."
+            )
+        return probe._replace(inputs=_for_players(self.players, probe.inputs, name))
+
+    def _save(self, tracker: ConceptTracker, folder: str, output_dir: str) -> None:
+        """The tracker state and the callback's own: its concept folder (relative to the output
+        folder when inside it, so that a run resumed there continues in it), the phase-boundary
+        count and the losses logged so far."""
+        os.makedirs(folder, exist_ok=True)
+        tracker.save(os.path.join(folder, STATE_FILE))
+        losses = {split: sorted(by_step.items()) for split, by_step in self._losses.items()}
+        log_dir = os.path.relpath(os.path.abspath(tracker.log_dir), os.path.abspath(output_dir))
+        log_dir = os.path.abspath(tracker.log_dir) if log_dir.startswith(os.pardir) else log_dir
+        own = {"log_dir": log_dir, "shares": sorted(self._shares.items()), "losses": losses}
+        with open(os.path.join(folder, CALLBACK_FILE), "w", encoding="utf-8") as f:
+            json.dump(own, f)
+
+    def _resume(self, tracker: ConceptTracker, state, saved: str | None) -> None:
         self._last_tracked = state.global_step
-        if found is None:
+        if saved is None:
             warnings.warn(
-                f"ConceptTrackerCallback resumes at step {state.global_step} but found no tracker "
-                f"state in {paths}; concept dynamics restart here. Set args.resume_from_checkpoint "
-                "to the checkpoint folder you resume from.",
+                f"ConceptTrackerCallback resumes at step {state.global_step} but found no tracker state "
+                f"({STATE_DIR}/{STATE_FILE}) in the checkpoint; concept dynamics restart here. Set "
+                "args.resume_from_checkpoint to the checkpoint folder you resume from.",
                 stacklevel=3,
             )
             return
-        saved = load_state(found)
-        tracker.load_state_dict(saved["tracker"])
-        self._shares = {int(s): float(v) for s, v in saved["callback"].get("shares", [])}
+        tracker.load(os.path.join(saved, STATE_FILE))
+        own = _callback_state(saved)
+        self._shares = {int(s): float(v) for s, v in own.get("shares", [])}
+        self._losses = {split: {int(s): float(v) for s, v in pairs} for split, pairs in own.get("losses", {}).items()}
+        self._losses = {"train": {}, "eval": {}} | self._losses
+
+
+def _saved_state(args, state) -> str | None:
+    """The checkpoint's folder of the callback's state: in ``args.resume_from_checkpoint`` when
+    set, else in ``<output_dir>/checkpoint-<global_step>``; None when neither holds it."""
+    folders = [os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
+    if isinstance(args.resume_from_checkpoint, str):
+        folders.insert(0, args.resume_from_checkpoint)
+    found = (os.path.join(folder, STATE_DIR) for folder in folders)
+    return next((path for path in found if os.path.isfile(os.path.join(path, STATE_FILE))), None)
+
+
+def _callback_state(saved: str) -> dict[str, Any]:
+    path = os.path.join(saved, CALLBACK_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _resumed_log_dir(saved: str | None, output_dir: str) -> str | None:
+    """The concept folder of the run a checkpoint belongs to, so that a resumed run continues
+    there (one run, one folder); None, with a warning, when that folder is gone (a checkpoint
+    copied to another output folder, say)."""
+    log_dir = None if saved is None else _callback_state(saved).get("log_dir")
+    if log_dir is None:
+        return None
+    log_dir = os.path.join(output_dir, log_dir)  # a relative folder is inside the output folder
+    if os.path.isdir(log_dir):
+        return log_dir
+    warnings.warn(
+        f"ConceptTrackerCallback: the checkpoint's concept folder {log_dir} is gone; the resumed run "
+        "writes into a new folder, which holds only the steps from here on (the dynamics continue).",
+        stacklevel=4,
+    )
+    return None
 
 
 def _trainer_log_dir(args) -> str | None:
@@ -397,18 +449,12 @@ def _trainer_event_dir(runs: str, recent: float = 60.0) -> str | None:
     return best
 
 
-def _class_label(item: Any) -> int | None:
-    label = item.get("labels", item.get("label")) if isinstance(item, Mapping) else None
-    if isinstance(label, Tensor):
-        label = label.item() if label.numel() == 1 and not label.is_floating_point() else None
-    return int(label) if isinstance(label, numbers.Integral) and not isinstance(label, bool) else None
-
-
-def _for_players(players: Players, inputs: dict[str, Tensor], name: str) -> Any:
+def _for_players(players: Players, inputs: Mapping[str, Tensor], name: str) -> Any:
     """Token players read dict batches; the tensor players mask one tensor, which the model
     then takes as its first argument (``pixel_values``, a feature tensor, ...)."""
     if isinstance(players, TokenPlayers):
         return inputs
+    inputs = {key: v for key, v in inputs.items() if key != "labels"}  # per-token labels: text only
     if len(inputs) != 1:
         raise ValueError(
             f"{type(players).__name__} masks one input tensor, but batches of {name} hold "
@@ -426,76 +472,3 @@ def _batch_inputs(players: Players, batch: Any) -> Any:
         {k: v for k, v in batch.items() if isinstance(v, Tensor) and k not in ("labels", "label")},
         "train_dataset",
     )
-
-
-def _draw_probes(
-    players: Players, dataset: Any, k: int, collate, seed: int, split: str
-) -> tuple[ProbeSet, Tensor | None]:
-    """``k`` items of ``dataset`` drawn stratified by label and collated: the probe set (labels
-    None unless one class per sample; ids are dataset indices) and, for the probe split with
-    token players and no class labels, the per-token labels ``[k, T]`` (read if the model is a
-    causal LM), else None."""
-    name = f"{split}_dataset"
-    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise ValueError(
-            f"{name} has type {type(dataset).__name__}, which has no len() and [i] (an iterable "
-            f"dataset?); pass a map-style dataset as {name}=..."
-        )
-    size = len(dataset)
-    if size == 0:
-        raise ValueError(f"{name} is empty; pass a dataset with at least one item.")
-    pool = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:LABEL_POOL].sort().values
-    items = [dataset[int(i)] for i in pool]
-    labels = [label for label in map(_class_label, items) if label is not None]
-    picked = select_probes(pool, min(k, len(items)), labels if len(labels) == len(items) else None, seed=seed)
-    position = {int(i): p for p, i in enumerate(pool)}
-    ids = picked.inputs.tolist()
-    batch = collate([items[position[i]] for i in ids])
-    if not isinstance(batch, Mapping):
-        raise ValueError(
-            f"the data collator made a {type(batch).__name__} from {name}; the callback needs "
-            "dict batches (Hugging Face style)."
-        )
-    targets = batch.get("labels", batch.get("label"))
-    if not (isinstance(targets, Tensor) and targets.dim() == 1 and not targets.is_floating_point()):
-        targets = None
-    inputs = {key: v for key, v in batch.items() if isinstance(v, Tensor) and key not in ("labels", "label")}
-    sequence_labels = batch.get("labels")
-    if not (split == "probe" and isinstance(players, TokenPlayers) and targets is None):
-        sequence_labels = None  # per-token labels are kept only to be read if the model is a causal LM
-    probe = ProbeSet(_for_players(players, inputs, name), targets, ids)
-    return probe, sequence_labels if isinstance(sequence_labels, Tensor) else None
-
-
-def _language_model_probes(
-    model: nn.Module, players: Players, probe: ProbeSet, labels: Tensor | None
-) -> ProbeSet | None:
-    """If the model is a causal language model (its logits on a probe are ``[1, T, V]`` over its
-    vocabulary), the probe set with answer labels in its inputs (see
-    :func:`~concept_tracker.language_models.guess_answers`), with one warning when some are
-    guessed; else None (per-token labels of any other model are dropped)."""
-    inputs = probe.inputs
-    if not isinstance(players, TokenPlayers) or not isinstance(inputs.get("input_ids"), Tensor):
-        return None
-    ids = inputs["input_ids"]
-    if labels is not None and labels.shape != ids.shape:
-        labels = None
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embed = get_embeddings() if callable(get_embeddings) else None
-    vocab = getattr(embed, "num_embeddings", None)
-    first = {k: v[:1].to(model_device(model)) for k, v in inputs.items()}
-    with preserved_state(model), torch.no_grad():
-        logits = model_logits(model(**first), position=slice(None))
-    if not is_causal_lm(logits, first["input_ids"], vocab):
-        return None
-    answers, guessed = guess_answers(ids, inputs.get("attention_mask"), labels)
-    if guessed:
-        why = "have no labels" if labels is None else "have no answer in their labels (no -100 on the prompt)"
-        warnings.warn(
-            f"ConceptTrackerCallback: the model is a causal language model, but {guessed} of "
-            f"{ids.shape[0]} probes {why}, so the last token of each is taken as the answer and "
-            "the words before it as the prompt; the value is log p(answer | prompt). For your own "
-            "answers, give labels with -100 on the prompt (supervised fine-tuning layout).",
-            stacklevel=4,
-        )
-    return probe._replace(inputs={**inputs, "labels": answers})

@@ -49,13 +49,9 @@ FACTORY = textwrap.dedent(
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
+def workdir(module_workdir):
     """A temporary working directory holding the model factory module ``tiny_factory``."""
-    (tmp_path / "tiny_factory.py").write_text(FACTORY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "tiny_factory", raising=False)
-    return tmp_path
+    return module_workdir("tiny_factory", FACTORY)
 
 
 def build() -> nn.Module:

@@ -16,10 +16,19 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from concept_tracker import ConceptTracker, TabularPlayers, at_steps, band_summary, cli, order_profile, train_test_similarity
+from concept_tracker import (
+    ConceptTracker,
+    OutputConfig,
+    ProbeSet,
+    TabularPlayers,
+    at_steps,
+    band_summary,
+    cli,
+    order_profile,
+    train_test_similarity,
+)
 from concept_tracker.store import list_steps, load_step, step_path
 
 FEATURES, CLASSES, STEPS = 5, 3, (0, 4, 9)
@@ -38,13 +47,11 @@ def build() -> nn.Module:
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
+def workdir(module_workdir):
     """A working directory holding the model factory module ``cli_live_factory``."""
-    (tmp_path / "cli_live_factory.py").write_text(FACTORY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
-    monkeypatch.delitem(sys.modules, "cli_live_factory", raising=False)
-    return tmp_path
+    path = module_workdir("cli_live_factory", FACTORY)
+    sys.path.insert(0, str(path))
+    return path
 
 
 def checkpoints(folder, seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
@@ -73,13 +80,7 @@ def probe_data(path, seed: int = 0) -> dict[str, torch.Tensor]:
     return data
 
 
-def scalars(log_dir) -> dict[str, dict[int, float]]:
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
-
-
-def test_analyze_equals_a_live_tracker_on_the_same_checkpoints(workdir):
+def test_analyze_equals_a_live_tracker_on_the_same_checkpoints(workdir, logged):
     states = checkpoints(workdir / "ckpts")
     data = probe_data(workdir / "probes.pt")
     code = cli.main(
@@ -91,9 +92,9 @@ def test_analyze_equals_a_live_tracker_on_the_same_checkpoints(workdir):
 
     model = build()
     with ConceptTracker(
-        TabularPlayers(baselines="zero"), data["inputs"], data["labels"], heldout_inputs=data["heldout_inputs"],
-        heldout_targets=data["heldout_labels"], log_dir=workdir / "live", schedule=at_steps(STEPS), figures=False,
-        strict=True,
+        TabularPlayers(baselines="zero"), ProbeSet(data["inputs"], data["labels"]),
+        ProbeSet(data["heldout_inputs"], data["heldout_labels"]), log_dir=workdir / "live", schedule=at_steps(STEPS),
+        output=OutputConfig(figures=False), strict=True,
     ) as tracker:
         for step in range(STEPS[-1] + 1):  # a training loop: the tracker sees every step
             if step in states:
@@ -112,7 +113,7 @@ def test_analyze_equals_a_live_tracker_on_the_same_checkpoints(workdir):
             torch.testing.assert_close(got.outputs, want.outputs, rtol=0, atol=1e-5)
             torch.testing.assert_close(got.and_effects, want.and_effects, rtol=0, atol=1e-5 * (1 << FEATURES))
 
-    cli_scalars, live_scalars = scalars(workdir / "cli"), scalars(workdir / "live")
+    cli_scalars, live_scalars = logged(workdir / "cli"), logged(workdir / "live")
     compared = [tag for tag in live_scalars if not tag.startswith("perf/")]
     assert "generalization/order_01/train_test_similarity" in compared and "dynamics/sign_flips" in compared
     assert set(compared) <= set(cli_scalars)
@@ -156,9 +157,9 @@ def tracked_run(log_dir, seed: int) -> None:
     torch.manual_seed(seed)
     model = build()
     with ConceptTracker(
-        TabularPlayers(baselines="zero"), x, torch.tensor([0, 1, 2, 0, 1, 2, 0]), heldout_inputs=held,
-        heldout_targets=torch.tensor([2, 1, 0, 2, 1, 0]), log_dir=log_dir, schedule=at_steps(STEPS), figures=False,
-        strict=True,
+        TabularPlayers(baselines="zero"), (x, torch.tensor([0, 1, 2, 0, 1, 2, 0])),
+        (held, torch.tensor([2, 1, 0, 2, 1, 0])), log_dir=log_dir, schedule=at_steps(STEPS),
+        output=OutputConfig(figures=False), strict=True,
     ) as tracker:
         for step in range(STEPS[-1] + 1):
             tracker.step(model, step)

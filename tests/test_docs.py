@@ -80,8 +80,8 @@ def tiny_run(log_dir: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
     with ct.ConceptTracker(
-        ct.ImagePatchPlayers(grid=(2, 2), baselines="zero"), x, labels, heldout_inputs=held, heldout_targets=labels,
-        log_dir=log_dir, schedule=ct.at_steps([0, 1, 2]), figures=False, strict=True,
+        ct.ImagePatchPlayers(grid=(2, 2), baselines="zero"), (x, labels), (held, labels),
+        log_dir=log_dir, schedule=ct.at_steps([0, 1, 2]), output=ct.OutputConfig(figures=False), strict=True,
     ) as tracker:
         for step in range(3):
             tracker.step(model, step)

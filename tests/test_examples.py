@@ -22,6 +22,7 @@ def test_examples_are_found():
     assert {p.name for p in EXAMPLES} >= {"hf_text_classification.py", "lightning_module.py"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_a_few_steps(script, tmp_path):
     # Offline and quiet: nothing may be fetched, and progress bars would only fill the log.

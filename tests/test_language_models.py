@@ -257,7 +257,7 @@ def train_lm(tmp_path, tokenizer, items, side="right", **args):
     from concept_tracker.integrations.transformers import ConceptTrackerCallback
 
     model = tiny_lm("gpt2").train()
-    callback = ConceptTrackerCallback(ct.TokenPlayers(n=3), num_probe=6, schedule=ct.at_steps([2]), figures=False)
+    callback = ConceptTrackerCallback(ct.TokenPlayers(n=3), num_probe=6, schedule=ct.at_steps([2]), output=ct.OutputConfig(figures=False))
     options = dict(
         output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
         report_to="none", use_cpu=True, seed=0, disable_tqdm=True, save_strategy="no", logging_steps=2,

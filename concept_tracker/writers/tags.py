@@ -69,7 +69,10 @@ FORWARDS_PER_SECOND = "perf/forwards_per_second"
 SKIPPED_STEPS = "perf/skipped_steps"
 WORKER_SECONDS = "perf/worker_seconds"
 BUDGET_TEXT = "text/overhead_budget"
-SPECTRUM_SHARES = tuple(f"spectrum/{band}_share" for band in ("simple", "medium", "complex"))
+SPECTRUM_SIMPLE_SHARE = "spectrum/simple_share"
+SPECTRUM_MEDIUM_SHARE = "spectrum/medium_share"
+SPECTRUM_COMPLEX_SHARE = "spectrum/complex_share"
+SPECTRUM_SHARES = (SPECTRUM_SIMPLE_SHARE, SPECTRUM_MEDIUM_SHARE, SPECTRUM_COMPLEX_SHARE)
 """The sampled order spectrum's band shares (with ``_ci_low`` / ``_ci_high``)."""
 SPECTRUM_FORWARDS = "spectrum/forwards"
 HEATMAP_FIGURE = "figures/order_share_heatmap"

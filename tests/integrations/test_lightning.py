@@ -7,7 +7,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.nn import functional as F
 
@@ -72,12 +71,6 @@ def fit(root, ckpt_path=None, logger="tb", max_steps=8, players=None):
     return trainer, module, callback
 
 
-def scalars(log_dir):
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
-
-
 @pytest.fixture(scope="module")
 def unbroken(tmp_path_factory):
     root = tmp_path_factory.mktemp("lightning")
@@ -85,12 +78,12 @@ def unbroken(tmp_path_factory):
     return root, trainer, module, callback
 
 
-def test_writes_into_the_tensorboard_loggers_event_file(unbroken):
+def test_writes_into_the_tensorboard_loggers_event_file(unbroken, logged):
     root, trainer, _, callback = unbroken
     assert callback.tracker._timing.total_steps == 8  # the run's length, for max_overhead
     log_dir = root / "tb" / "version_0"
     assert trainer.logger.log_dir == str(log_dir)
-    found = scalars(log_dir)
+    found = logged(log_dir)
     assert "loss" in found  # the module's own metrics share the event file
     for tag in tags.spec_scalar_tags(N, ["and"], generalization=False):
         assert sorted(found[tag]) == [0, 2, 8], tag
@@ -99,15 +92,17 @@ def test_writes_into_the_tensorboard_loggers_event_file(unbroken):
     assert not any(p.name.startswith("events.out") for p in concepts.iterdir())
 
 
-def test_state_rides_in_checkpoints_and_resume_continues_the_dynamics(unbroken, tmp_path):
+# Resuming from the unbroken run's checkpoint in another folder, on purpose: Lightning says so.
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
+def test_state_rides_in_checkpoints_and_resume_continues_the_dynamics(unbroken, tmp_path, logged):
     root, _, _, _ = unbroken
     # Step 4 ends the first epoch (4 batches), so the resumed fit sees the same batches.
     checkpoint = torch.load(root / "ckpt" / "epoch=0-step=4.ckpt", weights_only=True)
     assert checkpoint["callbacks"]["ConceptTrackerLightningCallback"]["cursor"] == 2
 
     fit(tmp_path, ckpt_path=root / "ckpt" / "epoch=0-step=4.ckpt")
-    resumed = scalars(tmp_path / "tb" / "version_0")
-    reference = scalars(root / "tb" / "version_0")
+    resumed = logged(tmp_path / "tb" / "version_0")
+    reference = logged(root / "tb" / "version_0")
     assert sorted(resumed[tags.summary("complex_ratio")]) == [8]
     for tag in (tags.band_detour_ratio("simple"), tags.detour_ratio(2), tags.SIGN_FLIPS):
         assert resumed[tag][8] == pytest.approx(reference[tag][8], rel=1e-5, abs=1e-7), tag
@@ -116,12 +111,12 @@ def test_state_rides_in_checkpoints_and_resume_continues_the_dynamics(unbroken, 
     torch.testing.assert_close(a.and_effects, b.and_effects, rtol=1e-5, atol=1e-6)  # float32 model
 
 
-def test_without_a_tensorboard_logger_it_writes_its_own_event_file(tmp_path):
+def test_without_a_tensorboard_logger_it_writes_its_own_event_file(tmp_path, logged):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # tracking itself must not fail
         trainer, module, _ = fit(tmp_path, logger="csv", max_steps=3)
     concepts = tmp_path / "csv" / "version_0" / "concepts"
-    assert sorted(scalars(concepts)[tags.summary("num_concepts")]) == [0, 2, 3]
+    assert sorted(logged(concepts)[tags.summary("num_concepts")]) == [0, 2, 3]
     assert module.training
 
 

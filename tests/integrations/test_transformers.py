@@ -5,6 +5,7 @@ rule over words, so AND/OR concepts between word players are what the model has 
 """
 
 import ast
+import math
 import pathlib
 import random
 import re
@@ -12,6 +13,7 @@ import shutil
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -130,7 +132,8 @@ def scalar_values(log_dir, tag) -> dict[int, float]:
     return {e.step: e.value for e in acc.Scalars(tag)}
 
 
-def run(output_dir, resume=None, **callback_options):
+def run(output_dir, resume=None, stop_at=None, **callback_options):
+    """The tracked reference run; ``stop_at``: stop training there, just after a checkpoint."""
     tokenizer = make_tokenizer()
     model = make_model(tokenizer)
     callback = ConceptTrackerCallback(
@@ -139,10 +142,10 @@ def run(output_dir, resume=None, **callback_options):
     recorder = LogRecorder()
     trainer = Trainer(
         model=model,
-        args=training_args(output_dir),
+        args=training_args(output_dir, **({} if stop_at is None else {"save_steps": stop_at})),
         train_dataset=make_dataset(tokenizer, 96, seed=1),
         processing_class=tokenizer,
-        callbacks=[callback, recorder],
+        callbacks=[callback, recorder] + ([] if stop_at is None else [StopAt(stop_at)]),
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer, callback, recorder
@@ -192,10 +195,34 @@ def test_checkpoints_hold_the_tracker_state(unbroken):
         assert (out / f"checkpoint-{step}" / STATE_DIR / STATE_FILE).is_file()
 
 
-def test_resume_from_checkpoint_continues_the_dynamics(unbroken, tmp_path):
+def test_a_resumed_run_is_one_run_and_report_reads_what_was_logged(unbroken, tmp_path):
+    """Stopped after its checkpoint at step 3 and resumed from it, the run keeps one concept
+    folder, and the report on it gives the sign flips and detour ratios that were logged, as
+    an uninterrupted run logged them."""
+    out, _, _, _ = unbroken
+    run(tmp_path, stop_at=3)
+    trainer, callback, _ = run(tmp_path, resume=True)  # finds <output_dir>/checkpoint-3
+    assert trainer.state.global_step == 8
+    folder = concepts_dir(tmp_path)  # one folder for both launches
+    assert callback.tracker.log_dir == str(folder) and list_steps(folder) == [0, 3, 8]
+    summary = report.summarize_run(folder)
+    reported = {
+        tags.SIGN_FLIPS: summary.sign_flips,
+        tags.band_detour_ratio("simple"): summary.detour_simple,
+        tags.band_detour_ratio("complex"): summary.detour_complex,
+    }
+    for tag, value in reported.items():
+        logged, reference = scalar_values(folder, tag)[8], scalar_values(concepts_dir(out), tag)[8]
+        assert np.float32(value) == np.float32(logged) or (math.isnan(value) and math.isnan(logged)), tag
+        assert logged == pytest.approx(reference, rel=1e-4, abs=1e-6, nan_ok=True), tag
+    assert summary.sign_flips > 0  # the flips before the checkpoint count too
+
+
+def test_a_checkpoint_copied_elsewhere_continues_the_dynamics_in_a_new_folder(unbroken, tmp_path):
     out, _, _, _ = unbroken
     shutil.copytree(out / "checkpoint-4", tmp_path / "checkpoint-4")
-    trainer, _, _ = run(tmp_path, resume=True)  # finds <output_dir>/checkpoint-4
+    with pytest.warns(UserWarning, match="concept folder .*runs/concepts/.* is gone"):
+        trainer, _, _ = run(tmp_path, resume=True)  # finds <output_dir>/checkpoint-4
     assert trainer.state.global_step == 8
 
     resumed = scalar_steps(concepts_dir(tmp_path))
@@ -483,6 +510,38 @@ def test_mean_baseline_is_fitted_on_the_training_set_and_losses_reach_the_report
         for step, value in series.items():
             logged = next(e[key] for e in trainer.state.log_history if e["step"] == step and key in e)
             assert value == pytest.approx(logged)
+
+
+class Augmenting(torch.utils.data.Dataset):
+    """Tabular items with noise drawn from the global RNG at every read, as a random
+    augmentation draws it."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i] + 0.1 * torch.rand(4), "labels": int(self.y[i])}
+
+
+def test_probes_drawn_from_an_augmenting_dataset_leave_training_bitwise_identical(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=gen)
+    data = Augmenting(x, (x[:, 0] > 0).long())
+
+    def train(name, callbacks):
+        model = TabularModel()
+        args = training_args(tmp_path / name, max_steps=4, gradient_accumulation_steps=1, save_strategy="no")
+        Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train()
+        return model
+
+    plain = train("plain", [])
+    players = TabularPlayers(baselines="zero")  # nothing to fit: only the probe draw reads the dataset
+    tracked = train("tracked", [ConceptTrackerCallback(players, num_probe=4, schedule=at_steps([2]), output=NO_FIGURES)])
+    for (name, a), (_, b) in zip(plain.state_dict().items(), tracked.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_a_second_launch_into_a_used_folder_warns_once(tmp_path):

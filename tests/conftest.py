@@ -1,0 +1,46 @@
+"""Shared fixtures of the test suite.
+
+- ``module_workdir``: a fresh current directory in which a test writes an importable module
+  (a model factory for ``concept-tracker analyze --model-factory``); ``sys.path`` and
+  ``sys.modules`` are restored afterwards.
+- ``logged``: reads the scalars a TensorBoard folder holds, ``{tag: {step: value}}``.
+
+Marker ``slow`` (registered in pyproject.toml): the subprocess runs of the scripts in
+examples/. The suite runs them (CI runs everything); ``pytest -m "not slow"`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+@pytest.fixture
+def module_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], Path]:
+    """``write(name, source)`` writes ``<tmp_path>/<name>.py`` into the current directory
+    (``tmp_path``) and returns that directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # what a test or the CLI adds goes with it
+
+    def write(name: str, source: str) -> Path:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        return tmp_path
+
+    return write
+
+
+@pytest.fixture
+def logged() -> Callable[[Path | str], dict[str, dict[int, float]]]:
+    """``read(log_dir)``: every scalar of the TensorBoard event files in ``log_dir``."""
+
+    def read(log_dir: Path | str) -> dict[str, dict[int, float]]:
+        acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+    return read
