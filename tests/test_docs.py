@@ -198,7 +198,6 @@ TAG_PLACEHOLDERS = (
     (re.compile(r"order_\d\d"), "order_{m:02d}"),
     (re.compile(r"^(concepts|histograms|figures)/(and|or)/"), r"\1/{kind}/"),
     (re.compile(r"^(generalization|dynamics)/(simple|medium|complex)/"), r"\1/{band}/"),
-    (re.compile(r"^spectrum/(simple|medium|complex)_"), "spectrum/{band}_"),
 )
 
 
