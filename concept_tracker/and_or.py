@@ -1,4 +1,4 @@
-"""Sparse AND-OR decomposition of coalition values (SPEC §4, ``kind="and_or"``).
+"""Sparse AND-OR decomposition of coalition values (``kind="and_or"``).
 
 For one sample with values ``v`` on all ``2**n`` coalitions, the decomposition splits ``v`` into
 an AND part and an OR part, up to a small bounded noise ``q``::

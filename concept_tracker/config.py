@@ -83,8 +83,9 @@ class BudgetConfig:
     Attributes:
         max_overhead: None, or the largest fraction (0 < f < 1) of wall time that tracking may
             cost training (its stalls plus what the background work takes from training steps).
-            With ``total_steps``, the steps to track are planned (first, last, the rest
-            log-spaced); else a step is skipped when it would exceed the budget.
+            With a horizon (``total_steps``, or the last step of a finite schedule), the steps to
+            track are planned (first, last, the rest log-spaced; :mod:`concept_tracker.budget`);
+            else a step is skipped when it would exceed the budget.
         total_steps: the run's last step, when known (the integrations pass it).
         batch_size: rows per forward, the memory a tracked step may take (None: automatic).
         sync: finish each tracked step inside ``step()``, with no background work (debugging).

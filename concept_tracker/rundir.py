@@ -66,12 +66,13 @@ def new_run_dir(root: str | os.PathLike = "runs/concepts") -> str:
 
 
 def run_entries(folder: str | os.PathLike) -> list[Path]:
-    """What a tracked run keeps in ``folder``: its TensorBoard event files and its stored
-    interactions (empty when ``folder`` holds no run; other files are not the run's)."""
+    """What a tracked run keeps in ``folder``: its TensorBoard event files, its stored
+    interactions and sampled spectra, and its run file (empty when ``folder`` holds no run;
+    other files are not the run's)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    names = (store.INTERACTIONS_DIR, RUN_FILE)
+    names = (store.INTERACTIONS_DIR, store.SPECTRUM_DIR, RUN_FILE)
     return sorted(p for p in folder.iterdir() if p.name.startswith("events.out.tfevents") or p.name in names)
 
 
@@ -375,12 +376,15 @@ class RunGuard:
         the resumed history continues from the state."""
         at = cast(int, self._resumed_at)
         later = {split: [s for s in store.list_steps(self.log_dir, split) if s > at] for split in store.SPLITS}
+        spectra = sorted(Path(self.log_dir, store.SPECTRUM_DIR).glob("step_*.safetensors"))
+        later["spectrum"] = [int(p.stem[5:]) for p in spectra if p.stem[5:].isdigit() and int(p.stem[5:]) > at]
         if not any(later.values()):
             return
         for split, steps in later.items():
             for step in steps:
-                store.step_path(self.log_dir, step, split).unlink(missing_ok=True)
-        steps = sorted(set(later["probe"] + later["heldout"]))
+                path = store.spectrum_path(self.log_dir, step) if split == "spectrum" else None
+                (path or store.step_path(self.log_dir, step, split)).unlink(missing_ok=True)
+        steps = sorted({s for found in later.values() for s in found})
         shown = ", ".join(map(str, steps[:5])) + (", ..." if len(steps) > 5 else "")
         self.tally.warn_once(
             f"ConceptTracker resumes {self.log_dir!r} from a state saved at step {at}; the steps stored "

@@ -16,6 +16,7 @@ Plain PyTorch::
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 import warnings
@@ -174,6 +175,7 @@ class ConceptTracker(DeclaredState):
         self.writer = TensorBoardWriter(self.log_dir, self.output.writer)
         self._run = RunGuard(self.log_dir, lambda: storage.list_steps(self.log_dir))
         self._worker = Worker(inline=self.budget.sync)
+        atexit.register(self.close)  # a script that never calls close() still gets its tracked steps
         # Tracked steps whose forwards are done: queued, then (one at a time) on the worker.
         self._queue: deque[tuple[int, dict[str, Interactions], float]] = deque()  # step, values, stall
         self._inflight: tuple[int, int, float] | None = None  # job id, step, stall
@@ -440,6 +442,7 @@ class ConceptTracker(DeclaredState):
                 raise
             warnings.warn(f"ConceptTracker could not finish at close: {type(err).__name__}: {err}", stacklevel=2)
         finally:
+            atexit.unregister(self.close)
             self._worker.close()
             try:
                 self.writer.close()

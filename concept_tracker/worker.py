@@ -16,9 +16,10 @@ that holds CUDA and OpenMP threads, and spawn re-runs a training script that lac
 and on one torch thread. It imports torch and the job's module (matplotlib only for figures).
 
 One fallback and one failure rule: if the child cannot start, exits, cannot be sent a job, or
-owes an answer for :data:`ANSWER_TIMEOUT` seconds while the caller waits for it (a stopped
-child), the worker warns once, kills it, and runs every pending and later job inline, on the
-calling thread, from then on. Nothing waits longer than that bound. Inline (also with
+makes no progress for :data:`ANSWER_TIMEOUT` seconds while the caller waits for it (a stopped
+child: no answer and, where ``/proc`` tells, no CPU time either, so that a child merely slowed
+by a busy machine is not given up), the worker warns once, kills it, and runs every pending and
+later job inline, on the calling thread, from then on. No wait outlasts that bound. Inline (also with
 ``inline=True``, for debugging) a job runs on one torch thread (the caller's setting is restored)
 and on a copy of its arguments, as in the child: both give the same floats, and a job never
 changes the caller's objects.
@@ -48,10 +49,10 @@ JOBS = {
 """Job name -> (module, function): what the worker can run. The child gets the module and function
 with each job and imports the module then, so it imports only what its jobs need."""
 
-ANSWER_TIMEOUT = 60.0
-"""Seconds a caller waits for the child's next answer (in :meth:`Worker.answers` with
-``wait=True``: at ``close()``, ``state_dict()``) before the child counts as stuck and its jobs
-run inline."""
+ANSWER_TIMEOUT = 30.0
+"""Seconds a caller waits (in :meth:`Worker.answers` with ``wait=True``: at ``close()``,
+``state_dict()``) while the child makes no progress (no answer, no CPU time) before it counts
+as stuck and its jobs run inline."""
 
 STOP_TIMEOUT = 5.0
 """Seconds to wait for a killed child to be gone."""
@@ -144,12 +145,13 @@ class Worker:
         if not self.inline and self._jobs:
             try:
                 self._pump(0.0)
-                last = time.monotonic()
+                last, cpu = time.monotonic(), self._cpu_ticks()
                 while wait and self._jobs:
-                    if self._pump(min(1.0, ANSWER_TIMEOUT)):
-                        last = time.monotonic()
+                    answered, now_cpu = self._pump(min(1.0, ANSWER_TIMEOUT)), self._cpu_ticks()
+                    if answered or now_cpu != cpu:
+                        last, cpu = time.monotonic(), now_cpu
                     elif time.monotonic() - last > ANSWER_TIMEOUT:
-                        raise TimeoutError(f"no answer within {ANSWER_TIMEOUT:g} s")
+                        raise TimeoutError(f"no progress within {ANSWER_TIMEOUT:g} s")
             except Exception as err:  # it exited, a broken pipe, a stopped child
                 self._fail(f"failed ({type(err).__name__}: {err})")
         done, self._done = self._done, []
@@ -191,6 +193,15 @@ class Worker:
                 self._in += chunk
             self._parse()
         return len(self._done) > before
+
+    def _cpu_ticks(self) -> int | None:
+        """The child's CPU time so far, in clock ticks (None where ``/proc`` does not tell)."""
+        try:
+            stat = Path(f"/proc/{cast(subprocess.Popen, self._proc).pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return int(fields[11]) + int(fields[12])  # utime, stime
 
     def _parse(self) -> None:
         while len(self._in) >= HEADER:

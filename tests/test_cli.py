@@ -145,7 +145,8 @@ def test_analyze_force_on_a_live_run_touches_nothing(workdir, capsys):
     write_checkpoints(workdir / "ckpts")
     write_data(workdir / "data.pt")
     run = workdir / "run"
-    live = ConceptTracker(TabularPlayers(), torch.randn(3, FEATURES), log_dir=run, schedule=at_steps([0, 9]), figures=False)
+    live = ConceptTracker(TabularPlayers(), torch.randn(3, FEATURES), log_dir=run, schedule=at_steps([0, 9]),
+                          output=OutputConfig(figures=False))
     try:
         live.step(seeded(build, seed=0), 0)
         before = snapshot(run)

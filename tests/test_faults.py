@@ -193,13 +193,17 @@ def test_a_state_older_than_the_stored_steps_trims_them_with_one_message(tmp_pat
     for s in (2, 3):
         t.step(model(), s)
     t.close()
+    spectra = [storage.spectrum_path(tmp_path, s) for s in (1, 3)]  # sampled spectra are trimmed too
+    for path in spectra:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"spectrum")
     other = nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, CLASSES))
     resumed = tracker(tmp_path)
     resumed.load_state_dict(state)
     messages = recorded(lambda: [resumed.step(other, 2), resumed.close()])
     trimmed = [m for m in messages if "removed" in m]
     assert len(trimmed) == 1 and "steps 2, 3" in trimmed[0] and "step 1" in trimmed[0]
-    assert list_steps(tmp_path) == [0, 1, 2]
+    assert list_steps(tmp_path) == [0, 1, 2] and spectra[0].exists() and not spectra[1].exists()
     want = ct.compute_interactions(other, data(), TabularPlayers(), target=torch.arange(5) % CLASSES)
     assert torch.allclose(load_step(step_path(tmp_path, 2))[0].outputs, want.outputs)
     assert report.summarize_run(tmp_path).steps == [0, 1, 2]
@@ -262,6 +266,7 @@ def test_close_on_a_full_disk_warns_once_releases_the_lock_and_keeps_the_stored_
 
     t = tracker(tmp_path)
     t.step(model(), 0)
+    t.summaries(wait=True)  # step 0 stored before the disk fills
     kept = step_path(tmp_path, 0).read_bytes()
 
     def full_disk(*args, **kwargs):

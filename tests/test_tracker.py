@@ -836,3 +836,22 @@ def test_the_keywords_of_spec_9_still_work_with_one_future_warning(tmp_path):
         ConceptTracker(TabularPlayers(), probes, log_dir=tmp_path / "twice", readings=ReadingsConfig(), ratio=0.1)
     for tracker in (old, new):
         tracker.close()
+
+
+def test_tracked_steps_are_written_at_exit_without_close(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from concept_tracker import ConceptTracker, OutputConfig, TabularPlayers, every\n"
+        "x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])\n"
+        f"t = ConceptTracker(TabularPlayers(), (x, y), log_dir={str(tmp_path)!r}, schedule=every(1), output=OutputConfig(figures=False))\n"
+        "model = nn.Linear(3, 2)\n"
+        "for step in range(2):\n"
+        "    t.step(model, step)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert list_steps(tmp_path) == [0, 1]

@@ -186,7 +186,7 @@ def test_a_stopped_child_never_blocks_and_its_jobs_run_inline_after_the_bound(mo
         big = [worker.submit("finish_step", *finish_args(6 + i, samples=300)) for i in range(3)]
         assert worker._out and worker.answers() == []  # not sent yet, and no answer
         start = time.monotonic()
-        with pytest.warns(UserWarning, match="no answer within 1 s") as record:
+        with pytest.warns(UserWarning, match="no progress within 1 s") as record:
             done = answers(worker)
         waited = time.monotonic() - start
     finally:
