@@ -221,7 +221,8 @@ def library_tags() -> set[str]:
     every value they accept."""
     from concept_tracker.writers import tags
 
-    out = {v for k, v in vars(tags).items() if k.isupper() and isinstance(v, str) and "/" in v}
+    constants = [v for k, v in vars(tags).items() if k.isupper()]
+    out = {v for c in constants for v in (c if isinstance(c, tuple) else (c,)) if isinstance(v, str) and "/" in v}
     domains = {"kind": ("and", "or"), "m": (1, 12), "band": tags.BANDS, "tag": ("concepts/summary/complex_ratio",)}
     domains["stat"] = tags.ORDER_STATS + tags.SUMMARY_STATS + tags.SHARE_STATS
     for name, fn in vars(tags).items():
@@ -251,7 +252,8 @@ def written_tags(log_dir: Path) -> set[str]:
 
 def test_every_tensorboard_tag_is_documented(tmp_path):
     """docs/metrics.md lists every tag the library names (writers/tags.py) or writes (a tracked
-    run with every option that adds tags: AND-OR, held-out probes, figures, a budget), and
+    run with every option that adds tags: AND-OR, held-out probes, figures, a budget, the
+    sampled order spectrum), and
     lists no tag the library does not write."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
@@ -259,13 +261,14 @@ def test_every_tensorboard_tag_is_documented(tmp_path):
     budget = ct.BudgetConfig(max_overhead=0.9, total_steps=3, sync=True)
     with ct.ConceptTracker(
         ct.TabularPlayers(baselines="zero"), (x, labels), (x.flip(0), labels), log_dir=tmp_path,
-        schedule=ct.every(1), kind="and_or", budget=budget,
+        schedule=ct.every(1), kind="and_or", budget=budget, readings=ct.ReadingsConfig(spectrum=32),
     ) as tracker, warnings.catch_warnings(record=True):  # whether the budget skips a step depends on the load
         warnings.simplefilter("always")
         for step in range(4):
             tracker.step(model, step)
     written = written_tags(tmp_path)
     assert any(t.startswith("figures/") for t in written) and "text/overhead_budget" in written
+    assert any(t.startswith("spectrum/") for t in written)
     documented = documented_tags()
     named = written | library_tags()
     intervals = {t for t in named if t.endswith(("_ci_low", "_ci_high"))}
