@@ -7,6 +7,12 @@
 
 Marker ``slow`` (registered in pyproject.toml): the subprocess runs of the scripts in
 examples/. The suite runs them (CI runs everything); ``pytest -m "not slow"`` leaves them out.
+
+Trackers built in this process finish their steps inline (as ``BudgetConfig(sync=True)``
+does), unless the test is marked ``worker_process``: starting the background process costs
+about 3 s of CPU per tracker, which across hundreds of trackers would take the suite past its
+time on two cores. The tests marked ``worker_process`` and tests/test_worker.py check the
+process path, and that it gives the same readings as the inline one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,16 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+@pytest.fixture(autouse=True)
+def inline_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trackers of unmarked tests run their background jobs inline (see the module docstring)."""
+    if request.node.get_closest_marker("worker_process") is None:
+        import concept_tracker.tracker as tracker_module
+        from concept_tracker.worker import Worker
+
+        monkeypatch.setattr(tracker_module, "Worker", lambda inline=False: Worker(inline=True))
 
 
 @pytest.fixture

@@ -575,6 +575,7 @@ def test_figures_are_pure_matplotlib():
 # ------------------------------------------------------------------ background worker and budget plan
 
 
+@pytest.mark.worker_process
 @pytest.mark.parametrize("kind", ["and", "and_or"])
 def test_the_worker_logs_exactly_what_sync_mode_logs_in_step_order(tmp_path, kind):
     runs = {}
@@ -605,6 +606,7 @@ def test_the_worker_logs_exactly_what_sync_mode_logs_in_step_order(tmp_path, kin
             assert (a is None and b is None) or torch.equal(a, b), (step, name)
 
 
+@pytest.mark.worker_process
 def test_async_step_returns_a_placeholder_and_summaries_follow(tmp_path):
     model = make_model()
     with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), output=NO_FIGURES, **probe_sets()) as tracker:
@@ -617,6 +619,7 @@ def test_async_step_returns_a_placeholder_and_summaries_follow(tmp_path):
         assert tracker.summaries() == []
 
 
+@pytest.mark.worker_process
 def test_state_dict_waits_for_the_steps_still_on_the_worker(tmp_path):
     with ConceptTracker(TabularPlayers(), log_dir=tmp_path, schedule=every(1), output=NO_FIGURES, **probe_sets()) as tracker:
         model = make_model()
@@ -627,6 +630,7 @@ def test_state_dict_waits_for_the_steps_still_on_the_worker(tmp_path):
     assert len(state["shares"]) == 2
 
 
+@pytest.mark.worker_process
 def test_a_worker_failure_warns_at_the_next_call_or_raises_under_strict(tmp_path, monkeypatch):
     import os
 
@@ -657,6 +661,7 @@ def test_a_worker_failure_warns_at_the_next_call_or_raises_under_strict(tmp_path
         strict.close()
 
 
+@pytest.mark.worker_process
 @pytest.mark.parametrize("fault", ["stopped", "killed", "no start"])
 def test_a_stuck_dead_or_missing_worker_costs_one_warning_and_a_bounded_wait(tmp_path, monkeypatch, fault):
     """Issue 22: a stopped (SIGSTOP), killed or unstartable worker never blocks training or close()
@@ -746,6 +751,7 @@ def test_a_run_of_known_length_gets_a_plan_with_its_first_and_last_steps(tmp_pat
     assert any(str(plan).encode() in event.tensor_proto.string_val[0] for event in text)
 
 
+@pytest.mark.worker_process
 @pytest.mark.filterwarnings("ignore:ConceptTracker skipped step:UserWarning")  # as the machine's speed says
 def test_every_training_step_is_timed_as_beside_the_worker_or_not(tmp_path):
     # The budget measures what the background work takes from training by timing each training
