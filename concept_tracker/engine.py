@@ -399,18 +399,22 @@ def coalition_values(
                         _value_block(forward, value_fn, masked(start, stop), tgt, flat[start:stop], rows, buffers)
                     done = stop
                     bar.update(stop - start)
-            except torch.cuda.OutOfMemoryError:
-                if rows == 1:
-                    raise
-                rows = max(1, rows // 2)
-                torch.cuda.empty_cache()
-                if not warned:
-                    warnings.warn(
-                        f"CUDA out of memory in compute_interactions; retrying with batch_size={rows}.", stacklevel=3
-                    )
-                    warned = True
+            except torch.cuda.OutOfMemoryError as err:
+                rows, warned = _halved(rows, err, warned, "compute_interactions"), True
     _check_finite(out)
     return out
+
+
+def _halved(rows: int, err: torch.cuda.OutOfMemoryError, warned: bool, caller: str) -> int:
+    """Rows per forward after a CUDA out-of-memory error: half as many (the error again at one
+    row); says so once per call of ``caller``."""
+    if rows == 1:
+        raise err
+    torch.cuda.empty_cache()
+    rows = max(1, rows // 2)
+    if not warned:
+        warnings.warn(f"CUDA out of memory in {caller}; retrying with batch_size={rows}.", stacklevel=4)
+    return rows
 
 
 def sampled_coalition_values(
@@ -459,16 +463,8 @@ def sampled_coalition_values(
                         masked = masker(coalitions[b, start:stop].to(device))
                         _value_block(forward, value_fn, masked, tgt, out[b, start:stop], rows, buffers)
                     done = stop
-            except torch.cuda.OutOfMemoryError:
-                if rows == 1:
-                    raise
-                rows = max(1, rows // 2)
-                torch.cuda.empty_cache()
-                if not warned:
-                    warnings.warn(
-                        f"CUDA out of memory in order_spectrum; retrying with batch_size={rows}.", stacklevel=3
-                    )
-                    warned = True
+            except torch.cuda.OutOfMemoryError as err:
+                rows, warned = _halved(rows, err, warned, "order_spectrum"), True
     _check_finite(out)
     return out
 
