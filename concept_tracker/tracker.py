@@ -217,8 +217,6 @@ class ConceptTracker(DeclaredState):
         contention = 0.0 if spare_cores() else 1.0
         budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention)
         self._timing = self._add_state("timing", budget_state)
-        # Last, once built: a script that never calls close() still gets its tracked steps.
-        atexit.register(self.close)
 
     # ----------------------------------------------------------------------------- stepping
 
@@ -248,6 +246,8 @@ class ConceptTracker(DeclaredState):
                 return None
             self._cursor = global_step
             self._run.tally.scheduled += 1
+            if self._run.tally.scheduled == 1:  # a script that never calls close() still gets its steps
+                atexit.register(self.close)
             try:
                 # Rank 0 decides for all ranks: the engine's forwards are collective.
                 if not main_process_flag(not is_main_process() or self._allows(global_step, start, last)):
