@@ -987,7 +987,7 @@ def sampled_figure(runs: Sequence[RunSummary]) -> Figure | None:
             orders = _span(getattr(s.bands, band))
             ax.plot(s.steps, value, marker="o", markersize=3, color=color, label=f"{band} share (orders {orders})")
             ax.fill_between(s.steps, low, high, color=color, alpha=0.2)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(-0.02, 1.02)  # shares of 0 and 1 stay visible
         _label(ax, f"{r.name}: sampled order spectrum (estimate)", legend="x-small")
     axes[0].set_ylabel("share of salient strength")
     return fig
