@@ -395,7 +395,8 @@ def _settings_text(settings: dict[str, Any]) -> str:
 def summarize_run(
     log_dir: str | os.PathLike, name: str | None = None, readings: ReadingsConfig | Mapping[str, Any] | None = None
 ) -> RunSummary:
-    """Recompute the concept metrics of a run from its stored interactions.
+    """Recompute the concept metrics of a run from its stored interactions, and read its stored
+    sampled order spectrum (:func:`summarize_spectrum`, :attr:`RunSummary.sampled`).
 
     The salience ratio and band cut-offs default to those the run was tracked with, as its
     stored interactions record them (:func:`stored_settings`); ``readings`` overrides them.
@@ -413,8 +414,9 @@ def summarize_run(
         :class:`RunSummary`.
     Raises:
         FileNotFoundError: if ``log_dir`` does not exist.
-        ValueError: if it holds no interactions, or a stored file is truncated, corrupt, or
-            inconsistent with the others, settings included (the message names the file).
+        ValueError: if it holds neither interactions nor a sampled spectrum, or a stored file is
+            truncated, corrupt, copied, or inconsistent with the others, settings and run id
+            included (the message names the file).
     """
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
