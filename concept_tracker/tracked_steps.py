@@ -1,6 +1,9 @@
-"""Tracked steps after their masked forwards: queued, finished on the background worker one at a
-time (:func:`concept_tracker.pipeline.finish_step`), then applied in step order to the run's
-records (trajectory, "and_or" warm starts, figure history), the store and the TensorBoard writer.
+"""Tracked steps after their masked forwards: queued for the background worker, then applied in
+step order to the run's records, the store and the writer.
+
+The worker finishes one step at a time (:func:`concept_tracker.pipeline.finish_step`); its
+result updates the records (trajectory, "and_or" warm starts, figure history), then the step is
+stored and logged.
 
 Everything here runs on the training thread: the worker gets copies of the records and hands back
 new ones, so no record is written from two threads. :meth:`TrackedSteps.collect` with
