@@ -116,11 +116,63 @@ def test_interference_is_the_busy_steps_excess_over_the_idle_ones():
         clock += seconds
     budget.call_began(clock)
     assert budget.step_seconds == pytest.approx(0.01)
-    assert budget.interference == pytest.approx(5 * 0.02)
+    assert budget.interference == 0.0  # no background CPU time reported yet: the excess is not ours
     assert budget.contention == 1.0  # assumed: no background work measured yet
     budget.finished(0.2)
+    assert budget.interference == pytest.approx(5 * 0.02)
     assert budget.contention == pytest.approx(0.5)
     assert budget.cost == pytest.approx(0.1)
+
+
+def test_background_work_is_charged_by_its_cpu_time_and_interference_at_most_that():
+    # A niced child on a busy machine: 5 s of wall time for 0.04 s of CPU, beside steps that other
+    # jobs slowed by 0.1 s in all. The cost is the CPU time; the wall time is the final wait only.
+    budget = OverheadBudget(0.1, 100)
+    clock = 0.0
+    for busy, seconds in [(False, 0.01)] * 12 + [(True, 0.03)] * 5:
+        budget.call_began(clock)
+        budget.call_ended(clock, busy)
+        clock += seconds
+    budget.call_began(clock)
+    budget.tracked(0, 0.2)
+    budget.finished(5.0, cpu=0.04)
+    budget.worked(0.01)  # e.g. the child's start-up
+    assert budget.interference == pytest.approx(0.05) and budget.contention == pytest.approx(1.0)
+    assert budget.cost == pytest.approx(0.05)
+    assert budget.step_cost() == pytest.approx(0.2 + 0.04)  # the stall and the step's CPU time
+    assert budget.worker_cost == 5.0 and budget.worker_cpu == 0.04
+
+
+def test_optional_work_is_afforded_only_beside_the_plan():
+    assert OverheadBudget(None, 100).affords(0.0, 100.0, background=True)  # no budget
+    assert not OverheadBudget(0.05, 20000).affords(0.0, 0.0, background=True)  # no plan yet
+    with pytest.warns(UserWarning, match="affords"):
+        _, budget, _ = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=1.0)
+    # At the end of the run (tracked: the horizon) no planned step is left: only the slack counts.
+    now = 20000 * 0.005 * 1.05
+    slack = 0.05 / 0.95 * (budget.elapsed(now) - budget.cost) - budget.cost - budget.worker_cost
+    assert slack > 0.1
+    assert budget.affords(now, slack - 0.05, background=True)
+    assert not budget.affords(now, slack + 0.05, background=True)
+    # Mid-run, background work is charged at the contention (assumed 0.5 here), inline in full.
+    budget, clock = OverheadBudget(0.05, 20000, every(1), contention=0.5), 0.0
+    with pytest.warns(UserWarning, match="affords"):
+        for step in range(20):
+            budget.call_began(clock)
+            if step == 1:
+                budget.finished(1.0)
+            if budget.allows(step, clock) and step == 0:
+                clock += 0.15
+                budget.tracked(0, 0.15)
+            budget.call_ended(clock, step == 0)
+            clock += 0.005
+    assert budget.plan is not None and budget.contention == 0.5
+    untracked = budget.elapsed(clock) - budget.cost + 20000 * budget.step_seconds
+    planned = (len(budget.plan) - 1) * budget.step_cost() + budget.worker_cost
+    room = 0.05 / 0.95 * untracked - budget.cost - planned
+    assert room > 0
+    assert budget.affords(clock, 1.9 * room, background=True)
+    assert not budget.affords(clock, 1.9 * room, background=False)
 
 
 def test_a_slow_spell_that_is_not_tracking_does_not_pass_for_the_step_time():
