@@ -265,3 +265,19 @@ def check_log_dir(log_dir: str | os.PathLike) -> str:
             "pass a directory you can write to."
         )
     return str(log_dir)
+
+
+def check_saved_state(state: Any, version: int, **current: Any) -> None:
+    """A tracker's saved ``state`` must be of ``version`` and hold the ``current`` settings
+    (``{name: this tracker's value}``) that a resumed run cannot change."""
+    if state.get("version") != version:
+        raise ValueError(
+            f"state has version {state.get('version')!r}; this tracker reads version "
+            f"{version} (pass the dict from ConceptTracker.state_dict())."
+        )
+    for name, value in current.items():
+        if state[name] != value:
+            raise ValueError(
+                f"state was saved with {name}={state[name]!r} but this tracker has "
+                f"{name}={value!r}; build the tracker with the saved {name}."
+            )
