@@ -239,19 +239,21 @@ class OverheadBudget:
         return (self.last_cost or 0.0) + self.contention * (self.worker_cpu or 0.0)
 
     def affords(self, now: float, cpu: float, background: bool) -> bool:
-        """Whether ``cpu`` more seconds of optional work (figures) fit beside the plan: the cost so
-        far, the planned steps still to come, the final wait and this work stay within
-        ``max_overhead`` of the run. Run in the ``background`` process, the work is charged at the
-        :attr:`contention`, unless no planned step follows (``close()`` then waits for it); inline,
-        in full. Without a plan (no horizon, or not yet measured), False under a budget."""
+        """Whether ``cpu`` more seconds of optional work (figures) fit the budget. Run in the
+        ``background`` process, the work is charged at the :attr:`contention`, unless no planned
+        step follows (``close()`` then waits for it); inline, in full. With a plan: the cost so
+        far, the planned steps still to come, the final wait and this work stay within the
+        allowance of the run. Without one (no horizon, or not yet measured), as a step without a
+        plan: the cost with this work stays within ``max_overhead`` of the wall time."""
         if self.max_overhead is None:
             return True
-        if self.plan is None or self.step_seconds is None or self._last is None:
-            return False
-        ahead = [s for s in self.plan if s > self._last]
+        f, last, step_seconds = self.max_overhead, self._last, self.step_seconds
+        if self.plan is None or last is None or step_seconds is None:
+            charge = cpu * (self.contention if background else 1.0)
+            return self.cost + charge <= f * (self.elapsed(now) + charge)
+        ahead = [s for s in self.plan if s > last]
         charge = cpu * (self.contention if background and ahead else 1.0)
-        f, horizon = self.max_overhead, self.horizon or self._last
-        untracked = self.elapsed(now) - self.cost + max(0, horizon - self._last) * self.step_seconds
+        untracked = self.elapsed(now) - self.cost + max(0, (self.horizon or last) - last) * step_seconds
         planned = len(ahead) * self.step_cost() + (self.worker_cost or 0.0)
         return self.cost + planned + charge <= f / (1 - f) * untracked
 

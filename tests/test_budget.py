@@ -145,7 +145,11 @@ def test_background_work_is_charged_by_its_cpu_time_and_interference_at_most_tha
 
 def test_optional_work_is_afforded_only_beside_the_plan():
     assert OverheadBudget(None, 100).affords(0.0, 100.0, background=True)  # no budget
-    assert not OverheadBudget(0.05, 20000).affords(0.0, 0.0, background=True)  # no plan yet
+    # No plan yet (or no horizon): as a step without a plan, within max_overhead of the wall time.
+    early = OverheadBudget(0.5, 20000, contention=1.0)
+    early.call_began(0.0)
+    early.call_ended(1.0, False)  # 1 s of stalls
+    assert early.affords(4.0, 2.0, background=True) and not early.affords(4.0, 2.1, background=True)
     with pytest.warns(UserWarning, match="affords"):
         _, budget, _ = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=1.0)
     # At the end of the run (tracked: the horizon) no planned step is left: only the slack counts.
@@ -244,3 +248,39 @@ def test_a_plan_without_room_is_not_overridden_before_the_horizon():
     assert not late.allows(9000, now=20.0, last=True)  # 0.15 + 3.15 > 0.05 * 23.15
     assert late.allows(9001, now=80.0, last=True)
     assert not late.allows(20001, now=2.0) and late.allows(20002, now=20.0)  # past the horizon
+
+
+def test_figures_under_a_budget_are_drawn_only_when_afforded_and_charged_what_they_measured(tmp_path):
+    import torch
+
+    from concept_tracker.interactions import Interactions
+    from concept_tracker.metrics.profile import band_orders, order_profile
+    from concept_tracker.rundir import StepTally
+    from concept_tracker.transforms import and_transform
+    from concept_tracker.worker import Worker
+    from concept_tracker.writers import step_figures
+    from concept_tracker.writers.tensorboard import TensorBoardWriter
+
+    v = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    names = [[f"p{i}" for i in range(4)]] * 2
+    res = Interactions(outputs=v, and_effects=and_transform(v), or_effects=None, n=4, kind="and", player_names=names)
+    figure = (res, {"and": order_profile(res)}, None, [0], torch.rand(1, 5), torch.rand(1, 1, 16), 0)
+    asked, room = [], [False]
+    worker, tally = Worker(inline=True), StepTally()
+    figures = step_figures.StepFigures(
+        TensorBoardWriter(tmp_path), band_orders(4), True, tally.warn_once, worker.submit,
+        lambda cpu: asked.append(cpu) or room[0],
+    )
+    with pytest.warns(UserWarning, match="figures of step 0 were not drawn") as record:
+        figures.tracked(1, 0, *figure)
+        figures.tracked(2, 1, *figure)
+    assert len(record) == 1 and not worker._done  # one message; nothing drawn
+    assert asked == [step_figures.FIRST_DRAW_SECONDS] * 2
+    room[0] = True
+    figures.tracked(4, 2, *figure)
+    answers = worker.answers()
+    assert len(answers) == 3 and all(figures.received(a) for a in answers)  # order profile, heat map, trajectory
+    assert figures.cost == pytest.approx(sum(a.cpu for a in answers))  # the next set is charged this
+    measured = figures.cost
+    figures.tracked(8, 3, *figure)
+    assert asked[-1] == measured != step_figures.FIRST_DRAW_SECONDS

@@ -109,6 +109,22 @@ def test_without_room_for_a_child_every_job_runs_inline_from_the_start(monkeypat
     assert child_pays("cpu")
 
 
+@pytest.mark.worker_process
+def test_a_tracker_without_an_idle_core_finishes_its_steps_inline_without_a_child(tmp_path, monkeypatch):
+    import concept_tracker.tracker as tracker_module
+    from concept_tracker import ConceptTracker, OutputConfig, TabularPlayers, every
+    from concept_tracker.writers import tags
+
+    monkeypatch.setattr(tracker_module, "child_pays", child_pays)  # the rule itself, not the suite's stand-in
+    monkeypatch.setattr(worker_module, "spare_cores", lambda: 0)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with ConceptTracker(TabularPlayers(), x, log_dir=tmp_path, schedule=every(1), output=OutputConfig(figures=False)) as tracker:
+        summary = tracker.step(model, 0)
+        assert tracker._worker.inline and tracker._worker._proc is None
+        assert tags.summary("complex_ratio") in summary  # finished inside step()
+
+
 def test_a_failing_job_comes_back_as_its_exception_and_the_child_goes_on():
     worker = Worker()
     try:

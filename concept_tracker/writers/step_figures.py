@@ -59,8 +59,8 @@ class StepFigures:
         self._affords = affords
         self._jobs: dict[int, tuple[str, int]] = {}  # job id -> (tag, step) of the figures owed
         self._undrawn: tuple[Any, ...] | None = None  # the last tracked step's figures, due at close
-        self.cost = FIRST_DRAW_SECONDS  # CPU seconds of the last set drawn (its answers so far)
-        self._drawing: int | None = None  # the step whose set self.cost is being measured on
+        self.cost = FIRST_DRAW_SECONDS  # CPU seconds of the last set drawn whole
+        self._drawing: tuple[int, float] | None = None  # the step of the set being measured, its seconds so far
 
     def tracked(self, count: int, *figure: Any) -> None:
         """After the ``count``-th tracked step: draw its figures (arguments of :meth:`draw`) now
@@ -108,7 +108,7 @@ class StepFigures:
         def submit(tag: str, name: str, *args: Any) -> None:
             self._jobs[self._submit("figure", name, *args)] = (tag, step)
 
-        self.cost, self._drawing = 0.0, step
+        self._drawing = (step, 0.0)
 
         for kind, profile in kind_profiles.items():
             submit(
@@ -128,8 +128,10 @@ class StepFigures:
         if answer.job not in self._jobs:
             return False
         tag, step = self._jobs.pop(answer.job)
-        if step == self._drawing:
-            self.cost += answer.cpu + answer.overhead
+        if self._drawing is not None and step == self._drawing[0]:
+            self._drawing = (step, self._drawing[1] + answer.cpu + answer.overhead)
+            if all(owed != step for _, owed in self._jobs.values()):
+                self.cost, self._drawing = self._drawing[1], None
         if answer.error is None:
             self.writer.png(tag, answer.value, step)
         elif self.strict:
