@@ -87,8 +87,9 @@ class OverheadBudget:
     measured: the training steps between two calls are timed, and those that ran beside
     background work are compared with those that ran without; its ratio to the background
     process's CPU seconds (its start-up, steps and figures) is the :attr:`contention`. Until it is
-    measured, the background work is assumed to take its whole CPU time from training when the
-    process has no core to spare (``contention=1``) and nothing otherwise (``contention=0``).
+    measured, the background work is assumed to take ``contention`` of its CPU time from training
+    (the tracker assumes 0: it starts a background process only where one pays, see
+    :func:`~concept_tracker.worker.child_pays`).
 
     The horizon is ``total_steps`` when given, else the last step of a finite schedule
     (:meth:`~concept_tracker.schedules.Schedule.last_step`). With a horizon, once the first tracked
@@ -108,7 +109,7 @@ class OverheadBudget:
         max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
         total_steps: the run's last step, when known.
         schedule: the tracker's schedule (its steps are the plan's candidates).
-        contention: share of the background work's time assumed to slow training until
+        contention: share of the background work's CPU time assumed to slow training until
             measured, in [0, 1].
     """
 
