@@ -1,5 +1,6 @@
-"""The tracker's sampled order spectrum: when it is read, reading it at a tracked step, and
-writing it under its own tags and file (an estimate never fills an exact tag or field).
+"""The tracker's sampled order spectrum: when it is read, and reading and writing it at a tracked step.
+
+It is written under its own tags and file: an estimate never fills an exact tag or field.
 
 Above :data:`SAMPLED_ABOVE` players it replaces the exact readings; at or below, it is read beside
 them when ``ReadingsConfig.spectrum`` asks for it. The estimator is

@@ -1,10 +1,10 @@
-"""Tracked steps after their masked forwards: queued, finished on the background worker one at a
-time (:func:`concept_tracker.pipeline.finish_step`), then applied in step order to the run's
-records (trajectory, "and_or" warm starts, figure history), the store and the TensorBoard writer.
+"""Tracked steps after their masked forwards: queued for the background worker, then applied in
+step order to the run's records, the store and the writer.
 
-Everything here runs on the training thread: the worker gets copies of the records and hands back
-new ones, so no record is written from two threads. :meth:`TrackedSteps.collect` with
-``wait=True`` (at ``close()``, ``state_dict()``) waits for the worker, each wait bounded.
+The worker finishes one step at a time (:func:`concept_tracker.pipeline.finish_step`) on copies
+of the records (trajectory, "and_or" warm starts) and hands back new ones, applied here, on the
+training thread: no record is written from two threads. Only ``collect(wait=True)`` (at
+``close()``, ``state_dict()``) waits for the worker, each wait bounded.
 
 Memory: besides the engine, the records hold ``O(B * 2**n)`` running dynamics state and, for
 the trajectory figure, the effects of probe sample 0 at every tracked step (``T * K * 2**n``
@@ -192,25 +192,17 @@ class TrackedSteps(DeclaredState):
         perf[tags.PERF_SECONDS] = stall + (answer.seconds if answer.inline else 0.0)  # what training waited
         try:
             # What the readings depend on besides the interactions.
-            meta = {**self._settings, "baseline": self.players.baseline_description}
+            meta = {**self._settings, "baseline": self.players.baseline_description, "run": self._run.id}
             for split, part in results.items() if self.output.store else ():
-                log_dir = self._writer.log_dir
-                storage.save_step(log_dir, step, part, queued.ids[split], split, run=self._run.id, **meta)
+                storage.save_step(self._writer.log_dir, step, part, queued.ids[split], split, **meta)
         finally:  # the scalars are logged even when the store fails
-            self._write(step, results, summary, perf, queued.ids["probe"])
+            self._write(queued, results, summary, perf)
         self._run.tally.tracked += 1
         summary.scalars.update(queued.spectrum)  # logged at the forwards
         self.done.append(summary)
 
-    def _write(
-        self,
-        step: int,
-        results: dict[str, Interactions],
-        summary: StepSummary,
-        perf: dict[str, float],
-        ids: list[Any] | None,
-    ) -> None:
-        writer, res = self._writer, results["probe"]
+    def _write(self, queued: Queued, results: dict[str, Interactions], summary: StepSummary, perf: dict) -> None:
+        writer, res, step, ids = self._writer, results["probe"], queued.step, queued.ids["probe"]
         layout = tags.custom_layout(res.effect_kinds, "heldout" in results, self._budget.max_overhead is not None)
         writer.layout({**layout, **(tags.spectrum_layout() if self._spectrum is not None else {})})
         for tag, magnitude in summary.histograms.items():
