@@ -30,9 +30,9 @@ Pre-registered (fixed in this file before the first full run; see ``PREREGISTERE
 
 The estimator's own intervals (blocks and probes) of every tracked step are kept beside them.
 
-    nice -n 5 python benchmarks/spectrum_hf.py                          # about 10 min on a loaded 2-core VM
+    nice -n 5 python benchmarks/spectrum_hf.py                          # 10 min on a 2-core VM at load 9
     nice -n 5 python benchmarks/spectrum_hf.py --json docs/spectrum_hf.json --docs BENCHMARKS.md
-    python benchmarks/spectrum_hf.py --render docs/spectrum_hf.json --docs BENCHMARKS.md   # docs only
+    python benchmarks/spectrum_hf.py --render docs/spectrum_hf.json --docs BENCHMARKS.md   # docs only, no training
 
 The last line printed is JSON with every figure.
 """
@@ -348,7 +348,34 @@ def shift_statistics(runs: list[dict], setup: Setup, seed: int = 0) -> dict[str,
         }
         for i, lv in enumerate(levels)
     }
-    return {"primary": primary, "levels": per_level, "flipped_vs_kept": flipped_vs_kept(runs, setup, levels[-1])}
+    return {
+        "primary": primary,
+        "levels": per_level,
+        "flipped_vs_kept": flipped_vs_kept(runs, setup, levels[-1]),
+        "order_shares": order_shares(runs, setup),
+    }
+
+
+PROFILE_ORDERS = 6
+"""Orders shown one by one in the (exploratory) order profile; higher ones are pooled."""
+
+
+def order_shares(runs: list[dict], setup: Setup) -> dict[str, dict[str, list[float]]]:
+    """Exploratory, not pre-registered: the share of the probe-mean salient strength at orders
+    1, ..., ``PROFILE_ORDERS - 1`` and at ``PROFILE_ORDERS`` and above, at the first and the last
+    tracked step, averaged over the seeds of each noise level.
+
+    Returns:
+        ``{noise: {"first": [PROFILE_ORDERS shares], "last": [...]}}``.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for lv in setup.noise:
+        strength = torch.tensor([r["strength"] for r in runs if r["noise"] == lv], dtype=torch.float64)
+        mean = strength.mean(-2)[..., 1:]  # [seed, step, n]: probe-mean strength per order >= 1
+        parts = torch.cat([mean[..., : PROFILE_ORDERS - 1], mean[..., PROFILE_ORDERS - 1 :].sum(-1, keepdim=True)], -1)
+        shares = (parts / parts.sum(-1, keepdim=True)).mean(0)
+        out[str(lv)] = {"first": shares[0].tolist(), "last": shares[-1].tolist()}
+    return out
 
 
 def flipped_vs_kept(runs: list[dict], setup: Setup, noise: float) -> dict[str, Any]:
@@ -410,12 +437,45 @@ def markdown_block(results: dict[str, Any]) -> str:
         f"{fk['kept']['complex_share']:.3f}.",
         f"Widest interval the estimator gave one run's complex share at one step (blocks and probes): "
         f"{results['widest_estimator_interval']:.3f}.",
+        "The estimator's own 95 % interval of the complex share (blocks and probes, widened by the strength of the "
+        "orders no stage saw), mean of its bounds over seeds: "
+        + "; ".join(
+            f"noise {float(lv):.1f}: step {s['tracked'][0]} [{b[0][0]:.3f}, {b[0][1]:.3f}], "
+            f"step {s['tracked'][-1]} [{b[1][0]:.3f}, {b[1][1]:.3f}]"
+            for lv, b in estimator_bounds(results).items()
+        )
+        + ".",
         "",
-        f"Machine: {results['machine']}; {results['wall_seconds'] / 60:.1f} min for the "
-        f"{len(results['runs'])} runs (tracking {results['track_seconds'] / 60:.1f} min of it), "
-        f"load average {results['load']}.",
+        "Exploratory (not pre-registered): share of the probe-mean salient strength per order, mean over seeds.",
+        "",
+        "| label noise | step | "
+        + " | ".join(f"order {m}" for m in range(1, PROFILE_ORDERS))
+        + f" | orders >= {PROFILE_ORDERS} |",
+        "|---|---|" + "---|" * PROFILE_ORDERS,
+    ]
+    for lv, by_step in st["order_shares"].items():
+        for name, step in (("first", s["tracked"][0]), ("last", s["tracked"][-1])):
+            lines.append(f"| {float(lv):.1f} | {step} | " + " | ".join(f"{v:.3f}" for v in by_step[name]) + " |")
+    lines += [
+        "",
+        f"Machine: {results['machine']}, {results['threads']} torch thread, `nice -n 5`; "
+        f"{results['wall_seconds'] / 60:.1f} min wall ({results['cpu_seconds'] / 60:.1f} min of CPU) for the "
+        f"{len(results['runs'])} runs, the tracked steps {results['track_seconds'] / 60:.1f} min of it; "
+        f"load average at the end {results['load']}.",
     ]
     return "\n".join(lines)
+
+
+def estimator_bounds(results: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """Per noise level, the estimator's interval of the complex share (``overall``) at the first
+    and the last tracked step, each bound averaged over seeds: ``{noise: [[low, high], [low, high]]}``."""
+    out = {}
+    for lv in results["setup"]["noise"]:
+        runs = [r for r in results["runs"] if r["noise"] == lv]
+        out[str(lv)] = [
+            [sum(r["overall"][i]["complex_share"][j] for r in runs) / len(runs) for j in (1, 2)] for i in (0, -1)
+        ]
+    return out
 
 
 BLOCK = "spectrum_hf"
@@ -436,7 +496,7 @@ def replace_block(text: str, block: str) -> str:
 def study(setup: Setup, root: Path) -> dict[str, Any]:
     """Every (noise, seed) run of ``setup`` under ``root`` and the statistics."""
     runs = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for seed in setup.seeds:
         for noise in setup.noise:
             record = train_run(setup, noise, seed, root / f"noise{noise}_seed{seed}")
@@ -455,27 +515,39 @@ def study(setup: Setup, root: Path) -> dict[str, Any]:
         "stats": shift_statistics(runs, setup),
         "widest_estimator_interval": widest,
         "wall_seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "threads": torch.get_num_threads(),
         "track_seconds": sum(r["track_seconds"] for r in runs),
         "machine": f"{os.cpu_count()}-core CPU VM, torch {torch.__version__}, {platform.machine()}",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
+def setup_of(results: dict[str, Any]) -> Setup:
+    """The :class:`Setup` a results JSON was run with."""
+    return Setup(**{k: tuple(v) if isinstance(v, list) else v for k, v in results["setup"].items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here (e.g. docs/spectrum_hf.json)")
     parser.add_argument("--docs", type=Path, help="fill the <!-- spectrum_hf --> block of this file")
-    parser.add_argument("--render", type=Path, help="read results from this JSON instead of running")
+    parser.add_argument("--render", type=Path, help="read the runs from this JSON instead of running")
     parser.add_argument("--seeds", type=int, help="fewer seeds than the pre-registered 3 (a trial)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
-    if args.render is not None:
+    # One thread: on a busy 2-core machine each parallel op of a model this small waits for a
+    # descheduled second thread (about 20 ms per linear layer at load 10, 50x the op itself).
+    torch.set_num_threads(args.threads)
+    if args.render is not None:  # the statistics recomputed from the stored runs (seeded: the same figures)
         results = json.loads(args.render.read_text(encoding="utf-8"))
+        results["stats"] = shift_statistics(results["runs"], setup_of(results))
     else:
         setup = FULL if args.seeds is None else replace(FULL, seeds=tuple(range(args.seeds)))
         with tempfile.TemporaryDirectory() as root:
             results = study(setup, Path(root))
-        if args.json is not None:
-            args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.docs is not None:
         args.docs.write_text(
             replace_block(args.docs.read_text(encoding="utf-8"), markdown_block(results)), encoding="utf-8"
