@@ -429,7 +429,8 @@ def markdown_block(results: dict[str, Any]) -> str:
     fk = st["flipped_vs_kept"]
     lines += [
         "",
-        f"Pre-registered statistic (noisy minus clean change of the complex share): **{fmt(p['complex'])}**; "
+        f"{'Pre-registered statistic' if setup_of(results) == FULL else 'The same statistic (not pre-registered here)'}"
+        f", the noisy minus the clean change of the complex share: **{fmt(p['complex'])}**; "
         f"the shift {'shows' if p['shows'] else 'does not show'} (it shows iff the interval lies above 0). "
         f"Simple share, the same way: {fmt(p['simple'])}.",
         f"At the end of the noisy runs, the complex share over the {fk['flipped']['probes']} probes with a flipped "
@@ -481,9 +482,9 @@ def estimator_bounds(results: dict[str, Any]) -> dict[str, list[list[float]]]:
 BLOCK = "spectrum_hf"
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with the content between ``<!-- spectrum_hf -->`` and ``<!-- /spectrum_hf -->`` replaced."""
-    start, end = f"<!-- {BLOCK} -->", f"<!-- /{BLOCK} -->"
+def replace_block(text: str, block: str, name: str = BLOCK) -> str:
+    """``text`` with the content between ``<!-- {name} -->`` and ``<!-- /{name} -->`` replaced by ``block``."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     if start not in text or end not in text:
         raise ValueError(f"the docs have no {start} ... {end} block to fill.")
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
@@ -534,6 +535,9 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, help="fill the <!-- spectrum_hf --> block of this file")
     parser.add_argument("--render", type=Path, help="read the runs from this JSON instead of running")
     parser.add_argument("--seeds", type=int, help="fewer seeds than the pre-registered 3 (a trial)")
+    parser.add_argument("--forwards", type=int, help="forwards per probe sample instead of the pre-registered 2,000")
+    parser.add_argument("--tracked", help="tracked steps instead of the pre-registered ones, e.g. 0,400")
+    parser.add_argument("--block", default=BLOCK, help=f"name of the docs block to fill (default {BLOCK})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     # One thread: on a busy 2-core machine each parallel op of a model this small waits for a
@@ -543,14 +547,21 @@ def main() -> None:
         results = json.loads(args.render.read_text(encoding="utf-8"))
         results["stats"] = shift_statistics(results["runs"], setup_of(results))
     else:
-        setup = FULL if args.seeds is None else replace(FULL, seeds=tuple(range(args.seeds)))
+        setup = FULL
+        if args.seeds is not None:
+            setup = replace(setup, seeds=tuple(range(args.seeds)))
+        if args.forwards is not None:
+            setup = replace(setup, forwards=args.forwards)
+        if args.tracked is not None:
+            setup = replace(setup, tracked=tuple(int(t) for t in args.tracked.split(",")))
         with tempfile.TemporaryDirectory() as root:
             results = study(setup, Path(root))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.docs is not None:
         args.docs.write_text(
-            replace_block(args.docs.read_text(encoding="utf-8"), markdown_block(results)), encoding="utf-8"
+            replace_block(args.docs.read_text(encoding="utf-8"), markdown_block(results), args.block),
+            encoding="utf-8",
         )
     print(markdown_block(results))
     print(json.dumps({k: results[k] for k in ("stats", "wall_seconds", "load")}))
