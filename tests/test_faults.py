@@ -48,6 +48,11 @@ def tracker(log_dir, x=None, y=None, players=None, **options) -> ConceptTracker:
     return ConceptTracker(players or TabularPlayers(), x, y, log_dir=log_dir, figures=False, **options)
 
 
+def close_reports_the_failed_first_step(t: ConceptTracker) -> None:
+    with pytest.warns(UserWarning, match=r"0 steps tracked of 1 scheduled, 0 skipped \(max_overhead\), 1 failed"):
+        t.close()
+
+
 def scalar_steps(log_dir, tag: str = tags.PERF_SECONDS) -> list[int]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -388,6 +393,7 @@ def test_out_of_range_classes_fail_at_the_first_step(tmp_path):
     t = tracker(tmp_path, y=[0, 1, 5, 0, 1])
     with pytest.raises(ValueError, match=r"classes 0..5, but the model gives 3 logits per row; pass classes in 0..2"):
         t.step(model(), 0)
+    close_reports_the_failed_first_step(t)
 
 
 class BatchMean(nn.Module):
@@ -413,6 +419,7 @@ def test_outputs_must_keep_one_row_per_input(tmp_path, bad):
         ValueError, match=r"returned outputs of shape \((1|3), (3|4)\) for a batch of 4 inputs; expected \[4, ...\]"
     ):
         t.step(bad(), 0)
+    close_reports_the_failed_first_step(t)
     assert list_steps(tmp_path) == []
 
 
@@ -429,8 +436,10 @@ def test_probes_are_cast_to_the_model_dtype(tmp_path, dtype):
 def test_a_model_of_mixed_dtypes_fails_clearly(tmp_path):
     mixed = model()
     mixed[2].double()
+    t = tracker(tmp_path)
     with pytest.raises(ValueError, match=r"forward failed on inputs of dtype torch.float32 .*model.to\(dtype\)"):
-        tracker(tmp_path).step(mixed, 0)
+        t.step(mixed, 0)
+    close_reports_the_failed_first_step(t)
 
 
 def test_distinct_failures_each_warn_once_and_close_reports(tmp_path):

@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from models import seeded
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -29,8 +30,6 @@ from concept_tracker.schedules import at_steps, every
 from concept_tracker.store import list_steps, load_step
 from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
 from concept_tracker.writers import tags
-
-from models import seeded
 
 N_FEATURES = 6
 NO_FIGURES = OutputConfig(figures=False)
@@ -310,6 +309,8 @@ def test_bad_value_function_raises_at_the_first_step(tmp_path):
     )
     with pytest.raises(IndexError, match="out of bounds"):
         tracker.step(make_model(), 0)
+    with pytest.warns(UserWarning, match=r"0 steps tracked of 1 scheduled, 0 skipped \(max_overhead\), 1 failed"):
+        tracker.close()
 
 
 def test_targets_default_to_first_predictions_then_stay(tmp_path):
@@ -326,6 +327,7 @@ def test_targets_default_to_first_predictions_then_stay(tmp_path):
     assert tracker.state_dict()["probe"]["targets"].tolist() == first.tolist()
     res, _ = load_step(tmp_path / "interactions" / "step_00000001.safetensors")
     assert res.targets.tolist() == first.tolist()
+    tracker.close()
 
 
 def test_each_step_is_tracked_once(tmp_path):
@@ -336,6 +338,7 @@ def test_each_step_is_tracked_once(tmp_path):
     assert tracker.step(model, 0) is None  # e.g. gradient accumulation calls again
     assert tracker.step(model, 0) is None
     assert tracker.step(model, 1) is not None
+    tracker.close()
 
 
 def test_external_writer_is_left_open(tmp_path):
