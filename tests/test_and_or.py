@@ -165,6 +165,24 @@ def test_warm_start_converges_faster_to_the_same_objective():
     assert (warm.gap <= AndOrConfig().tol).all()
 
 
+def test_warm_start_from_the_previous_step_reaches_the_lp_optimum():
+    """As at a tracked step: warm-started from the split of slightly different values (the model
+    moved), the answer is exact, within tol of the LP optimum of the new values, and no worse
+    than the warm start itself."""
+    before = masked_mlp_values(7, 2, seed=15)
+    after = before + 0.1 * masked_mlp_values(7, 2, seed=16)
+    previous = decompose(before)
+    warm = decompose(after, warm_start=(previous.gamma, previous.q))
+    check_exact(after, warm)
+    objective = and_or_objective(warm.and_effects, warm.or_effects)
+    optimum = torch.tensor([lp_and_or(v)[0] for v in after], dtype=torch.float64)
+    assert (objective >= optimum * (1 - 1e-9)).all()
+    assert (objective <= (1 + AndOrConfig().tol) * optimum).all(), (objective / optimum - 1).tolist()
+    half = 0.5 * (after + previous.q.clamp(-bound_of(after)[:, None], bound_of(after)[:, None]))
+    start = and_or_objective(and_transform(half + previous.gamma), or_transform(half - previous.gamma))
+    assert (objective <= start).all()
+
+
 def test_batch_matches_single_samples():
     values = masked_mlp_values(6, 3, seed=5)
     batch = decompose(values)
