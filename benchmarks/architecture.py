@@ -4,7 +4,7 @@ Every module of ``concept_tracker/`` and ``integrations/`` is read (not imported
 imports of other modules of the project are collected: module-level and function-level ones,
 not those under ``if TYPE_CHECKING:``. A module's floor is one above the highest floor it
 imports from (0: it imports no other module), so every import points down by construction;
-an import circle has no floors and is reported. The table goes between the markers of
+an import circle has no floors and is reported, also one closed only by imports for types. The table goes between the markers of
 docs/architecture.md; ``--check`` only says whether the file is up to date (exit status 1
 if not). tests/test_architecture.py checks the same, and the rules the document states.
 """
@@ -44,10 +44,11 @@ def _type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """The project modules that module ``name`` imports (see the module docstring)."""
+def imports(name: str, path: Path, known: set[str], types: bool = False) -> set[str]:
+    """The project modules that module ``name`` imports (see the module docstring); ``types``:
+    with those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {id(n) for node in ast.walk(tree) if _type_checking(node) for n in ast.walk(node)}
+    skipped = set() if types else {id(n) for node in ast.walk(tree) if _type_checking(node) for n in ast.walk(node)}
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(tree):
@@ -72,10 +73,10 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return out
 
 
-def graph() -> dict[str, set[str]]:
-    """``{module: the project modules it imports}``."""
+def graph(types: bool = False) -> dict[str, set[str]]:
+    """``{module: the project modules it imports}`` (``types``: also for types only)."""
     found = modules()
-    return {name: imports(name, path, set(found)) for name, path in found.items()}
+    return {name: imports(name, path, set(found), types) for name, path in found.items()}
 
 
 def floors(edges: dict[str, set[str]]) -> dict[str, int]:
@@ -110,6 +111,7 @@ def table() -> str:
     """The floors as the document shows them, top floor first."""
     found, edges = modules(), graph()
     floor = floors(edges)
+    floors(graph(types=True))  # raises on a circle closed by imports for types
     lines = []
     for level in sorted(set(floor.values()), reverse=True):
         for name in sorted(n for n in floor if floor[n] == level):

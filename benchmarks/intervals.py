@@ -68,10 +68,10 @@ def measure(
 
         seconds = race({v: (lambda v=v: tracked(v)) for v in trackers}, repeats, cpu)
         tracker = trackers["with intervals"]
-        last = tracker._trajectory.steps[-1]
+        last = tracker._steps.trajectory.steps[-1]
         res = load_step(step_path(tracker.log_dir, last))[0]
         held = load_step(step_path(tracker.log_dir, last, "heldout"))[0]
-        alone = best_time(lambda: summary.interval_scalars(res, tracker._trajectory, held), repeats, cpu)[0]
+        alone = best_time(lambda: summary.interval_scalars(res, tracker._steps.trajectory, held), repeats, cpu)[0]
         for t in trackers.values():
             t.close()
     seconds["intervals"] = seconds["with intervals"] - seconds["without intervals"]

@@ -4,8 +4,8 @@ schedules, the solver, the metrics and the integrations.
 Each check raises ``ValueError`` naming the parameter, the value received and the fix, and
 returns the value (normalized where noted), so a constructor validates with one line per
 argument and fails at construction rather than mid-training. This module sits below the
-modules it serves (it imports only ``transforms`` and ``interactions``), so players and
-schedules are recognised by what they provide, not by their class.
+modules it serves (it imports only ``transforms`` and ``interactions``, not even for types),
+so players and schedules are recognised by what they provide, not by their class.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -23,17 +23,13 @@ from torch import Tensor
 from .interactions import KINDS
 from .transforms import MAX_SAMPLED_PLAYERS
 
-if TYPE_CHECKING:
-    from .players import Players
-    from .schedules import Schedule
-
 T = TypeVar("T")
 
 PLAYER_KINDS = "TabularPlayers, ImagePatchPlayers, TokenPlayers or FeatureMaskPlayers"
 
 
-def check_players(players: Players) -> Players:
-    """``players`` must be one of the library's player kinds (a ``Players``)."""
+def check_players(players: T) -> T:
+    """``players`` must be one of the library's player kinds (a :class:`~concept_tracker.players.Players`)."""
     if not all(callable(getattr(players, name, None)) for name in ("prepare", "masker", "names")):
         raise ValueError(
             f"players has type {type(players).__name__}; pass a concept_tracker player kind ({PLAYER_KINDS})."
@@ -55,8 +51,8 @@ def check_num_players(n: int, param: str) -> int:
     return n
 
 
-def check_schedule(schedule: Schedule | None) -> Schedule | None:
-    """``schedule`` must be a ``Schedule`` or None (the caller's default)."""
+def check_schedule(schedule: T | None) -> T | None:
+    """``schedule`` must be a :class:`~concept_tracker.schedules.Schedule` or None (the caller's default)."""
     if schedule is not None and not (callable(schedule) and callable(getattr(schedule, "to_config", None))):
         raise ValueError(
             f"schedule has type {type(schedule).__name__}; pass every(n), log_spaced(...), "
@@ -198,9 +194,10 @@ def _first(inputs: Any, rows: int = 1) -> Any:
     return {k: v[:rows] for k, v in inputs.items() if isinstance(v, Tensor)}
 
 
-def check_players_fit(players: Players, inputs: Any, name: str) -> int:
-    """Dry-run the players on ``inputs`` [B, ...] (prepared on the batch, then sample 0 masked
-    by the empty and the full coalition and its players named): the number of players ``n``.
+def check_players_fit(players: Any, inputs: Any, name: str) -> int:
+    """Dry-run the players (a :class:`~concept_tracker.players.Players`) on ``inputs`` [B, ...]
+    (prepared on the batch, then sample 0 masked by the empty and the full coalition and its
+    players named): the number of players ``n``.
 
     Raises:
         ValueError: naming ``name`` when the batch is empty or the players cannot mask it
@@ -265,3 +262,19 @@ def check_log_dir(log_dir: str | os.PathLike) -> str:
             "pass a directory you can write to."
         )
     return str(log_dir)
+
+
+def check_saved_state(state: Any, version: int, **current: Any) -> None:
+    """A tracker's saved ``state`` must be of ``version`` and hold the ``current`` settings
+    (``{name: this tracker's value}``) that a resumed run cannot change."""
+    if state.get("version") != version:
+        raise ValueError(
+            f"state has version {state.get('version')!r}; this tracker reads version "
+            f"{version} (pass the dict from ConceptTracker.state_dict())."
+        )
+    for name, value in current.items():
+        if state[name] != value:
+            raise ValueError(
+                f"state was saved with {name}={state[name]!r} but this tracker has "
+                f"{name}={value!r}; build the tracker with the saved {name}."
+            )

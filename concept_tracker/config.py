@@ -32,8 +32,8 @@ class ReadingsConfig:
         spectrum: masked forwards per probe sample of the sampled order spectrum
             (:func:`~concept_tracker.order_spectrum`) read at every tracked step beside the
             exact readings, under its own ``spectrum/*`` tags and files; None reads it only
-            where the exact readings cannot run (more than ``tracker.SAMPLED_ABOVE`` players),
-            then with ``tracker.SPECTRUM_FORWARDS`` forwards.
+            where the exact readings cannot run (more than ``spectrum_readings.SAMPLED_ABOVE`` players),
+            then with ``spectrum_readings.SPECTRUM_FORWARDS`` forwards.
     """
 
     ratio: float = 0.05

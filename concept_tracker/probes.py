@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from .checks import check_targets
-from .config import warn_legacy
+from .config import ReadingsConfig, warn_legacy
 from .engine import batch_size_of, model_device, preserved_state
 from .language_models import answer_probes
 from .metrics.similarity import ALIGNED_HINT
@@ -42,6 +42,11 @@ class ProbeSet(NamedTuple):
     inputs: Inputs
     labels: Tensor | None = None
     ids: list[Any] | None = None
+
+    def fixed(self, targets: Tensor | None) -> ProbeSet:
+        """This set with ``targets`` [k] as its labels if it has none: the model's predictions at
+        a tracker's first tracked step become the run's fixed targets."""
+        return self if self.labels is not None or targets is None else self._replace(labels=targets.detach().cpu())
 
 
 def select_probes(
@@ -369,11 +374,12 @@ def _digest(inputs: Inputs | None) -> str | None:
 
 
 def run_fingerprint(
-    players: Players, kind: str, value: str, probe: ProbeSet, heldout: ProbeSet | None
+    players: Players, kind: str, value: str, probe: ProbeSet, heldout: ProbeSet | None, readings: ReadingsConfig
 ) -> dict[str, Any]:
     """What a resumed run must share with the saved one: the players (kind, n, names of the
-    first probe), the interaction kind, the value function and the probe inputs (a digest);
-    targets are not part of it (None targets are fixed from predictions at the first step).
+    first probe, baseline), the interaction kind, the value function, the probe inputs (a
+    digest) and the band cut-offs (the readings and the report depend on them too); targets are
+    not part of it (None targets are fixed from predictions at the first step).
 
     The players must be prepared (see ``checks.check_players_fit``).
     """
@@ -386,4 +392,7 @@ def run_fingerprint(
         "value": value,
         "probe_inputs": _digest(probe.inputs),
         "heldout_inputs": None if heldout is None else _digest(heldout.inputs),
+        "baseline": players.baseline_description,
+        "simple_max": readings.simple_max,
+        "complex_min": readings.complex_min,
     }

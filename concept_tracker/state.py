@@ -19,7 +19,8 @@ T = TypeVar("T")
 class DeclaredState:
     """Mixin holding the declarations; the state ``key`` lives in attribute ``_<key>``."""
 
-    _state_codecs: dict[str, tuple[Callable[[Any], Any] | None, Callable[[Any], Any] | None]]
+    # key -> (the object holding ``_<key>``, None for this one; save; load)
+    _state_codecs: dict[str, tuple[Any, Callable[[Any], Any] | None, Callable[[Any], Any] | None]]
 
     def _add_state(
         self, key: str, default: T, save: Callable[[Any], Any] | None = None, load: Callable[[Any], Any] | None = None
@@ -32,14 +33,21 @@ class DeclaredState:
         """
         if "_state_codecs" not in self.__dict__:
             self._state_codecs = {}
-        self._state_codecs[key] = (save, load)
+        self._state_codecs[key] = (None, save, load)
         return default
+
+    def _adopt_state(self, part: DeclaredState) -> None:
+        """Declare every state ``part`` declared so far as this object's too (saved and loaded
+        with it, in this place of the order); it stays in ``part``."""
+        if "_state_codecs" not in self.__dict__:
+            self._state_codecs = {}
+        self._state_codecs.update({key: (part, *codec[1:]) for key, codec in part._state_codecs.items()})
 
     def _declared_state(self) -> dict[str, Any]:
         """``{key: saved value}`` for every declared state."""
         out = {}
-        for key, (save, _) in self._state_codecs.items():
-            value = getattr(self, f"_{key}")
+        for key, (owner, save, _) in self._state_codecs.items():
+            value = getattr(self if owner is None else owner, f"_{key}")
             out[key] = save(value) if save else value.state_dict() if hasattr(value, "state_dict") else value
         return out
 
@@ -48,12 +56,13 @@ class DeclaredState:
         missing = sorted(set(self._state_codecs) - set(state))
         if missing:
             raise ValueError(f"state is missing {missing}; pass the dict returned by state_dict().")
-        for key, (_, load) in self._state_codecs.items():
-            current = getattr(self, f"_{key}")
+        for key, (owner, _, load) in self._state_codecs.items():
+            owner = self if owner is None else owner
+            current = getattr(owner, f"_{key}")
             if load is None and hasattr(current, "load_state_dict"):
                 current.load_state_dict(state[key])
             else:
-                setattr(self, f"_{key}", load(state[key]) if load else state[key])
+                setattr(owner, f"_{key}", load(state[key]) if load else state[key])
 
 
 def stack_list(tensors: list[Tensor]) -> Tensor | None:

@@ -172,7 +172,7 @@ class ConceptTrackerCallback(TrainerCallback):
         self.stop_on_overfit = stop_on_overfit
         self.tracker_options = config.tracker_options(tracker_options, "ConceptTrackerCallback")
         self.tracker: ConceptTracker | None = None
-        self._pending: dict[str, float] = {}  # headline scalars not yet in the Trainer's logs
+        self._pending: dict[int, dict[str, float]] = {}  # tracked step -> headline scalars not yet logged
         self._shares: dict[int, float] = {}  # high-order share by tracked step, for stop_on_overfit
         self._alarmed = False
         self._last_tracked: int | None = None
@@ -207,12 +207,16 @@ class ConceptTrackerCallback(TrainerCallback):
                     # Beside the concepts, under the Trainer's own TensorBoard names, so that
                     # ``concept-tracker report`` finds the loss gap in the same directory.
                     self.tracker.writer.scalar(f"{split}/loss", logs[key], state.global_step)
-        self._collect(wait=True)
+        # A log never waits for the background work: what is not finished goes with a later log.
+        self._collect(wait=False)
         if not self._pending or logs is None:
             return
-        logs.update(self._pending)
+        *earlier, (_, latest) = self._pending.items()
+        logs.update(latest)
         if state.log_history:  # Trainer.log appended this entry just before on_log
-            state.log_history[-1].update(self._pending)
+            # Steps finished before the latest since the last log: their own entries, before it.
+            state.log_history[-1:-1] = [{**scalars, "step": step} for step, scalars in earlier]
+            state.log_history[-1].update(latest)
         self._pending = {}
 
     def on_save(self, args, state, control, **kwargs):
@@ -226,6 +230,9 @@ class ConceptTrackerCallback(TrainerCallback):
             return
         if self._last_tracked != state.global_step:
             self._track(model, state.global_step, last=True)
+        self._collect(wait=True)  # bounded; what no log took gets its own entries
+        state.log_history.extend({**scalars, "step": step} for step, scalars in self._pending.items())
+        self._pending = {}
         self.tracker.close()
 
     # ------------------------------------------------------------------------------ helpers
@@ -295,7 +302,9 @@ class ConceptTrackerCallback(TrainerCallback):
         if tracker is None:
             return
         for summary in self._guard("read its summaries", lambda: tracker.summaries(wait=wait)) or []:
-            self._pending.update({tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary})
+            headline = {tag: summary[tag] for tag in HEADLINE_TAGS if tag in summary}
+            if headline:
+                self._pending[summary.step] = headline
             self._shares[summary.step] = summary.get(tags.HIGH_ORDER_SHARE, math.nan)
 
     def _overfitting(self, step: int) -> bool:

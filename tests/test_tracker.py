@@ -777,7 +777,7 @@ def test_the_constructor_takes_probe_sets_and_configs_in_at_most_twelve_paramete
     readings = ReadingsConfig(ratio=0.1, simple_max=1, resamples=50, seed=4)
     tracker = ConceptTracker(TabularPlayers(), sets["probes"], sets["heldout"], log_dir=tmp_path, readings=readings)
     # One readings object: the trajectory (and through it every summary) reads the tracker's.
-    assert tracker.readings is readings and tracker._trajectory.readings is readings
+    assert tracker.readings is readings and tracker._steps.trajectory.readings is readings
     assert tracker._probe.ids == sets["probes"].ids and tracker._heldout.ids == sets["heldout"].ids
     tracker.close()
     x, y = make_data()

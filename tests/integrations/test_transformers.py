@@ -6,6 +6,7 @@ rule over words, so AND/OR concepts between word players are what the model has 
 
 import ast
 import math
+import os
 import pathlib
 import random
 import re
@@ -175,13 +176,15 @@ def test_model_ends_in_train_mode_without_grads_from_tracking(unbroken):
 
 
 def test_headline_scalars_join_the_trainer_logs(unbroken):
-    _, trainer, _, recorder = unbroken
+    out, trainer, _, recorder = unbroken
     key = tags.summary("complex_ratio")
-    seen = [log for log in recorder.logs if key in log]
-    # Tracked at 0 and 3 before the step-1 and step-4 logs; step 8 before the final log.
-    assert len(seen) == 3
-    assert all(tags.band_detour_ratio("complex") in log for log in seen)
-    assert sum(key in entry for entry in trainer.state.log_history) == 3
+    # A log takes the readings finished by then (it never waits for them); the rest join
+    # log_history at train end: each tracked step's readings (0, 3 and 8) once.
+    entries = [entry for entry in trainer.state.log_history if key in entry]
+    assert len(entries) == 3 and all(tags.band_detour_ratio("complex") in entry for entry in entries)
+    logged = scalar_values(concepts_dir(out), key)
+    assert sorted(entry[key] for entry in entries) == pytest.approx(sorted(logged[step] for step in (0, 3, 8)))
+    assert all(log[key] in [entry[key] for entry in entries] for log in recorder.logs if key in log)
 
 
 def test_the_run_length_reaches_the_tracker_budget(unbroken):
@@ -411,6 +414,48 @@ def test_a_run_stopped_early_still_tracks_its_last_step(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 5
     assert scalar_steps(concepts_dir(tmp_path))[tags.summary("num_concepts")] == [0, 3, 5]
+
+
+class Release(TrainerCallback):
+    """Creates ``path`` when training ends (listed before the concept callback, it runs first)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.path.touch()
+
+
+@pytest.mark.worker_process
+def test_a_log_never_waits_for_the_worker_and_every_tracked_step_reaches_the_history(tmp_path, monkeypatch):
+    """The worker's steps are held until training ends: every log goes by without their
+    readings (none waited for them), and at train end each tracked step's readings join
+    log_history, once each, with the values the event file holds."""
+    from concept_tracker import worker
+
+    release = tmp_path / "release"
+    tests = str(pathlib.Path(__file__).resolve().parents[1])  # the child imports the stand-in job there
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("CONCEPT_TRACKER_TEST_RELEASE", str(release))
+    monkeypatch.setitem(worker.JOBS, "finish_step", ("failing_jobs", "finish_step_held"))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=gen)
+    data = [{"x": x[i], "labels": int(x[i, 0] > 0)} for i in range(16)]
+    callback = ConceptTrackerCallback(TabularPlayers(), num_probe=4, schedule=at_steps([3]), output=NO_FIGURES)
+    recorder = LogRecorder()
+    trainer = Trainer(
+        model=TabularModel(),
+        args=training_args(tmp_path, max_steps=6, gradient_accumulation_steps=1, save_strategy="no"),
+        train_dataset=data,
+        callbacks=[Release(release), callback, recorder],
+    )
+    trainer.train()
+    key = tags.summary("complex_ratio")
+    assert len(recorder.logs) == 7 and not any(key in log for log in recorder.logs)
+    entries = [entry for entry in trainer.state.log_history if key in entry]
+    assert [entry["step"] for entry in entries] == [0, 3, 6]
+    logged = scalar_values(concepts_dir(tmp_path), key)
+    assert [entry[key] for entry in entries] == pytest.approx([logged[step] for step in (0, 3, 6)])
 
 
 def test_concepts_sit_beside_the_trainers_scalars_and_report_reads_the_eval_loss(tmp_path, monkeypatch, capsys):
