@@ -465,8 +465,10 @@ def test_joint_and_or_split_equals_one_solve_per_probe_set(tmp_path):
             and_or=config,
         )
         assert meta["kind"] == "and_or" and torch.equal(joint.outputs, alone.outputs)
+        # The solver iterates in float32, which rounds differently in another batch shape.
+        atol = 1e-4 * joint.outputs.abs().max().item()
         for name in ("and_effects", "or_effects", "gamma", "q"):
-            torch.testing.assert_close(getattr(joint, name), getattr(alone, name), rtol=0, atol=1e-9)
+            torch.testing.assert_close(getattr(joint, name), getattr(alone, name), rtol=0, atol=atol)
         assert matching_error(joint.outputs, joint.and_effects, joint.or_effects, joint.q).max() < 1e-12
 
 
