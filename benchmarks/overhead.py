@@ -19,6 +19,9 @@ order so that a slow spell of a shared machine does not always hit the same vari
 seconds per variant (median over repeats), ratio to the untracked run (median of per-repeat
 ratios), tracked steps (first and last marked) and skipped steps. Targets: budget <= 1.07x with
 at least 4 tracked steps including the first and the last (issue 14: 20,000 steps, batch 128).
+Each run also prints what load does not move much: the CPU seconds of the training process and
+of the tracker's background process (its start-up, steps and figures), and for a tracked run
+the budget's measured contention (the share of the background CPU time that slowed training).
 
 "Where the time goes" times, after 300 training steps: one training step; the bare forwards of
 the 65,536 masked rows of the 64 probes (built beforehand, chunks of 4,096, under
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -42,7 +46,7 @@ import torch
 from timing import sync, timed
 from torch import nn
 
-from concept_tracker import ConceptTracker, select_probes
+from concept_tracker import BudgetConfig, ConceptTracker, OutputConfig, select_probes
 from concept_tracker.demo import DemoConfig, Digits, build_model, demo_players, load_digits_split, solver_config
 from concept_tracker.tracker import DEFAULT_SCHEDULE
 
@@ -65,17 +69,12 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
     demo, model, optimizer, batches, x, y = setup(args, data, device)
     tracker = None
     if variant != "none":
-        probes = select_probes(data.train_x, args.probes, labels=data.train_y, seed=args.seed)
-        heldout = select_probes(data.test_x, args.probes, labels=data.test_y, seed=args.seed)
         budget = variant == "budget"
-        tracker = ConceptTracker(
-            demo_players(data.train_x), probes.inputs, probes.labels,
-            heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
-            log_dir=log_dir, schedule=None, kind=args.kind, and_or=solver_config(demo), figures=not args.no_figures,
-            max_overhead=args.budget if budget else None, total_steps=args.steps if budget else None, strict=True,
-        )
+        tracker = demo_tracker(args, demo, data, log_dir, BudgetConfig(
+            max_overhead=args.budget if budget else None, total_steps=args.steps if budget else None))
     sync(device)
-    start = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, cpu = time.perf_counter(), time.process_time()
     for step in range(args.steps + 1):
         if tracker is not None:
             tracker.step(model, step, last=step == args.steps)
@@ -89,10 +88,25 @@ def train(variant: str, args: argparse.Namespace, data: Digits, device: torch.de
     if tracker is not None:
         tracker.close()  # timed: it waits for the background worker
     sync(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     steps = tracker.state_dict()["trajectory"]["steps"] if tracker is not None else []
     scheduled = sum(DEFAULT_SCHEDULE(s) or s == args.steps for s in range(args.steps + 1)) if tracker else 0
-    return {"seconds": seconds, "tracked": steps, "skipped": scheduled - len(steps)}
+    contention = tracker._timing.contention if tracker is not None else None
+    return {"seconds": seconds, "tracked": steps, "skipped": scheduled - len(steps), "cpu": cpu, "child_cpu": child,
+            "contention": contention}
+
+
+def demo_tracker(args: argparse.Namespace, demo: DemoConfig, data: Digits, log_dir: Path, budget: BudgetConfig) -> ConceptTracker:
+    """The demo's tracker: 10 image patches, ``args.probes`` training and held-out probes."""
+    probes = select_probes(data.train_x, args.probes, labels=data.train_y, seed=args.seed)
+    heldout = select_probes(data.test_x, args.probes, labels=data.test_y, seed=args.seed)
+    return ConceptTracker(
+        demo_players(data.train_x), probes, heldout, log_dir=log_dir, schedule=None,
+        kind=solver_config(demo) or args.kind, output=OutputConfig(figures=not args.no_figures), budget=budget,
+        strict=True,
+    )
 
 
 def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log_dir: Path) -> list[tuple[str, float]]:
@@ -130,15 +144,8 @@ def step_costs(args: argparse.Namespace, data: Digits, device: torch.device, log
             for part in masked:
                 model(part)
 
-    trackers = {
-        mode: ConceptTracker(
-            demo_players(data.train_x), probes.inputs, probes.labels,
-            heldout_inputs=heldout.inputs, heldout_targets=heldout.labels,
-            log_dir=log_dir / mode, schedule=None, kind=args.kind, sync=mode == "sync",
-            and_or=solver_config(demo), figures=not args.no_figures, strict=True,
-        )
-        for mode in ("worker", "sync")
-    }
+    trackers = {mode: demo_tracker(args, demo, data, log_dir / mode, BudgetConfig(sync=mode == "sync"))
+                for mode in ("worker", "sync")}
     for tracker in trackers.values():
         tracker.step(model, 0)  # the first step pays one-off costs (writer, fonts, cold solver)
         tracker.summaries(wait=True)
@@ -213,8 +220,11 @@ def main() -> None:
             for variant in order:
                 result = train(variant, args, data, device, Path(tmp) / f"{variant}_{r}")
                 results[variant].append(result)
+                contention = "" if result["contention"] is None else f", contention {result['contention']:.2f}"
                 print(f"repeat {r + 1}/{args.repeats} {variant:>7}: {result['seconds']:.1f} s, "
-                      f"tracked {result['tracked']}, {result['skipped']} skipped", flush=True)
+                      f"tracked {result['tracked']}, {result['skipped']} skipped; CPU: training process "
+                      f"{result['cpu']:.1f} s, background process {result['child_cpu']:.1f} s{contention}; "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
 
     rows = []
     for variant in variants:

@@ -6,12 +6,13 @@
 A 4-layer, 128-wide BERT built from a config (no downloads) learns a word rule on generated
 sentences (positive iff "good" or "great" and not "not"; 12 words from a 20-word vocabulary) on
 the CPU, ``--steps`` optimizer steps of ``--batch`` sentences, with and without
-``ConceptTrackerCallback(TokenPlayers(n=8), max_overhead=--budget)`` (16 probes, kind "and", the
+``ConceptTrackerCallback(TokenPlayers(n=8), budget=BudgetConfig(max_overhead=--budget))`` (16 probes, kind "and", the
 callback's default schedule; the Trainer's ``max_steps`` is the tracker's ``total_steps``, so the
 budget plans the tracked steps). The two variants take turns, ``--repeats`` rounds. Target
 (issue 14): <= 1.12x the untracked run, with at least 4 tracked steps including the first and
 the last. The machine load is printed with the results: on a shared machine it moves every
-figure.
+figure; the CPU seconds of the training process and of the tracker's background process (none
+when the training's torch threads use every core: the jobs then run inline) move less.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -29,7 +31,7 @@ import torch
 from overhead import machine
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, Trainer, TrainingArguments
 
-from concept_tracker import TokenPlayers
+from concept_tracker import BudgetConfig, OutputConfig, TokenPlayers
 from concept_tracker.integrations.transformers import ConceptTrackerCallback
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -64,7 +66,10 @@ def run(variant: str, args: argparse.Namespace, out: Path) -> dict:
     callbacks = []
     if variant == "budget":
         callbacks.append(
-            ConceptTrackerCallback(TokenPlayers(n=8), max_overhead=args.budget, figures=not args.no_figures, strict=True)
+            ConceptTrackerCallback(
+                TokenPlayers(n=8), budget=BudgetConfig(max_overhead=args.budget),
+                output=OutputConfig(figures=not args.no_figures), strict=True,
+            )
         )
     trainer = Trainer(
         model=model,
@@ -77,11 +82,14 @@ def run(variant: str, args: argparse.Namespace, out: Path) -> dict:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    start = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     tracked = callbacks[0].tracker.state_dict()["trajectory"]["steps"] if callbacks else []
-    return {"seconds": seconds, "tracked": tracked}
+    return {"seconds": seconds, "tracked": tracked, "cpu": cpu, "child_cpu": child}
 
 
 def main() -> None:
@@ -101,7 +109,9 @@ def main() -> None:
             for variant in ("none", "budget") if r % 2 == 0 else ("budget", "none"):
                 result = run(variant, args, Path(tmp) / f"{variant}_{r}")
                 results[variant].append(result)
-                print(f"repeat {r + 1} {variant}: {result['seconds']:.1f} s, tracked {result['tracked']}", flush=True)
+                print(f"repeat {r + 1} {variant}: {result['seconds']:.1f} s, tracked {result['tracked']}; CPU: "
+                      f"training process {result['cpu']:.1f} s, background process {result['child_cpu']:.1f} s; "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
     ratios = [b["seconds"] / n["seconds"] for b, n in zip(results["budget"], results["none"])]
     tracked = results["budget"][-1]["tracked"]
     table = (

@@ -3,9 +3,15 @@
 The tracker tells :class:`OverheadBudget` what happened, through its methods, all on the training
 thread (:meth:`~OverheadBudget.call_began` / :meth:`~OverheadBudget.call_ended` around each
 ``tracker.step`` call, :meth:`~OverheadBudget.tracked` with a tracked step's stall,
-:meth:`~OverheadBudget.finished` with its background work's cost), and asks one question,
-:meth:`~OverheadBudget.allows`: may this scheduled step be tracked? The planner behind the answer,
-:func:`plan_steps`, is pure.
+:meth:`~OverheadBudget.finished` with its background work's cost, :meth:`~OverheadBudget.worked`
+with the background process's other CPU time), and asks one question,
+:meth:`~OverheadBudget.allows`: may this scheduled step be tracked? (and, for work it may leave
+out, :meth:`~OverheadBudget.affords`: is there room for these seconds?) The planner behind the
+answer, :func:`plan_steps`, is pure.
+
+Background work is charged by the CPU time it takes, not by its wall time: a child process at a
+lower priority on a busy machine may take a minute of wall time for a second of CPU, and only
+what it runs takes anything from training.
 """
 
 from __future__ import annotations
@@ -79,9 +85,11 @@ class OverheadBudget:
     masked forwards, the writes, the microseconds of every untracked call), plus the time the
     background work takes from training while both run (:attr:`interference`). The latter is
     measured: the training steps between two calls are timed, and those that ran beside
-    background work are compared with those that ran without. Until it is measured, the
-    background work is assumed to take its whole time from training when the process has no core
-    to spare (``contention=1``) and nothing otherwise (``contention=0``).
+    background work are compared with those that ran without; its ratio to the background
+    process's CPU seconds (its start-up, steps and figures) is the :attr:`contention`. Until it is
+    measured, the background work is assumed to take ``contention`` of its CPU time from training
+    (the tracker assumes 0: it starts a background process only where one pays, see
+    :func:`~concept_tracker.worker.child_pays`).
 
     The horizon is ``total_steps`` when given, else the last step of a finite schedule
     (:meth:`~concept_tracker.schedules.Schedule.last_step`). With a horizon, once the first tracked
@@ -101,7 +109,7 @@ class OverheadBudget:
         max_overhead: None, or the largest fraction of wall time (0 < f < 1) tracking may take.
         total_steps: the run's last step, when known.
         schedule: the tracker's schedule (its steps are the plan's candidates).
-        contention: share of the background work's time assumed to slow training until
+        contention: share of the background work's CPU time assumed to slow training until
             measured, in [0, 1].
     """
 
@@ -118,8 +126,9 @@ class OverheadBudget:
         self.elapsed_before = 0.0  # wall seconds of earlier sessions (before a resume)
         self.origin: float | None = None  # perf_counter() of this session's first call
         self.last_cost: float | None = None  # stall seconds of the last tracked step
-        self.worker_cost: float | None = None  # background seconds of the last finished step
-        self.background = 0.0  # background seconds of every finished step
+        self.worker_cost: float | None = None  # background wall seconds of the last finished step
+        self.worker_cpu: float | None = None  # its background CPU seconds
+        self.background = 0.0  # background CPU seconds so far (steps, figures, start-up)
         self.skipped = 0
         self.first: int | None = None  # the first tracked step
         self.plan: list[int] | None = None  # steps tracked from the plan on, first tracked included
@@ -128,6 +137,7 @@ class OverheadBudget:
         self._recent_idle: deque[float] = deque(maxlen=IDLE_WINDOW)  # their latest durations
         self.busy = [0, 0.0]  # training steps timed beside background work: count, seconds
         self._replan_due = False  # a planned step was tracked since the plan was last made
+        self._last: int | None = None  # the last tracked step
         self._call: float | None = None  # start of the current call
         self._left: tuple[float, bool] | None = None  # end of the last call: time, background busy
         self._background_busy = False  # background work ran as the last call ended
@@ -163,16 +173,21 @@ class OverheadBudget:
 
     def tracked(self, step: int, stall: float) -> None:
         """``step`` was tracked; its call stalled training ``stall`` seconds so far."""
-        self.last_cost = stall
+        self.last_cost, self._last = stall, step
         if self.first is None:
             self.first = step
         self._replan_due = self.plan is not None
 
-    def finished(self, seconds: float) -> None:
-        """A tracked step's background work is done; it took ``seconds`` (0 when it ran inside a
-        call, whose time is a stall already)."""
-        self.worker_cost = seconds
-        self.background += seconds
+    def finished(self, seconds: float, cpu: float | None = None) -> None:
+        """A tracked step's background work is done; it took ``seconds`` of wall time and ``cpu``
+        seconds of the background process's CPU (default ``seconds``); both 0 when it ran inside
+        a call, whose time is a stall already."""
+        self.worker_cost, self.worker_cpu = seconds, seconds if cpu is None else cpu
+        self.worked(self.worker_cpu)
+
+    def worked(self, cpu: float) -> None:
+        """The background process spent ``cpu`` seconds of CPU (a step, a figure, its start-up)."""
+        self.background += cpu
 
     # ----------------------------------------------------------------------------- readings
 
@@ -199,19 +214,21 @@ class OverheadBudget:
     @property
     def interference(self) -> float:
         """Seconds the background work took from training: how much longer the steps run beside
-        it took than :attr:`step_seconds` each (0 until both are measured)."""
+        it took than :attr:`step_seconds` each (0 until both are measured), at most the CPU
+        seconds the background process used: on a shared machine, steps that ran beside it are
+        also slowed by other jobs, which is not tracking's cost."""
         mean = self.step_seconds
         if mean is None or not self.busy[0]:
             return 0.0
-        return max(0.0, self.busy[1] - self.busy[0] * mean)
+        return min(self.background, max(0.0, self.busy[1] - self.busy[0] * mean))
 
     @property
     def contention(self) -> float:
-        """Measured share of the background work's time that slows training, in [0, 1] (the
+        """Measured share of the background work's CPU time that slows training, in [0, 1] (the
         assumed one before any is measured)."""
         if self.background <= 0.0 or self.step_seconds is None or self.busy[0] < 3:
             return self.prior_contention
-        return min(1.0, self.interference / self.background)
+        return self.interference / self.background
 
     @property
     def cost(self) -> float:
@@ -220,7 +237,26 @@ class OverheadBudget:
 
     def step_cost(self) -> float:
         """Expected cost of one more tracked step: its stall and its share of the background work."""
-        return (self.last_cost or 0.0) + self.contention * (self.worker_cost or 0.0)
+        return (self.last_cost or 0.0) + self.contention * (self.worker_cpu or 0.0)
+
+    def affords(self, now: float, cpu: float, background: bool) -> bool:
+        """Whether ``cpu`` more seconds of optional work (figures) fit the budget. Run in the
+        ``background`` process, the work is charged at the :attr:`contention`, unless no planned
+        step follows (``close()`` then waits for it); inline, in full. With a plan: the cost so
+        far, the planned steps still to come, the final wait and this work stay within the
+        allowance of the run. Without one (no horizon, or not yet measured), as a step without a
+        plan: the cost with this work stays within ``max_overhead`` of the wall time."""
+        if self.max_overhead is None:
+            return True
+        f, last, step_seconds = self.max_overhead, self._last, self.step_seconds
+        if self.plan is None or last is None or step_seconds is None:
+            charge = cpu * (self.contention if background else 1.0)
+            return self.cost + charge <= f * (self.elapsed(now) + charge)
+        ahead = [s for s in self.plan if s > last]
+        charge = cpu * (self.contention if background and ahead else 1.0)
+        untracked = self.elapsed(now) - self.cost + max(0, (self.horizon or last) - last) * step_seconds
+        planned = len(ahead) * self.step_cost() + (self.worker_cost or 0.0)
+        return self.cost + planned + charge <= f / (1 - f) * untracked
 
     # ----------------------------------------------------------------------------- decision
 
@@ -274,7 +310,7 @@ class OverheadBudget:
     def _make_plan(self, step: int, now: float) -> None:
         f, worker, horizon, first = (
             self.max_overhead or 0.0,
-            self.worker_cost or 0.0,
+            self.worker_cost or 0.0,  # wall: close() waits for the last step's background work
             self.horizon or 0,
             self.first or 0,
         )
@@ -329,6 +365,7 @@ class OverheadBudget:
             "elapsed": self.elapsed(time.perf_counter()),
             "last_cost": self.last_cost,
             "worker_cost": self.worker_cost,
+            "worker_cpu": self.worker_cpu,
             "skipped": self.skipped,
             "first": self.first,
             "plan": self.plan,
@@ -342,6 +379,7 @@ class OverheadBudget:
         self.spent, self.elapsed_before = state["spent"], state["elapsed"]
         self.last_cost, self.skipped, self.origin = state["last_cost"], state["skipped"], None
         self.worker_cost, self.first = state.get("worker_cost"), state.get("first")
+        self.worker_cpu = state.get("worker_cpu", self.worker_cost)
         self.plan, self.scheduled = state.get("plan"), state.get("scheduled")
 
 
@@ -356,10 +394,13 @@ def budget_text(budget: OverheadBudget, now: float | None = None) -> str:
         scheduled = "" if budget.scheduled is None else f" of {budget.scheduled + 1} scheduled"
         lines.append(f"Planned tracked steps{scheduled}: {budget.plan}")
     cost = "n/a" if budget.last_cost is None else f"{budget.last_cost:.3f} s"
-    worker = "n/a" if budget.worker_cost is None else f"{budget.worker_cost:.3f} s"
+    worker = (
+        "n/a" if budget.worker_cost is None else f"{budget.worker_cost:.3f} s ({budget.worker_cpu or 0.0:.3f} s of CPU)"
+    )
     lines += [
         "",
-        f"Training stall of the last tracked step: {cost}; its background work: {worker}, of which "
+        f"Training stall of the last tracked step: {cost}; its background work: {worker}. The background "
+        f"process used {budget.background:.2f} s of CPU in all (start-up and figures included), of which "
         f"{budget.contention:.0%} is counted as slowing training.",
         f"Tracking cost training {budget.cost:.2f} s of {elapsed:.2f} s ({share:.1%}): {budget.spent:.2f} s of "
         f"stalls and {budget.interference:.2f} s measured while the background work ran; "

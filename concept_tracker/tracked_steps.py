@@ -92,7 +92,8 @@ class TrackedSteps(DeclaredState):
         self._worker, self._writer, self._run, self._budget = worker, writer, run, budget
         self.players, self.and_or, self.output, self.strict = players, and_or, output, strict
         self._settings, self._spectrum = readings.stored, spectrum
-        self.figures = StepFigures(writer, bands, strict, run.tally.warn_once, worker.submit)
+        affords = None if budget.max_overhead is None else self._affords
+        self.figures = StepFigures(writer, bands, strict, run.tally.warn_once, worker.submit, affords)
         self._queue: deque[Queued] = deque()  # forwards done, not yet sent to the worker
         self._inflight: tuple[int, Queued] | None = None  # job id, the step on the worker
         self.done: deque[StepSummary] = deque(maxlen=32)  # finished, not handed out
@@ -161,7 +162,10 @@ class TrackedSteps(DeclaredState):
                 self._inflight = (self._worker.submit("finish_step", *args), queued)
             answers = self._worker.answers(wait)
             for answer in answers:
-                if not self.figures.received(answer):
+                figure = self.figures.received(answer)
+                if not answer.inline:  # the child's CPU time (inline, a job's time is a stall)
+                    self._budget.worked(answer.overhead + (answer.cpu if figure else 0.0))
+                if not figure:
                     queued = cast(tuple, self._inflight)[1]
                     self._inflight = None
                     try:
@@ -182,7 +186,7 @@ class TrackedSteps(DeclaredState):
         res = results["probe"]
         self._shares.append(cast(OrderProfile, summary.profile).share)
         self._sample_effects.append(stack_effects(res)[0].float())
-        self._budget.finished(0.0 if answer.inline else answer.seconds)
+        self._budget.finished(*((0.0, 0.0) if answer.inline else (answer.seconds, answer.cpu)))
         rows = sum(part.outputs.numel() for part in results.values())
         perf = {tags.FORWARDS_PER_SECOND: rows / max(stall, 1e-9), tags.WORKER_SECONDS: answer.seconds}
         perf[tags.PERF_SECONDS] = stall + (answer.seconds if answer.inline else 0.0)  # what training waited
@@ -212,6 +216,10 @@ class TrackedSteps(DeclaredState):
             steps, boundary = self._trajectory.steps, summary.get(tags.PHASE_BOUNDARY)
             figure = (res, summary.kind_profiles, boundary, list(steps), shares, history, sample)
             self.figures.tracked(len(steps), step, *figure)
+
+    def _affords(self, cpu: float) -> bool:
+        """Whether the budget has room for ``cpu`` seconds of figures, in the child or inline."""
+        return self._budget.affords(time.perf_counter(), cpu, background=not self._worker.inline)
 
     def _write_perf(self, step: int, perf: dict[str, float]) -> None:
         """A tracked step's perf scalars (with the steps skipped so far, under a plan), flushed."""

@@ -31,7 +31,7 @@ from .and_or import AndOrConfig
 from .budget import OverheadBudget, budget_text
 from .config import BudgetConfig, OutputConfig, ReadingsConfig, configs, warn_legacy
 from .distributed import is_main_process, main_process_flag
-from .engine import compute_interactions, progress_bar_open
+from .engine import compute_interactions, model_device, progress_bar_open
 from .metrics.profile import band_orders
 from .players import Players, claim_baseline
 from .probes import (
@@ -49,10 +49,9 @@ from .schedules import Schedule, every, log_spaced
 from .spectrum_readings import SpectrumReadings
 from .state import DeclaredState
 from .summary import StepSummary
-from .threads import spare_cores
 from .tracked_steps import TrackedSteps
 from .values import resolve_value, value_name
-from .worker import Worker
+from .worker import Worker, child_pays
 from .writers import tags
 from .writers.tensorboard import TensorBoardWriter
 
@@ -167,8 +166,8 @@ class ConceptTracker(DeclaredState):
             checks.check_same_width(probe.inputs, held.inputs)
             checks.check_players_fit(players, held.inputs, "heldout")
         self._cursor: int | None = self._add_state("cursor", None)  # last step tracked, skipped or failed
-        contention = 0.0 if spare_cores() else 1.0
-        budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention)
+        # The child runs only where it is expected to take nothing from training (worker.child_pays).
+        budget_state = OverheadBudget(self.max_overhead, self.budget.total_steps, self.schedule, contention=0.0)
         self._steps = TrackedSteps(
             self._worker,
             self.writer,
@@ -250,6 +249,7 @@ class ConceptTracker(DeclaredState):
         # values come to the CPU here: the worker never touches the device.
         kind = "and" if self.kind == "and_or" else self.kind
         options = dict(value=self.value, kind=kind, batch_size=self.batch_size, show_progress=show)
+        self._worker.decide(child_pays(model_device(model)))
         results = {}
         for split in splits:
             probes: ProbeSet = getattr(self, f"_{split}")

@@ -15,6 +15,18 @@ that holds CUDA and OpenMP threads, and spawn re-runs a training script that lac
 ``if __name__ == "__main__"`` guard), started by the first job, at a lower priority than training
 and on one torch thread. It imports torch and the job's module (matplotlib only for figures).
 
+Whether the child starts (the rule, :func:`child_pays`, applied by :meth:`Worker.decide` before
+the first job): only if it can pay for itself, that is when training leaves the CPU room for it:
+the model runs on an accelerator (the training thread mostly waits for the device), or this
+process leaves a core idle (torch's intra-op threads fewer than the cores it may use, see
+:func:`~concept_tracker.threads.spare_cores`). Otherwise the child's CPU time comes out of the
+cores training runs on: its start-up (importing torch: 2.8 s of CPU measured on the 2-core VM of
+BENCHMARKS.md) and every job, which cost the same CPU inline; so the jobs run inline from the
+start, and training waits for them instead of sharing its cores with them. Each answer says what the job
+cost the child's CPU (:attr:`Answer.cpu`) and what the child spent besides since its previous
+answer (:attr:`Answer.overhead`: its start-up in the first), so that an overhead budget can
+charge background work by the CPU it takes, not by the wall time a starved child needs.
+
 One fallback and one failure rule: if the child cannot start, exits, cannot be sent a job, or
 makes no progress for :data:`ANSWER_TIMEOUT` seconds while the caller waits for it (a stopped
 child: no answer and, where ``/proc`` tells, no CPU time either, so that a child merely slowed
@@ -41,6 +53,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
 import torch
+
+from .threads import spare_cores
 
 JOBS = {
     "finish_step": ("concept_tracker.pipeline", "finish_step"),
@@ -70,13 +84,23 @@ HEADER = 8
 
 class Answer(NamedTuple):
     """A finished job: its id (from :meth:`Worker.submit`), its return value or the exception it
-    raised, the seconds it took, and whether it ran inline (the caller waited for it)."""
+    raised, the wall seconds it took, whether it ran inline (the caller waited for it), the CPU
+    seconds it took, and (child only) the child's CPU seconds outside jobs since its previous
+    answer (its start-up and imports in the first)."""
 
     job: int
     value: Any
     error: Exception | None
     seconds: float
     inline: bool = False
+    cpu: float = 0.0
+    overhead: float = 0.0
+
+
+def child_pays(device: torch.device | str) -> bool:
+    """Whether a child process can pay for itself beside a model on ``device``: the model runs on
+    an accelerator, or this process leaves a core idle (see the module docstring)."""
+    return torch.device(device).type != "cpu" or spare_cores() > 0
 
 
 def command() -> list[str]:
@@ -134,6 +158,11 @@ class Worker:
         except Exception as err:  # no start, a closed pipe, an argument pickle refuses
             self._fail(f"could not take a job ({type(err).__name__}: {err})")
         return job
+
+    def decide(self, pays: bool) -> None:
+        """Before the first job: run every job inline unless a child ``pays`` (:func:`child_pays`)."""
+        if self._proc is None and not self._next:
+            self.inline = self.inline or not pays
 
     def busy(self) -> bool:
         """Whether the child owes answers (it then competes with training for the CPU)."""
@@ -208,21 +237,22 @@ class Worker:
             size = int.from_bytes(self._in[:HEADER], "big")
             if len(self._in) < HEADER + size:
                 return
-            job, value, error, seconds = pickle.loads(self._in[HEADER : HEADER + size])
+            job, value, error, seconds, cpu, overhead = pickle.loads(self._in[HEADER : HEADER + size])
             del self._in[: HEADER + size]
             self._jobs.pop(job, None)
-            self._done.append(Answer(job, value, error, seconds))
+            self._done.append(Answer(job, value, error, seconds, cpu=cpu, overhead=overhead))
 
     def _run_inline(self) -> None:
         for job in list(self._jobs):
             module, function, args = self._jobs.pop(job)
-            start, value, error = time.perf_counter(), None, None
+            start, cpu, value, error = time.perf_counter(), time.thread_time(), None, None
             try:
                 # A copy, as the child gets: the job never changes the caller's objects.
                 value = run_job(module, function, copy.deepcopy(args))
             except Exception as err:
                 error = err
-            self._done.append(Answer(job, value, error, time.perf_counter() - start, inline=True))
+            seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
+            self._done.append(Answer(job, value, error, seconds, inline=True, cpu=cpu))
 
     def _fail(self, reason: str) -> None:
         warnings.warn(
@@ -262,8 +292,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def serve() -> None:
-    """The child's loop: run each job read from stdin, answer ``(id, value, error, seconds)`` on
-    stdout, until the input ends or nobody reads the answers any more."""
+    """The child's loop: run each job read from stdin, answer ``(id, value, error, seconds, cpu,
+    overhead)`` (see :class:`Answer`) on stdout, until the input ends or nobody reads the answers
+    any more."""
     # Answers go to a private copy of stdout; anything a library prints goes to stderr instead
     # of corrupting the answers.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
@@ -273,12 +304,14 @@ def serve() -> None:
         os.nice(NICENESS)
     except (AttributeError, OSError):
         pass
+    answered = 0.0  # process_time() when the last answer went out
     while True:
         header = jobs.read(HEADER)
         if len(header) < HEADER:
             return
         job, module, function, args = pickle.loads(jobs.read(int.from_bytes(header, "big")))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        overhead = cpu - answered  # the start-up (process_time counts from 0), then reading the jobs
         value, error = None, None
         try:
             value = run_job(module, function, args)
@@ -286,12 +319,13 @@ def serve() -> None:
             if hasattr(err, "add_note"):  # Python >= 3.11: the child's traceback travels with it
                 err.add_note("In the background worker:\n" + traceback.format_exc())
             error = err
-        reply = (job, value, error, time.perf_counter() - start)
+        costs = (time.perf_counter() - start, time.process_time() - cpu, overhead)
         try:
-            message = frame(reply)
+            message = frame((job, value, error, *costs))
         except Exception as err:  # what pickle cannot carry: the exception's type and message
             error = error or err
-            message = frame((job, None, RuntimeError(f"{type(error).__name__}: {error}"), reply[3]))
+            message = frame((job, None, RuntimeError(f"{type(error).__name__}: {error}"), *costs))
+        answered = time.process_time()
         try:
             answers.write(message)
             answers.flush()

@@ -28,11 +28,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 @pytest.fixture(autouse=True)
 def inline_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Trackers of unmarked tests run their background jobs inline (see the module docstring)."""
+    import concept_tracker.tracker as tracker_module
+
     if request.node.get_closest_marker("worker_process") is None:
-        import concept_tracker.tracker as tracker_module
         from concept_tracker.worker import Worker
 
         monkeypatch.setattr(tracker_module, "Worker", lambda inline=False: Worker(inline=True))
+    else:  # the process path, whether or not this machine leaves a core idle (worker.child_pays)
+        monkeypatch.setattr(tracker_module, "child_pays", lambda device: True)
 
 
 @pytest.fixture

@@ -116,11 +116,67 @@ def test_interference_is_the_busy_steps_excess_over_the_idle_ones():
         clock += seconds
     budget.call_began(clock)
     assert budget.step_seconds == pytest.approx(0.01)
-    assert budget.interference == pytest.approx(5 * 0.02)
+    assert budget.interference == 0.0  # no background CPU time reported yet: the excess is not ours
     assert budget.contention == 1.0  # assumed: no background work measured yet
     budget.finished(0.2)
+    assert budget.interference == pytest.approx(5 * 0.02)
     assert budget.contention == pytest.approx(0.5)
     assert budget.cost == pytest.approx(0.1)
+
+
+def test_background_work_is_charged_by_its_cpu_time_and_interference_at_most_that():
+    # A niced child on a busy machine: 5 s of wall time for 0.04 s of CPU, beside steps that other
+    # jobs slowed by 0.1 s in all. The cost is the CPU time; the wall time is the final wait only.
+    budget = OverheadBudget(0.1, 100)
+    clock = 0.0
+    for busy, seconds in [(False, 0.01)] * 12 + [(True, 0.03)] * 5:
+        budget.call_began(clock)
+        budget.call_ended(clock, busy)
+        clock += seconds
+    budget.call_began(clock)
+    budget.tracked(0, 0.2)
+    budget.finished(5.0, cpu=0.04)
+    budget.worked(0.01)  # e.g. the child's start-up
+    assert budget.interference == pytest.approx(0.05) and budget.contention == pytest.approx(1.0)
+    assert budget.cost == pytest.approx(0.05)
+    assert budget.step_cost() == pytest.approx(0.2 + 0.04)  # the stall and the step's CPU time
+    assert budget.worker_cost == 5.0 and budget.worker_cpu == 0.04
+
+
+def test_optional_work_is_afforded_only_beside_the_plan():
+    assert OverheadBudget(None, 100).affords(0.0, 100.0, background=True)  # no budget
+    # No plan yet (or no horizon): as a step without a plan, within max_overhead of the wall time.
+    early = OverheadBudget(0.5, 20000, contention=1.0)
+    early.call_began(0.0)
+    early.call_ended(1.0, False)  # 1 s of stalls
+    assert early.affords(4.0, 2.0, background=True) and not early.affords(4.0, 2.1, background=True)
+    with pytest.warns(UserWarning, match="affords"):
+        _, budget, _ = simulate(0.05, 20000, 0.005, 0.15, 1.0, every(1), contention=1.0)
+    # At the end of the run (tracked: the horizon) no planned step is left: only the slack counts.
+    now = 20000 * 0.005 * 1.05
+    slack = 0.05 / 0.95 * (budget.elapsed(now) - budget.cost) - budget.cost - budget.worker_cost
+    assert slack > 0.1
+    assert budget.affords(now, slack - 0.05, background=True)
+    assert not budget.affords(now, slack + 0.05, background=True)
+    # Mid-run, background work is charged at the contention (assumed 0.5 here), inline in full.
+    budget, clock = OverheadBudget(0.05, 20000, every(1), contention=0.5), 0.0
+    with pytest.warns(UserWarning, match="affords"):
+        for step in range(20):
+            budget.call_began(clock)
+            if step == 1:
+                budget.finished(1.0)
+            if budget.allows(step, clock) and step == 0:
+                clock += 0.15
+                budget.tracked(0, 0.15)
+            budget.call_ended(clock, step == 0)
+            clock += 0.005
+    assert budget.plan is not None and budget.contention == 0.5
+    untracked = budget.elapsed(clock) - budget.cost + 20000 * budget.step_seconds
+    planned = (len(budget.plan) - 1) * budget.step_cost() + budget.worker_cost
+    room = 0.05 / 0.95 * untracked - budget.cost - planned
+    assert room > 0
+    assert budget.affords(clock, 1.9 * room, background=True)
+    assert not budget.affords(clock, 1.9 * room, background=False)
 
 
 def test_a_slow_spell_that_is_not_tracking_does_not_pass_for_the_step_time():
@@ -192,3 +248,39 @@ def test_a_plan_without_room_is_not_overridden_before_the_horizon():
     assert not late.allows(9000, now=20.0, last=True)  # 0.15 + 3.15 > 0.05 * 23.15
     assert late.allows(9001, now=80.0, last=True)
     assert not late.allows(20001, now=2.0) and late.allows(20002, now=20.0)  # past the horizon
+
+
+def test_figures_under_a_budget_are_drawn_only_when_afforded_and_charged_what_they_measured(tmp_path):
+    import torch
+
+    from concept_tracker.interactions import Interactions
+    from concept_tracker.metrics.profile import band_orders, order_profile
+    from concept_tracker.rundir import StepTally
+    from concept_tracker.transforms import and_transform
+    from concept_tracker.worker import Worker
+    from concept_tracker.writers import step_figures
+    from concept_tracker.writers.tensorboard import TensorBoardWriter
+
+    v = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    names = [[f"p{i}" for i in range(4)]] * 2
+    res = Interactions(outputs=v, and_effects=and_transform(v), or_effects=None, n=4, kind="and", player_names=names)
+    figure = (res, {"and": order_profile(res)}, None, [0], torch.rand(1, 5), torch.rand(1, 1, 16), 0)
+    asked, room = [], [False]
+    worker, tally = Worker(inline=True), StepTally()
+    figures = step_figures.StepFigures(
+        TensorBoardWriter(tmp_path), band_orders(4), True, tally.warn_once, worker.submit,
+        lambda cpu: asked.append(cpu) or room[0],
+    )
+    with pytest.warns(UserWarning, match="figures of step 0 were not drawn") as record:
+        figures.tracked(1, 0, *figure)
+        figures.tracked(2, 1, *figure)
+    assert len(record) == 1 and not worker._done  # one message; nothing drawn
+    assert asked == [step_figures.FIRST_DRAW_SECONDS] * 2
+    room[0] = True
+    figures.tracked(4, 2, *figure)
+    answers = worker.answers()
+    assert len(answers) == 3 and all(figures.received(a) for a in answers)  # order profile, heat map, trajectory
+    assert figures.cost == pytest.approx(sum(a.cpu for a in answers))  # the next set is charged this
+    measured = figures.cost
+    figures.tracked(8, 3, *figure)
+    assert asked[-1] == measured != step_figures.FIRST_DRAW_SECONDS

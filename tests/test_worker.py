@@ -18,7 +18,7 @@ from concept_tracker.interactions import Interactions
 from concept_tracker.metrics.dynamics import Trajectory
 from concept_tracker.metrics.profile import order_profile
 from concept_tracker.transforms import and_transform
-from concept_tracker.worker import JOBS, THREADS, Worker, run_job
+from concept_tracker.worker import JOBS, THREADS, Worker, child_pays, run_job
 from concept_tracker.writers import render
 
 CONFIG = AndOrConfig(max_iter=200)
@@ -87,10 +87,42 @@ def test_the_child_runs_jobs_in_order_with_the_results_of_this_process():
         worker.close()
     same_step(done.value, finish(finish_args(0)))
     same_step(out[0].value, finish(finish_args(1, warm=res)))
+    # CPU seconds per job; the child's start-up (importing torch) comes with its first answer.
+    assert all(a.cpu > 0 for a in [done, *out]) and done.overhead > max(a.overhead for a in out)
     split = out[0].value[0]["probe"]
     assert matching_error(split.outputs, split.and_effects, split.or_effects, split.q).max() < 1e-9
     for answer, job in zip(out[1:], figure_jobs()):
         assert answer.value[:4] == b"\x89PNG" and answer.value == render.render(*job), job[0]
+
+
+def test_without_room_for_a_child_every_job_runs_inline_from_the_start(monkeypatch):
+    monkeypatch.setattr(worker_module, "spare_cores", lambda: 0)
+    assert not child_pays("cpu") and child_pays("cuda")  # a model on a GPU leaves the CPU free
+    worker = Worker()
+    worker.decide(child_pays("cpu"))
+    job = worker.submit("finish_step", *finish_args(7))
+    [done] = worker.answers()  # no wait: it ran at submit
+    worker.close()
+    assert worker.inline and worker._proc is None and done.job == job and done.inline and done.cpu > 0
+    same_step(done.value, finish(finish_args(7)))
+    monkeypatch.setattr(worker_module, "spare_cores", lambda: 1)
+    assert child_pays("cpu")
+
+
+@pytest.mark.worker_process
+def test_a_tracker_without_an_idle_core_finishes_its_steps_inline_without_a_child(tmp_path, monkeypatch):
+    import concept_tracker.tracker as tracker_module
+    from concept_tracker import ConceptTracker, OutputConfig, TabularPlayers, every
+    from concept_tracker.writers import tags
+
+    monkeypatch.setattr(tracker_module, "child_pays", child_pays)  # the rule itself, not the suite's stand-in
+    monkeypatch.setattr(worker_module, "spare_cores", lambda: 0)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with ConceptTracker(TabularPlayers(), x, log_dir=tmp_path, schedule=every(1), output=OutputConfig(figures=False)) as tracker:
+        summary = tracker.step(model, 0)
+        assert tracker._worker.inline and tracker._worker._proc is None
+        assert tags.summary("complex_ratio") in summary  # finished inside step()
 
 
 def test_a_failing_job_comes_back_as_its_exception_and_the_child_goes_on():
