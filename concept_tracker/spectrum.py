@@ -75,6 +75,11 @@ MAX_ROUNDS = 4
 """Rounds of candidate search: each evaluates the most influential players on what is left."""
 MAX_LATTICE = 14
 """Largest candidate or block set (``2**14`` subsets)."""
+TAIL_ORDERS = 8
+"""Highest orders a block sees whose mean square effect is extrapolated to the orders above them."""
+TAIL_FACTOR = 0.5
+"""Salient strength of an order above the blocks' reach per ``sum I**2 / tau`` of its effects:
+chosen on the n = 20 models of ``benchmarks/spectrum.py``, the same ones it is scored on there."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +349,8 @@ class SpectrumEstimate:
         candidates: size of the candidate set used (0 = none).
         block_size: size of the random blocks (0 = none).
         blocks: random blocks per sample.
+        tail: [B, n + 1] float64 the part of ``strength`` extrapolated to the orders above the
+            blocks' reach (:func:`tail_strength`; zero where the blocks reach order n).
     """
 
     strength: Tensor
@@ -354,6 +361,7 @@ class SpectrumEstimate:
     candidates: int
     block_size: int
     blocks: int
+    tail: Tensor
 
 
 def _salient(effects: Tensor, tau: Tensor) -> Tensor:
@@ -381,6 +389,87 @@ def exact_strength(effects: Tensor, ratio: float) -> Tensor:
     tau = ratio * nonempty.abs().amax(-1, keepdim=True)
     out = torch.zeros(effects.shape[0], n + 1, dtype=torch.float64, device=effects.device)
     return out.index_add_(1, sizes, _salient(nonempty, tau))
+
+
+@dataclass(frozen=True)
+class TailFit:
+    """Energy of the effects the blocks saw at the top of their reach.
+
+    Attributes:
+        orders: [O] float64 the fit orders (up to :data:`TAIL_ORDERS` highest above k a block sees).
+        energy: [B, J, O] float64 sum of ``I(S)**2`` over the coalitions of each fit order in
+            each block that no earlier stage knows.
+        count: [B, J, O] float64 how many such coalitions.
+    """
+
+    orders: Tensor
+    energy: Tensor
+    count: Tensor
+
+
+def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int) -> TailFit | None:
+    """Energy per order at the top of the blocks' reach.
+
+    Args:
+        block: [B, J, 2**u] exact effects of every subset of each block (local bitmasks).
+        known: [B, J, 2**u] bool, coalitions an earlier stage knows exactly.
+        block_sizes: [2**u] order of each local bitmask.
+        k: highest order known exactly.
+    Returns:
+        :class:`TailFit`, or None when the blocks see fewer than two orders above k.
+    """
+    u = block.shape[-1].bit_length() - 1
+    orders = list(range(max(k + 1, u - TAIL_ORDERS + 1), u + 1))
+    if len(orders) < 2:
+        return None
+    unknown = ~known
+    energy = torch.stack([(block.pow(2) * unknown * (block_sizes == m)).sum(-1) for m in orders], -1)
+    count = torch.stack([(unknown & (block_sizes == m)).sum(-1) for m in orders], -1).to(block.dtype)
+    return TailFit(torch.tensor(orders, dtype=block.dtype, device=block.device), energy, count)
+
+
+def tail_strength(
+    fit: TailFit, sample: int, picks: Tensor | None, tau: Tensor, n: int, u: int, exact_counts: list[int]
+) -> Tensor:
+    """Salient strength of the orders above the blocks' reach, extrapolated (a model, not a sample).
+
+    The mean square effect per order, ``e(m)``, is read from the blocks at the fit orders; a
+    least-squares line through ``log e(m)`` (weighted by the coalitions seen) is carried to the
+    orders ``u + 1 .. min(n, 2u)``, and their salient strength is taken as
+    ``TAIL_FACTOR * (C(n, m) - known) * e(m) / tau``: ``sum I**2 / tau`` bounds the salient
+    strength of effects above ``tau``, and :data:`TAIL_FACTOR` is the ratio measured on trained
+    MLPs (see docs/metrics.md, section 12). Orders above ``2u`` are left to ``unseen``.
+
+    Args:
+        fit: from :func:`fit_tail`.
+        sample: which sample.
+        picks: [R, J] block indices of R bootstrap resamples, or None for all blocks once.
+        tau: salience threshold of the sample (0-d).
+        n, u: number of players and block size.
+        exact_counts: per order, coalitions above u already known exactly (inside a group).
+    Returns:
+        [n + 1] float64 (or [R, n + 1] with ``picks``), zero at orders <= u and above 2u.
+    """
+    energy, count = fit.energy[sample], fit.count[sample]  # [J, O]
+    if picks is None:
+        e, c = energy.sum(0)[None], count.sum(0)[None]
+    else:
+        e, c = energy[picks].sum(1), count[picks].sum(1)  # [R, O]
+    mean = e / c.clamp(min=1)
+    # No energy at a fit order (a sparse function, its concepts already found): no tail.
+    valid = (mean > 0).all(-1) & (tau > 0)
+    y = mean.clamp(min=torch.finfo(mean.dtype).tiny).log()
+    x, w = fit.orders, c
+    total = w.sum(-1, keepdim=True).clamp(min=1)
+    mx, my = (w * x).sum(-1, keepdim=True) / total, (w * y).sum(-1, keepdim=True) / total
+    slope = (w * (x - mx) * (y - my)).sum(-1) / (w * (x - mx) ** 2).sum(-1).clamp(min=torch.finfo(x.dtype).tiny)
+    intercept = my[:, 0] - slope * mx[:, 0]
+    out = torch.zeros(e.shape[0], n + 1, dtype=e.dtype, device=e.device)
+    for m in range(u + 1, min(n, 2 * u) + 1):
+        square = (intercept + slope * m).clamp(max=600.0).exp()
+        size = TAIL_FACTOR * square / tau.clamp(min=torch.finfo(e.dtype).tiny)
+        out[:, m] = torch.where(valid, max(math.comb(n, m) - exact_counts[m], 0) * size, torch.zeros_like(size))
+    return out[0] if picks is None else out
 
 
 def estimate_spectrum(
@@ -421,7 +510,7 @@ def estimate_spectrum(
             _top(effects[i], _bits(n, device), list(range(n)), ratio, top_concepts, 0) for i in range(b)
         ]
         zero = torch.zeros(b, dtype=f64, device=device)
-        return SpectrumEstimate(strength, empty, zero, top, 1 << n, 0, 0, 0)
+        return SpectrumEstimate(strength, empty, zero, top, 1 << n, 0, 0, 0, torch.zeros_like(strength))
 
     # Stage 1: every coalition of at most k players, and their exact effects.
     table = low_order_sets(n, k, device)
@@ -493,7 +582,7 @@ def estimate_spectrum(
 
     # Stage 4: uniform random blocks, every subset of each.
     u, blocks = block_layout(budget - forwards, n, k)
-    block = None
+    block = known = fit = None
     if blocks:
         universe = torch.sort(torch.rand(b, blocks, n, generator=generator).argsort(-1)[..., :u], -1).values
         universe = universe.to(device)
@@ -501,6 +590,16 @@ def estimate_spectrum(
         forwards += blocks * lattice_cost(u, k)
         block_sizes = _bits(u, device).sum(-1)
         known_max = torch.maximum(known_max, (block * (block_sizes > k)).abs().flatten(1).amax(1))
+        # A coalition that an earlier stage knows exactly (low order, or inside a group) is not
+        # counted again by a block.
+        bits = _bits(u, device)
+        known = torch.zeros(b, blocks, 1 << u, dtype=torch.bool, device=device)
+        for i in range(b):
+            for g in groups[i]:
+                members = (universe[i][..., None] == torch.tensor(g, device=device)).any(-1)  # [J, u]
+                known[i] |= ~(bits[None] & ~members[:, None, :]).any(-1)
+        if u < n:
+            fit = fit_tail(block, known, block_sizes, k)
 
     tau = (ratio * known_max)[:, None]
     fixed = torch.zeros(b, n + 1, dtype=f64, device=device).index_add_(1, low_sizes, _salient(low, tau))
@@ -514,26 +613,26 @@ def estimate_spectrum(
         concepts[i] = sorted(found, key=lambda item: -abs(item[1]))[:top_concepts]
 
     strength, replicates = fixed, empty
-    if block is not None:
-        bits = _bits(u, device)
-        # A block counts a coalition S only when no earlier stage knows it exactly (low order, or
-        # inside a group). S of order m lies in a uniform u-set with probability
-        # C(u, m) / C(n, m), whose inverse weights what the block sees (Horvitz-Thompson):
-        # unbiased for every such S of order at most u.
-        known = torch.zeros(b, blocks, 1 << u, dtype=torch.bool, device=device)
-        for i in range(b):
-            for g in groups[i]:
-                members = (universe[i][..., None] == torch.tensor(g, device=device)).any(-1)  # [J, u]
-                known[i] |= ~(bits[None] & ~members[:, None, :]).any(-1)
+    tail = torch.zeros(b, n + 1, dtype=f64, device=device)
+    if block is not None and known is not None:
+        # S of order m lies in a uniform u-set with probability C(u, m) / C(n, m), whose inverse
+        # weights what the block sees (Horvitz-Thompson): unbiased for every coalition of order
+        # at most u that no earlier stage knows.
         inverse = torch.tensor(
             [math.comb(n, m) / math.comb(u, m) if m > k else 0.0 for m in range(u + 1)], dtype=f64, device=device
         )
         seen = _salient(block, tau[..., None]) * inverse[block_sizes] * ~known
         per_block = torch.zeros(b, blocks, n + 1, dtype=f64, device=device).index_add_(2, block_sizes, seen)
-        strength = fixed + per_block.mean(1)
         picks = torch.randint(0, blocks, (resamples, b, blocks), generator=generator).to(device)
         drawn = per_block[torch.arange(b, device=device)[None, :, None], picks]  # [R, B, J, n + 1]
-        replicates = fixed[None] + drawn.mean(2)
+        tail_reps = torch.zeros(resamples, b, n + 1, dtype=f64, device=device)
+        if fit is not None:
+            for i in range(b):
+                left_out = [sum(math.comb(len(g), m) for g in groups[i]) for m in range(n + 1)]
+                tail[i] = tail_strength(fit, i, None, tau[i, 0], n, u, left_out)
+                tail_reps[:, i] = tail_strength(fit, i, picks[:, i], tau[i, 0], n, u, left_out)
+        strength = fixed + per_block.mean(1) + tail
+        replicates = fixed[None] + drawn.mean(2) + tail_reps
 
     unseen = torch.zeros(b, dtype=f64, device=device)
     seen_order = max([u, k] + [len(g) for sample in groups for g in sample])
@@ -548,7 +647,7 @@ def estimate_spectrum(
         factor = min(plan.keep**m * (1.0 - plan.keep**m) for m in range(max(u, k) + 1, n + 1))
         unseen = energy / factor / tau[:, 0].clamp(min=torch.finfo(f64).tiny)
     found_size = max([0] + [len(g) for sample in groups for g in sample])
-    return SpectrumEstimate(strength, replicates, unseen, concepts, forwards, found_size, u, blocks)
+    return SpectrumEstimate(strength, replicates, unseen, concepts, forwards, found_size, u, blocks, tail)
 
 
 def _contrast(x: Tensor, r: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -674,6 +773,9 @@ class OrderSpectrum:
         ratio: salience threshold ratio.
         targets: [B] target per sample the values read (the model's predictions when none
             was given), or None for a value function without one.
+        tail: [B, n + 1] float64 the part of ``strength`` extrapolated to orders above
+            ``seen_order`` (a model, not a sample: see :func:`tail_strength`); zero where the
+            blocks reach order n or see no energy at the top of their reach.
     """
 
     simple_share: Tensor
@@ -695,6 +797,7 @@ class OrderSpectrum:
     complex_min: int
     ratio: float
     targets: Tensor | None
+    tail: Tensor | None = None
 
 
 def spectrum_scalars(spectrum: OrderSpectrum) -> dict[str, float]:
@@ -916,4 +1019,5 @@ def order_spectrum(
         complex_min=complex_min,
         ratio=ratio,
         targets=targets,
+        tail=estimate.tail,
     )

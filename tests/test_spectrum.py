@@ -413,3 +413,27 @@ def test_tracker_above_16_players_reads_the_sampled_spectrum_only(tmp_path):
     assert all(0.0 <= s["spectrum/simple_share"] <= 1.0 for s in tracked)
     assert spectrum_path(tmp_path, tracked[0].step).is_file() and list_steps(tmp_path) == []
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_tail_extrapolates_the_energy_line():
+    """Mean square effects exactly on a line in log scale at the fit orders: the tail is
+    ``TAIL_FACTOR * C(n, m) * e(m) / tau`` above the blocks' reach (up to 2u), zero below; a fit
+    order without energy (a sparse function) gives no tail."""
+    n, u, tau = 12, 6, 0.3
+    orders = torch.arange(3, u + 1, dtype=torch.float64)
+    count = torch.tensor([[[20.0, 15.0, 6.0, 1.0], [20.0, 15.0, 6.0, 1.0]]])  # [B, J, O]
+    square = torch.exp(-2.0 + 0.7 * orders)
+    fit = sp.TailFit(orders, count * square, count)
+    known = [0] * (n + 1)
+    known[8] = 5
+    out = sp.tail_strength(fit, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, known)
+    expected = torch.zeros(n + 1, dtype=torch.float64)
+    for m in range(u + 1, n + 1):
+        expected[m] = sp.TAIL_FACTOR * (math.comb(n, m) - known[m]) * math.exp(-2.0 + 0.7 * m) / tau
+    assert torch.allclose(out, expected, rtol=1e-9)
+    reps = sp.tail_strength(fit, 0, torch.tensor([[0, 1], [1, 1]]), torch.tensor(tau, dtype=torch.float64), n, u, known)
+    assert torch.allclose(reps, expected.expand(2, -1), rtol=1e-9)
+    short = sp.tail_strength(fit, 0, None, torch.tensor(tau, dtype=torch.float64), 20, u, [0] * 21)
+    assert short[u + 1 : 2 * u + 1].gt(0).all() and short[2 * u + 1 :].eq(0).all()
+    sparse = sp.TailFit(orders, count * square * (orders != 5), count)
+    assert sp.tail_strength(sparse, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, known).eq(0).all()
