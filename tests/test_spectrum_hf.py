@@ -128,7 +128,8 @@ def test_tiny_tracked_run_reads_the_spectrum_of_every_word(tmp_path, one_thread)
     tiny = replace(
         SETUP, words=20, train_size=32, test_size=8, steps=2, tracked=(0, 2), probes=12, forwards=120, hidden=16
     )
-    run = spectrum_hf.train_run(tiny, 0.5, 0, tmp_path)
+    with pytest.warns(UserWarning, match="n=20 players, above 16: the tracker reads the sampled order spectrum"):
+        run = spectrum_hf.train_run(tiny, 0.5, 0, tmp_path)
     assert run["steps"] == [0, 2]
     assert torch.tensor(run["strength"]).shape == (2, 12, 21)
     assert 0 < run["forwards_per_step"] <= 12 * 120
