@@ -32,7 +32,7 @@ docs-numbers: $(VENV)/.installed
 	$(PY) tools/docs_numbers.py
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check concept_tracker integrations
+	$(VENV)/bin/ruff check concept_tracker integrations tests benchmarks tools examples
 	$(VENV)/bin/ruff format --check concept_tracker integrations
 	$(VENV)/bin/mypy
 

@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,9 +36,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from timing import timed  # noqa: E402
+
 from concept_tracker.and_or import AndOrConfig, and_or_objective, decompose  # noqa: E402
 from concept_tracker.transforms import and_transform, coalition_matrix, or_transform  # noqa: E402
-from timing import timed  # noqa: E402
 
 
 def mlp_values(n: int, samples: int, seed: int, device: torch.device) -> Tensor:
@@ -145,8 +147,8 @@ def main() -> None:
     for n in sizes:
         values = mlp_values(n, samples, seed=n, device=device)
         decompose(values[:1], AndOrConfig(max_iter=20))  # build the cached operators for this n
-        t_ct, res = timed(lambda: decompose(values, config), device)
-        t_sgd, (sgd_obj, _) = timed(lambda: published_sgd(values, sgd_iterations), device)
+        t_ct, res = timed(partial(decompose, values, config), device)
+        t_sgd, (sgd_obj, _) = timed(partial(published_sgd, values, sgd_iterations), device)
         ct_obj = and_or_objective(res.and_effects, res.or_effects)
         if n <= args.lp_max_n:
             from oracles_lp import lp_and_or

@@ -1,6 +1,7 @@
 """AND-OR solver on a shared CPU and along a tracked training run.
 
-    python benchmarks/and_or_tracked.py [--quick] [--threads 1] [--lp 2]
+    python benchmarks/and_or_tracked.py [--quick] [--threads 1] [--skip-shared]
+        [--max-iter 300] [--tol 0.05] [--before REV] [--reference 8] [--lp 2]
 
 Two measurements, each side by side in one process:
 
@@ -13,32 +14,48 @@ Two measurements, each side by side in one process:
    digits for 1,500 steps; at the demo's 16 log-spaced steps, 32 training + 32 test probes
    (n = 10 patches, 65,536 masked rows) are valued once. Per tracked step, timed in turn: the
    bare forwards of those masked rows (built beforehand, chunks of 4,096 rows, under
-   ``inference_mode``) and ``decompose`` on their values, warm-started from the previous
-   tracked step as the tracker does. Target: median ratio <= 3. ``--lp k`` solves the first
-   ``k`` samples of the last step exactly with HiGHS (minutes per sample at n = 10).
+   ``inference_mode``, best of 3) and ``decompose`` on their values, warm-started from its own
+   result at the previous tracked step as the tracker does, with the demo's solver settings
+   (``--max-iter`` / ``--tol`` override them). Target (issue 20): median over the tracked steps
+   of decompose / forwards <= 3, objective within 1% of the LP optimum.
 
-Forwards and solver run on ``--threads`` intra-op threads (default 1, as in the issue's
-measurement); the solver picks its own count below that.
+   ``--before REV`` also runs ``concept_tracker/and_or.py`` as it was at git revision ``REV``
+   (same settings, its own warm starts), timed in turn with the current one.
+   ``--reference k`` (default 8) solves the first ``k`` samples of every step cold with 3,000
+   iterations and a 0.1% tolerance; their objective stands in for the optimum (``obj / ref``),
+   and their certified lower bound gives a proven upper bound on the distance to it
+   (``obj / lower``). ``--lp k`` solves the first ``k`` samples of the last step exactly with
+   HiGHS (minutes per sample at n = 10).
+
+Forwards and solver run on ``--threads`` intra-op threads (default 1, as in the background
+worker); the solver picks its own count below that.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import concept_tracker.threads as threads  # noqa: E402
 from and_or import machine, mlp_values  # noqa: E402
-from concept_tracker.and_or import AndOrConfig, and_or_objective, decompose  # noqa: E402
 from timing import timed  # noqa: E402
+
+import concept_tracker.threads as threads  # noqa: E402
+from concept_tracker import demo  # noqa: E402
+from concept_tracker.and_or import AndOrConfig, and_or_objective, decompose  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -88,11 +105,34 @@ def shared_cpu(repeats: int, samples: int) -> None:
         print(f"| {mode} | {quiet:.2f} s | {loaded:.2f} s | {loaded / quiet:.2f} |")
 
 
-def tracked_run(steps: int, tracked: int, probes: int, lp: int) -> None:
-    from concept_tracker import demo
+def load_revision(rev: str) -> ModuleType:
+    """``concept_tracker/and_or.py`` as it was at git revision ``rev``, as a module of the package."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{rev}:concept_tracker/and_or.py"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "and_or_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("concept_tracker.and_or_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def ratios(objective: torch.Tensor, reference: torch.Tensor) -> str:
+    rel = objective[: len(reference)] / reference
+    return f"{rel.median().item():.4f} / {rel.max().item():.4f}"
+
+
+def tracked_run(
+    steps: int, tracked: int, probes: int, settings: dict, before: str | None, reference: int, lp: int
+) -> None:
     from concept_tracker.engine import compute_interactions
-    from concept_tracker.schedules import log_spaced
     from concept_tracker.probes import select_probes
+    from concept_tracker.schedules import log_spaced
 
     data = demo.load_digits_split(1000, seed=0)
     train = select_probes(data.train_x, probes, labels=data.train_y, seed=0)
@@ -116,16 +156,28 @@ def tracked_run(steps: int, tracked: int, probes: int, lp: int) -> None:
             for part in masked:
                 model(part)
 
-    config = AndOrConfig()
-    previous = None
-    table = []
+    solvers = {"after": (decompose, AndOrConfig(**settings))}
+    if before:
+        old = load_revision(before)
+        solvers["before"] = (old.decompose, old.AndOrConfig(**settings))
+    previous: dict[str, object] = dict.fromkeys(solvers)
+    table: list[dict] = []
+    last_values = torch.empty(0)
     for step in range(steps + 1):
         if schedule.fires(step):
             values = compute_interactions(model, x, players, target=y, kind="and").outputs.double()
-            start = None if previous is None else (previous.gamma, previous.q)
-            t_fwd = min(timed(forwards, CPU)[0] for _ in range(3))
-            t_solve, previous = timed(lambda: decompose(values, config, warm_start=start), CPU)
-            table.append((step, t_fwd, t_solve, previous.iterations, previous.gap.max().item()))
+            row: dict = {"step": step, "forwards": min(timed(forwards, CPU)[0] for _ in range(3))}
+            for name, (solve, config) in solvers.items():
+                res = previous[name]
+                start = None if res is None else (res.gamma, res.q)  # type: ignore[attr-defined]
+                seconds, res = timed(partial(solve, values, config, warm_start=start), CPU)
+                previous[name] = res
+                row[name] = (seconds, res.iterations, and_or_objective(res.and_effects, res.or_effects))
+            if reference:
+                ref = decompose(values[:reference], AndOrConfig(max_iter=3000, tol=0.001))
+                row["ref"] = and_or_objective(ref.and_effects, ref.or_effects)
+                row["lower"] = row["ref"] * (1 - ref.gap)
+            table.append(row)
             last_values = values
         if step == steps:
             break
@@ -135,21 +187,43 @@ def tracked_run(steps: int, tracked: int, probes: int, lp: int) -> None:
         loss.backward()
         optimizer.step()
 
-    print(f"\n### Tracked run: {len(x)} probes, n = {players.n}, AndOrConfig() defaults, warm-started\n")
-    print("| step | forwards | decompose | decompose / forwards | iterations | largest certified gap |")
-    print("|---|---|---|---|---|---|")
-    for step, t_fwd, t_solve, iterations, gap in table:
-        print(f"| {step} | {t_fwd:.3f} s | {t_solve:.3f} s | {t_solve / t_fwd:.1f} | {iterations} | {gap:.4f} |")
-    ratios = [t_solve / t_fwd for _, t_fwd, t_solve, _, _ in table]
-    print(f"\nmedian decompose / forwards: {statistics.median(ratios):.1f} (target <= 3)")
-    objective = and_or_objective(previous.and_effects, previous.or_effects)
-    print(f"last step: certified gap median {previous.gap.median().item():.4f}, largest {previous.gap.max().item():.4f}")
+    print(f"\n### Tracked run: {len(x)} probes, n = {players.n}, AndOrConfig({settings}), warm-started\n")
+    head = "| step | forwards |"
+    rule = "|---|---|"
+    for name in solvers:
+        head += f" {name}: decompose | / forwards | iterations |"
+        rule += "---|---|---|"
+        if reference:
+            head += f" {name}: obj / ref (median / max) | obj / lower (max) |"
+            rule += "---|---|"
+    print(head)
+    print(rule)
+    for row in table:
+        line = f"| {row['step']} | {row['forwards']:.3f} s |"
+        for name in solvers:
+            seconds, iterations, objective = row[name]
+            line += f" {seconds:.3f} s | {seconds / row['forwards']:.2f} | {iterations} |"
+            if reference:
+                rel = objective[:reference] / row["lower"]
+                line += f" {ratios(objective, row['ref'])} | {rel.max().item():.4f} |"
+        print(line)
+    print()
+    for name in solvers:
+        ratio = statistics.median(row[name][0] / row["forwards"] for row in table)
+        print(f"{name}: median decompose / forwards {ratio:.2f} (target <= 3)")
+        if reference:
+            rel = torch.cat([row[name][2][:reference] / row["ref"] for row in table])
+            print(
+                f"{name}: obj / ref over {len(rel)} sample-steps: median {rel.median().item():.4f}, "
+                f"90th percentile {rel.quantile(0.9).item():.4f}, max {rel.max().item():.4f}"
+            )
     if lp:
         from oracles_lp import lp_and_or
 
         for i in range(lp):
             optimum = lp_and_or(last_values[i])[0]
-            print(f"sample {i}: objective / LP optimum = {objective[i].item() / optimum:.5f}")
+            got = " ".join(f"{name} {row[name][2][i].item() / optimum:.5f}" for name in solvers)
+            print(f"last step, sample {i}: objective / LP optimum: {got}")
 
 
 def main() -> None:
@@ -158,6 +232,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--lp", type=int, default=0, help="samples of the last step solved exactly (slow)")
     parser.add_argument("--skip-shared", action="store_true", help="only the tracked run")
+    demo_config = demo.solver_config(demo.DemoConfig())
+    parser.add_argument("--max-iter", type=int, default=demo_config.max_iter, help="solver cap (default: the demo's)")
+    parser.add_argument("--tol", type=float, default=demo_config.tol, help="solver tolerance (default: the demo's)")
+    parser.add_argument("--before", default=None, help="git revision whose and_or.py runs beside (e.g. main)")
+    parser.add_argument("--reference", type=int, default=8, help="samples per step solved to a reference (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device: {machine(CPU)}; torch {torch.__version__}")
@@ -168,7 +247,15 @@ def main() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
         shared_cpu(repeats=3 if args.quick else 5, samples=8)
         torch.set_num_threads(args.threads)
-    tracked_run(steps=100 if args.quick else 1500, tracked=6 if args.quick else 16, probes=32, lp=args.lp)
+    tracked_run(
+        steps=100 if args.quick else 1500,
+        tracked=6 if args.quick else 16,
+        probes=32,
+        settings={"max_iter": args.max_iter, "tol": args.tol},
+        before=args.before,
+        reference=args.reference,
+        lp=args.lp,
+    )
     if hasattr(os, "getloadavg"):
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,10 +27,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models import cnn, seeded  # noqa: E402
+from timing import race  # noqa: E402
 
 import concept_tracker as ct  # noqa: E402
 from concept_tracker.transforms import coalition_matrix  # noqa: E402
-from timing import race  # noqa: E402
 
 
 def mlp64(classes: int = 10, seed: int = 0) -> nn.Module:
@@ -40,6 +41,14 @@ def mlp64(classes: int = 10, seed: int = 0) -> nn.Module:
         ),
         seed,
     )
+
+
+def floor(model: nn.Module, rows: torch.Tensor, chunk: int) -> None:
+    """The model's forwards on the masked ``rows`` ``[R, ...]``, ``chunk`` rows at a time: the
+    least any engine has to do."""
+    with torch.inference_mode():
+        for start in range(0, rows.shape[0], chunk):
+            model(rows[start : start + chunk])
 
 
 def main() -> None:
@@ -56,7 +65,7 @@ def main() -> None:
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.samples, 1, 8, 8, generator=g).to(device)
-    players = ct.ImagePatchPlayers(grid=(2, 5))
+    players = ct.ImagePatchPlayers(grid=(2, 5)).fit(x)  # the floor masks before any engine call could fit it
     n = players.n
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     print(f"{args.samples} samples x 2**{n} coalitions = {args.samples << n} rows; best of {args.repeats}\n")
@@ -67,19 +76,13 @@ def main() -> None:
         with torch.inference_mode():
             rows = torch.cat([players.mask(sample, coalition_matrix(n, device)) for sample in x])
         for chunk in args.batch_size:
-
-            def floor() -> None:
-                with torch.inference_mode():
-                    for start in range(0, rows.shape[0], chunk):
-                        model(rows[start : start + chunk])
-
-            def engine() -> None:
-                ct.compute_interactions(model, x, players, batch_size=chunk)
-
-            def engine_logit() -> None:
-                ct.compute_interactions(model, x, players, batch_size=chunk, value="logit")
-
-            t = race({"floor": floor, "engine": engine, "logit": engine_logit}, args.repeats, device)
+            engine = partial(ct.compute_interactions, model, x, players, batch_size=chunk)
+            fns = {
+                "floor": partial(floor, model, rows, chunk),
+                "engine": engine,
+                "logit": partial(engine, value="logit"),
+            }
+            t = race(fns, args.repeats, device)
             print(
                 f"| {name} | {chunk} | {t['engine'] * 1e3:.1f} ms | {t['floor'] * 1e3:.1f} ms | "
                 f"{t['engine'] / t['floor']:.3f} | {t['logit'] / t['floor']:.3f} |",

@@ -28,10 +28,10 @@ import math
 from collections.abc import Callable
 
 import torch
+from timing import race
 from torch import nn
 
 import concept_tracker as ct
-from timing import race
 
 N = 10
 SEQ_LEN = 32

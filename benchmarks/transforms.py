@@ -21,16 +21,16 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from oracles import dense_and_matrix, shapiq_computer, shapiq_to_bitmask  # noqa: E402
-
-import concept_tracker as ct  # noqa: E402
 from timing import best_time  # noqa: E402
 
+import concept_tracker as ct  # noqa: E402
 
 
 def dense_fits(n: int, device: torch.device) -> bool:
@@ -88,12 +88,12 @@ def main() -> None:
     for n in args.sizes:
         g = torch.Generator().manual_seed(n)
         values = torch.randn(args.batch, 1 << n, generator=g, dtype=torch.float64).to(device)
-        fast_s, fast = best_time(lambda: ct.and_transform(values), args.repeats, device)
+        fast_s, fast = best_time(partial(ct.and_transform, values), args.repeats, device)
         dense_s = shapiq_s = None
         diffs = []
         if n <= args.compare_up_to and dense_fits(n, device):
             matrix = dense_and_matrix(n, device=device)
-            dense_s, dense = best_time(lambda: values @ matrix.T, max(1, args.repeats // 2), device)
+            dense_s, dense = best_time(partial(torch.matmul, values, matrix.T), max(1, args.repeats // 2), device)
             diffs.append((dense - fast).abs().max().item())
             del matrix, dense
         if n <= args.compare_up_to:

@@ -36,10 +36,20 @@ method of multipliers) with *exact* linear solves instead:
   ``(objective - lower bound) / objective <= tol`` and leaves the batch. The stopping rule is
   thus proven: a stopped sample is within ``tol`` of the LP optimum.
 
+The iterates are float32 and coalition-major, ``[2, 2**n, B]``: every butterfly pass is then one
+elementwise op over long contiguous runs, and float32 halves the memory traffic of these
+memory-bound passes (together about 2x faster per iteration than float64 in the sample-major
+layout). The x-step's system has a condition number of about 1.5e4 at n = 10, so float32 blurs
+objectives by up to about 1e-4 relative, far below ``tol``; certificates, the answer and its gap
+are computed in float64.
+
 The problem is solved on ``v / s`` with ``s = max_T |v(T) - v(empty)|``, so results are
-scale-invariant. The answer is the best iterate found (the starting point included, so a warm
-start from an earlier ``(gamma, q)`` never comes back worse); its ``q`` is clipped into the box
-and the split recomputed, so matching holds to float64 rounding. All work is batched over
+scale-invariant. The answer is the best point found among the iterates and their running
+averages since the last doubling of the iteration count (both feasible, both compared every
+``_EVAL_EVERY`` iterations; on the demo's tracked run at n = 10 and 300 iterations, adding the
+averages more than halved the median distance to the optimum). Its ``q`` is clipped into the box and the split
+recomputed, so matching holds to float64 rounding. A warm start from an earlier
+``(gamma, q)`` competes in float64, so it never comes back worse. All work is batched over
 samples and runs on the device of ``values``; on a CPU, on a thread count chosen from the batch
 size (one thread below 2**22 coalition values, e.g. 64 samples up to n = 15; see
 :mod:`concept_tracker.threads`).
@@ -67,6 +77,9 @@ __all__ = ["AndOrConfig", "AndOrResult", "and_or_objective", "decompose", "match
 _EVAL_EVERY = 10
 """Iterations between objective evaluations of the current iterate (to keep the best one)."""
 
+_ITERATE_DTYPE = torch.float32
+"""dtype of the ADMM iterates (see the module docstring for why float32 is enough)."""
+
 
 @dataclass(frozen=True)
 class AndOrConfig:
@@ -85,8 +98,8 @@ class AndOrConfig:
             proven (weak duality), so a stopped sample is within ``tol`` of the LP optimum;
             at n <= 8 the certified gap is close to the true one. 0 skips the certificates
             until the last iteration.
-        check_every: iterations between gap certificates (each costs about as much as seven
-            iterations).
+        check_every: iterations between gap certificates (each, in float64, costs about as
+            much as 15 of the float32 iterations at n = 10).
         rho_start, rho_end: ADMM penalty at the first iteration and after ``rho_ramp``
             iterations, for values normalised to ``max_T |v(T) - v(empty)| = 1``. Starting low
             lets the split move freely; ending high settles it.
@@ -226,21 +239,38 @@ def decompose(
         half = 0.5 * (v + q.clamp(-bound[:, None], bound[:, None]))
         split = ((half + gamma) / scale[:, None], (half - gamma) / scale[:, None])
 
-    # The iterations are chains of small memory-bound ops on [2, B, 2**n]: see threads.py.
+    # The iterations are chains of small memory-bound ops on [2, 2**n, B]: see threads.py.
     with threads_for(2 * v.numel(), v.device):
-        a, o, gap, iterations = _admm(v / scale[:, None], bound / scale, config, split)
-    a = a * scale[:, None]
-    o = o * scale[:, None]
-    q = (a + o - v).clamp(-bound[:, None], bound[:, None])
-    o = v + q - a
+        a, o, lower, iterations = _admm(v / scale[:, None], bound / scale, config, split)
+    answer = _exact_split(v, bound, a * scale[:, None], o * scale[:, None])
+    if split is not None:
+        # The iterates run in float32, which blurs objectives by up to 1e-4: compare the answer
+        # with the warm start in float64, so that it never comes back worse than it went in.
+        warm = _exact_split(v, bound, split[0] * scale[:, None], split[1] * scale[:, None])
+        better = warm[-1] < answer[-1]
+        answer = tuple(torch.where(better.view(-1, *([1] * (t.dim() - 1))), w, t) for w, t in zip(warm, answer))
+    a, o, q, and_effects, or_effects, objective = answer
+    gap = (1 - lower * scale / objective).clamp_min(0).where(objective > 0, torch.zeros_like(objective))
     return AndOrResult(
-        and_effects=and_transform(a),
-        or_effects=or_transform(o),
+        and_effects=and_effects,
+        or_effects=or_effects,
         gamma=0.5 * (a - o),
         q=q,
         iterations=iterations,
         gap=gap,
     )
+
+
+def _exact_split(v: Tensor, bound: Tensor, a: Tensor, o: Tensor) -> tuple[Tensor, ...]:
+    """``(v_and, v_or, q, I_and, I_or, objective)`` from an approximate split ``(a, o)`` [B, 2**n].
+
+    ``q = a + o - v`` is clipped into its box and ``v_or`` recomputed, so matching holds to
+    float64 rounding.
+    """
+    q = (a + o - v).clamp(-bound[:, None], bound[:, None])
+    o = v + q - a
+    and_effects, or_effects = and_transform(a), or_transform(o)
+    return a, o, q, and_effects, or_effects, and_or_objective(and_effects, or_effects)
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -289,14 +319,15 @@ _THETA = 1.0
 """Weight of the consensus constraint ``x = z_s`` relative to ``K x = z_c`` (fixed: the
 eigen-solve depends on it and ``rho`` already sets the overall penalty)."""
 
-_LOW_PLAYERS_CPU = 3
-"""Players handled by one small matrix product instead of shear passes on a CPU: passes over the
-lowest bits touch short strided runs and cost several times more than the others."""
+_DENSE_PLAYERS_CPU = 0
+"""Players handled by one dense matrix product instead of shear passes on a CPU: none. In the
+coalition-major layout each pass is one elementwise op over contiguous runs of at least ``B``
+values, several times cheaper than a dense product over the same players."""
 
-_LOW_PLAYERS_GPU = 12
+_DENSE_PLAYERS_GPU = 12
 """The same on a GPU, where every pass is a kernel launch of several microseconds, far more than
-its arithmetic at these sizes: one dense product over up to 12 players (a 4096 x 4096 float64
-matrix, 128 MiB per map) replaces a launch per player."""
+its arithmetic at these sizes: one product over up to 12 players (a 4096 x 4096 matrix) replaces
+a launch per player."""
 
 _Steps = tuple[tuple[int, float], ...]
 """Shears applied per player: ``(1, alpha)`` does ``x[s with i] += alpha * x[s without i]``,
@@ -338,31 +369,53 @@ def _kron_power(pair: tuple[float, float], n: int) -> Tensor:
     return out
 
 
-class _Operators:
-    """The linear algebra of the ADMM for one ``n`` on one device.
+class _Buffer:
+    """A coalition-major ``[2, 2**n, B]`` tensor with its per-player shear views cut once.
 
-    The primal variable is stacked ``[2, B, 2**n]``: ``a = v_and`` on coalitions ``T`` and
-    ``v_or`` on complements, ``o~(T) = v_or(N minus T)``. In those coordinates the AND and OR
-    transforms share their butterflies: ``A a`` is the subset Moebius transform and
-    ``O v_or = -(Moebius of o~)`` except at the empty set, where it is ``o~(N)``.
-
-    Each Kronecker-power map (named by its shear ``_Steps``) runs out of place: one matrix
-    product over the lowest ``low`` players, then shear passes over the others.
+    Player ``i``'s pairs ``(s without i, s with i)`` are then runs of ``2**i * B`` contiguous
+    values, so every pass is one long elementwise op (in the sample-major ``[2, B, 2**n]``
+    layout the passes over the lowest players touch runs of a few values and cost several times
+    more). Players from ``sheared`` up are left to a dense product.
     """
 
-    def __init__(self, n: int, device: torch.device, low: int) -> None:
+    def __init__(self, like: Tensor, sheared: int) -> None:
+        self.data = torch.empty_like(like, memory_format=torch.contiguous_format)
+        two, m, num = like.shape
+        self.views = []
+        for i in range(sheared):
+            view = self.data.view(two, m >> (i + 1), 2, num << i)
+            self.views.append((view[:, :, 0], view[:, :, 1]))
+
+
+class _Operators:
+    """The linear algebra of the ADMM for one ``n``, device and dtype.
+
+    The primal variable is stacked coalition-major ``[2, 2**n, B]``: ``a = v_and`` on coalitions
+    ``T`` and ``v_or`` on complements, ``o~(T) = v_or(N minus T)``. In those coordinates the AND
+    and OR transforms share their butterflies: ``A a`` is the subset Moebius transform and
+    ``O v_or = -(Moebius of o~)`` except at the empty set, where it is ``o~(N)``.
+
+    Each Kronecker-power map (named by its shear ``_Steps``) runs in place on a :class:`_Buffer`:
+    one dense product over the highest ``dense`` players, shear passes over the others.
+    """
+
+    def __init__(self, n: int, device: torch.device, dense: int, dtype: torch.dtype) -> None:
         self.n = n
-        self.low = min(n, low)
+        self.dense = min(n, dense)
+        self.sheared = n - self.dense
         m = 1 << n
         gram = torch.tensor([[2.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)  # A^T A for one player
         eigenvalues, basis = torch.linalg.eigh(gram)
         self.to_eig, d_in = _shears(basis.T)
         self.from_eig, d_out = _shears(basis)
         lam = _kron_power((eigenvalues[0].item(), eigenvalues[1].item()), n)
-        self.mid = (_kron_power(d_in, n) / (lam + _THETA)).to(device)
-        self.out = _kron_power(d_out, n).to(device)
-        self.low_matrix = {
-            steps: _passes_(torch.eye(1 << self.low, dtype=torch.float64), self.low, steps).to(device)
+        mid = _kron_power(d_in, n) / (lam + _THETA)
+        out = _kron_power(d_out, n)
+        self.mid = mid[:, None].to(device, dtype)
+        self.out = out[:, None].to(device, dtype)
+        # Row r of _passes_(eye) is the map applied to e_r, i.e. column r of the map's matrix.
+        self.dense_matrix = {
+            steps: _passes_(torch.eye(1 << self.dense, dtype=torch.float64), self.dense, steps).T.to(device, dtype)
             for steps in (_SUBSET_MOEBIUS, _SUPERSET_MOEBIUS, self.to_eig, self.from_eig)
         }
         # On complements, O^T O = A^T A + e_N e_N^T - e_0 e_0^T: Woodbury with U = [e_N, e_0].
@@ -370,87 +423,73 @@ class _Operators:
         unit[0, m - 1] = 1.0
         unit[1, 0] = 1.0
         _passes_(unit, n, self.to_eig)
-        unit.mul_(self.mid.cpu())
+        unit.mul_(mid)
         _passes_(unit, n, self.from_eig)
-        unit.mul_(self.out.cpu())
-        self.hinv_units = unit.to(device)  # [2, m]: H^-1 e_N, H^-1 e_0 with H = A^T A + theta I
+        unit.mul_(out)
+        self.hinv_units = unit.T.contiguous().to(device, dtype)  # [m, 2]: H^-1 e_N, H^-1 e_0, H = A^T A + theta I
         inner = torch.stack([unit[:, m - 1], unit[:, 0]])
         woodbury = torch.linalg.inv(torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64)) + inner.T)
-        self.woodbury_t = woodbury.T.contiguous().to(device)
+        self.woodbury = woodbury.to(device, dtype)
         self.ends = torch.tensor([m - 1, 0], device=device)
 
-    def apply(self, steps: _Steps, src: Tensor, dst: _Buffer) -> Tensor:
-        """``dst.data = (Kronecker power of steps) src``; ``src`` [2, B, 2**n] is left alone."""
-        size = 1 << self.low
-        # Rows of ``src`` hold the lowest players contiguously: the map acts on them from the right.
-        torch.mm(src.view(-1, size), self.low_matrix[steps], out=dst.data.view(-1, size))
-        for lo, hi in dst.views:
+    def apply_(self, steps: _Steps, x: _Buffer) -> Tensor:
+        """In place ``x.data = (Kronecker power of steps) x.data``."""
+        if self.dense:
+            blocks = x.data.view(2, 1 << self.dense, -1)
+            blocks.copy_(torch.matmul(self.dense_matrix[steps], blocks))
+        for lo, hi in x.views:
             for target, alpha in steps:
                 if target:
                     hi.add_(lo, alpha=alpha)
                 else:
                     lo.add_(hi, alpha=alpha)
-        return dst.data
+        return x.data
 
     def forward(self, x: Tensor, dst: _Buffer) -> Tensor:
         """``K x = (A a, O v_or)`` into ``dst``, both halves in the usual coalition order."""
-        y = self.apply(_SUBSET_MOEBIUS, x, dst)
+        dst.data.copy_(x)
+        y = self.apply_(_SUBSET_MOEBIUS, dst)
         y[1].neg_()
-        y[1, :, 0] = x[1, :, -1]
+        y[1, 0] = x[1, -1]
         return y
 
-    def adjoint_(self, y: Tensor, dst: _Buffer) -> Tensor:
-        """``K^T y = (A^T y_and, O^T y_or)`` into ``dst``, the OR half on complements.
-
-        ``y`` is clobbered (its OR half loses the empty-set entry).
-        """
-        empty = y[1, :, 0].clone()
-        y[1, :, 0] = 0.0
-        x = self.apply(_SUPERSET_MOEBIUS, y, dst)
+    def adjoint_(self, y: _Buffer) -> Tensor:
+        """In place ``K^T y = (A^T y_and, O^T y_or)``, the OR half on complements."""
+        empty = y.data[1, 0].clone()
+        y.data[1, 0] = 0.0
+        x = self.apply_(_SUPERSET_MOEBIUS, y)
         x[1].neg_()
-        x[1, :, -1] += empty
+        x[1, -1] += empty
         return x
 
-    def solve_(self, x: _Buffer, work: _Buffer) -> Tensor:
-        """In place ``(K^T K + theta I)^-1 x`` for stacked ``x = (a, o~)``, through ``work``."""
-        mid = self.apply(self.to_eig, x.data, work).mul_(self.mid)
-        out = self.apply(self.from_eig, mid, x).mul_(self.out)
+    def solve_(self, x: _Buffer) -> Tensor:
+        """In place ``(K^T K + theta I)^-1 x`` for stacked ``x = (a, o~)``."""
+        self.apply_(self.to_eig, x).mul_(self.mid)
+        out = self.apply_(self.from_eig, x).mul_(self.out)
         o = out[1]
-        coef = o.index_select(1, self.ends) @ self.woodbury_t
-        o.addmm_(coef, self.hinv_units, alpha=-1.0)
+        coef = self.woodbury @ o.index_select(0, self.ends)
+        o.addmm_(self.hinv_units, coef, alpha=-1.0)
         return out
 
 
-class _Buffer:
-    """A [2, B, 2**n] work tensor with its per-player shear views cut once (players >= low)."""
-
-    def __init__(self, like: Tensor, low: int) -> None:
-        self.data = torch.empty_like(like)
-        two, num, m = like.shape
-        n = m.bit_length() - 1
-        self.views = []
-        for i in range(low, n):
-            view = self.data.view(two, num, 1 << (n - 1 - i), 2, 1 << i)
-            self.views.append((view[..., 0, :], view[..., 1, :]))
-
-
 @lru_cache(maxsize=32)
-def _operators(n: int, device: torch.device) -> _Operators:
-    return _Operators(n, device, _LOW_PLAYERS_CPU if device.type == "cpu" else _LOW_PLAYERS_GPU)
+def _operators(n: int, device: torch.device, dtype: torch.dtype) -> _Operators:
+    return _Operators(n, device, _DENSE_PLAYERS_CPU if device.type == "cpu" else _DENSE_PLAYERS_GPU, dtype)
 
 
 # ------------------------------------------------------------------------------------ ADMM
 
 
-def _project(w: Tensor, v: Tensor, bound: Tensor, z: Tensor, u: Tensor) -> None:
-    """``z`` = nearest ``(a, o~)`` to ``w`` with ``|a + v_or - v| <= bound``; ``u = w - z``.
+def _project(w: Tensor, v: Tensor, box: Tensor, z: Tensor, u: Tensor) -> None:
+    """``z`` = nearest ``(a, o~)`` to ``w`` with ``|a + v_or - v| <= box``; ``u = w - z``.
 
-    The excess of ``a + v_or`` over the box is split evenly between the two halves (the
-    projection in the ADMM metric, which weighs both halves alike).
+    All coalition-major: ``w, z, u`` [2, 2**n, B], ``v`` [2**n, B], ``box`` [1, B]. The excess
+    of ``a + v_or`` over the box is split evenly between the two halves (the projection in the
+    ADMM metric, which weighs both halves alike).
     """
-    excess = (w[0] + w[1].flip(-1)).sub_(v)
-    torch.sub(excess, excess.clamp(-bound, bound), out=u[0]).mul_(0.5)
-    u[1].copy_(u[0].flip(-1))
+    excess = (w[0] + w[1].flip(0)).sub_(v)
+    torch.sub(excess, excess.clamp(-box, box), out=u[0]).mul_(0.5)
+    u[1].copy_(u[0].flip(0))
     torch.sub(w, u, out=z)
 
 
@@ -539,16 +578,21 @@ def _admm(
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Run ADMM on normalised values.
 
+    The iterates are coalition-major ``[2, 2**n, B]`` (see :class:`_Buffer`) in ``_ITERATE_DTYPE``;
+    the certificates and the returned split are float64.
+
     Args:
-        v: [B, 2**n] values scaled to ``max |v - v(empty)| = 1``.
+        v: [B, 2**n] float64 values scaled to ``max |v - v(empty)| = 1``.
         bound: [B] scaled bound on ``|q|``.
         split: optional warm ``(v_and, v_or)`` [B, 2**n] each, scaled alike.
     Returns:
-        best ``v_and``, ``v_or`` [B, 2**n], [B] certified relative gap, iterations run.
+        best ``v_and``, ``v_or`` [B, 2**n] float64, [B] certified lower bound on the optimum,
+        iterations run.
     """
     num, m = v.shape
     n = m.bit_length() - 1
-    ops = _operators(n, v.device)
+    dtype = _ITERATE_DTYPE
+    ops = _operators(n, v.device, dtype)
     if split is None:
         a, o = 0.5 * v, 0.5 * v
         rho_start, ramp = config.rho_start, config.rho_ramp
@@ -556,24 +600,26 @@ def _admm(
         a, o = split
         # A warm split is already sparse: skip the loose first half of the continuation.
         rho_start, ramp = math.sqrt(config.rho_start * config.rho_end), config.rho_ramp // 2
-    box = bound[:, None]
-    w = torch.stack([a, o.flip(-1)])
+    v_t = v.T.to(dtype).contiguous()
+    box = bound.to(dtype)[None, :]
+    w = torch.stack([a.T, o.flip(-1).T]).to(dtype).contiguous()
     z_s, u_s = torch.empty_like(w), torch.empty_like(w)
-    _project(w, v, box, z_s, u_s)
+    _project(w, v_t, box, z_s, u_s)
     u_s.zero_()
-    x, work, kx = (_Buffer(w, ops.low) for _ in range(3))
+    work, kx = _Buffer(w, ops.sheared), _Buffer(w, ops.sheared)
     z_c = ops.forward(z_s, kx).clone()
     u_c = torch.zeros_like(z_c)
 
     best_a, best_o = v.new_empty(num, m), v.new_empty(num, m)
-    best_gap = v.new_full((num,), math.inf)
+    best_lower = v.new_full((num,), -math.inf)
     # The starting point competes too: a warm start never comes back worse than it went in.
-    best = z_c.abs().sum((0, 2))
+    best = z_c.abs().sum((0, 1), dtype=torch.float64)
     best_z = z_s.clone()
     lower = v.new_full((num,), -math.inf)
-    # Running sum of the true duals rho * u_c since the last restart of the average. Restarts
-    # at doubling iterations keep the early, far-off duals out of later averages.
+    # Running sums of the true duals rho * u_c and of the iterates z_s since the last restart of
+    # the averages. Restarts at doubling iterations keep early, far-off points out of them.
     dual_sum, dual_count, restart = torch.zeros_like(z_c), 0, config.check_every
+    primal_sum = torch.zeros_like(z_s)
     active = torch.arange(num, device=v.device)
     keep_weight = 1.0 - config.relaxation
     rho = rho_start
@@ -588,45 +634,53 @@ def _admm(
             rho = new_rho
 
         torch.sub(z_c, u_c, out=work.data)
-        rhs = ops.adjoint_(work.data, x).add_(z_s, alpha=_THETA).sub_(u_s, alpha=_THETA)
-        ops.solve_(x, work)
-        ops.forward(rhs, kx)
+        ops.adjoint_(work).add_(z_s, alpha=_THETA).sub_(u_s, alpha=_THETA)
+        x = ops.solve_(work)
+        ops.forward(x, kx)
         # Over-relaxation, then soft thresholding: the new scaled dual is the clipped part.
         kx.data.lerp_(z_c, keep_weight).add_(u_c)
         torch.clamp(kx.data, -1.0 / rho, 1.0 / rho, out=u_c)
         torch.sub(kx.data, u_c, out=z_c)
-        rhs.lerp_(z_s, keep_weight).add_(u_s)
-        _project(rhs, v, box, z_s, u_s)
+        x.lerp_(z_s, keep_weight).add_(u_s)
+        _project(x, v_t, box, z_s, u_s)
         dual_sum.add_(u_c, alpha=rho)
+        # The box is convex, so the average of the projected iterates is feasible too.
+        primal_sum.add_(z_s)
         dual_count += 1
 
         last = it == config.max_iter
         if it % _EVAL_EVERY == 0 or last:
-            objective = ops.forward(z_s, kx).abs().sum((0, 2))
+            objective = ops.forward(z_s, kx).abs().sum((0, 1), dtype=torch.float64)
             better = objective < best
             best = torch.where(better, objective, best)
-            best_z = torch.where(better[None, :, None], z_s, best_z)
+            best_z = torch.where(better[None, None, :], z_s, best_z)
+            mean_z = primal_sum / dual_count
+            objective = ops.forward(mean_z, kx).abs().sum((0, 1), dtype=torch.float64)
+            better = objective < best
+            best = torch.where(better, objective, best)
+            best_z = torch.where(better[None, None, :], mean_z, best_z)
         if (config.tol > 0 and it % config.check_every == 0) or last:
-            duals = torch.stack([rho * u_c, dual_sum / dual_count])
+            duals = torch.stack([rho * u_c, dual_sum / dual_count]).transpose(-1, -2).double().contiguous()
             lower = torch.maximum(lower, _lower_bound(duals, v, bound))
             if it >= restart:
                 dual_sum.zero_()
+                primal_sum.zero_()
                 dual_count, restart = 0, 2 * it
             gap = ((best - lower) / best).where(best > 0, torch.zeros_like(best))
             done = torch.ones_like(gap, dtype=torch.bool) if last else gap <= config.tol
             if done.any():
                 ids = active[done]
-                best_a[ids] = best_z[0, done]
-                best_o[ids] = best_z[1, done].flip(-1)
-                best_gap[ids] = gap[done]
+                best_a[ids] = best_z[0, :, done].T.double()
+                best_o[ids] = best_z[1, :, done].flip(0).T.double()
+                best_lower[ids] = lower[done]
                 keep = ~done
                 if not keep.any():
                     break
                 active = active[keep]
                 v, bound, best, lower = v[keep], bound[keep], best[keep], lower[keep]
-                box = bound[:, None]
-                z_c, z_s, u_c, u_s, best_z, dual_sum = (
-                    t[:, keep].contiguous() for t in (z_c, z_s, u_c, u_s, best_z, dual_sum)
+                v_t, box = v_t[:, keep].contiguous(), box[:, keep]
+                z_c, z_s, u_c, u_s, best_z, dual_sum, primal_sum = (
+                    t[:, :, keep].contiguous() for t in (z_c, z_s, u_c, u_s, best_z, dual_sum, primal_sum)
                 )
-                x, work, kx = (_Buffer(z_s, ops.low) for _ in range(3))
-    return best_a, best_o, best_gap, iterations
+                work, kx = _Buffer(z_s, ops.sheared), _Buffer(z_s, ops.sheared)
+    return best_a, best_o, best_lower, iterations

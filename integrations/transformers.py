@@ -123,8 +123,10 @@ class ConceptTrackerCallback(TrainerCallback):
             ``readings``, ``output``, ``budget``). The Trainer's ``max_steps`` becomes the
             budget's ``total_steps``, so ``max_overhead`` plans the tracked steps.
 
-    With ``stop_on_overfit``, each tracked step's readings are awaited at that step (the
-    decision needs them), so training waits for the whole tracked step.
+    With ``stop_on_overfit``, training never waits for the readings: each scheduled step
+    decides on the tracked steps whose readings have arrived, so while the background work
+    lags, the stop (or warning) comes at a later scheduled step than the one at which
+    ``overfit_stop_step`` fires on the logged series.
 
     Probe batches hold every tensor the collator returns except the labels, which become
     the targets (the model's prediction where a label is not one class per sample).
@@ -308,10 +310,11 @@ class ConceptTrackerCallback(TrainerCallback):
             self._shares[summary.step] = summary.get(tags.HIGH_ORDER_SHARE, math.nan)
 
     def _overfitting(self, step: int) -> bool:
-        """Main process: has the phase boundary been reported long enough to stop (or warn)?"""
+        """Main process: has the phase boundary been reported long enough to stop (or warn), on
+        the readings arrived so far?"""
         if not distributed.is_main_process() or self._alarmed:
             return False
-        self._collect(wait=True)
+        self._collect(wait=False)  # a wait here would stall training at every scheduled step
         steps = sorted(self._shares)
         shares = [self._shares[s] for s in steps]
         if phase.overfit_stop_step(steps, shares, patience=self.patience) is None:

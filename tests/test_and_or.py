@@ -165,6 +165,24 @@ def test_warm_start_converges_faster_to_the_same_objective():
     assert (warm.gap <= AndOrConfig().tol).all()
 
 
+def test_warm_start_from_the_previous_step_reaches_the_lp_optimum():
+    """As at a tracked step: warm-started from the split of slightly different values (the model
+    moved), the answer is exact, within tol of the LP optimum of the new values, and no worse
+    than the warm start itself."""
+    before = masked_mlp_values(7, 2, seed=15)
+    after = before + 0.1 * masked_mlp_values(7, 2, seed=16)
+    previous = decompose(before)
+    warm = decompose(after, warm_start=(previous.gamma, previous.q))
+    check_exact(after, warm)
+    objective = and_or_objective(warm.and_effects, warm.or_effects)
+    optimum = torch.tensor([lp_and_or(v)[0] for v in after], dtype=torch.float64)
+    assert (objective >= optimum * (1 - 1e-9)).all()
+    assert (objective <= (1 + AndOrConfig().tol) * optimum).all(), (objective / optimum - 1).tolist()
+    half = 0.5 * (after + previous.q.clamp(-bound_of(after)[:, None], bound_of(after)[:, None]))
+    start = and_or_objective(and_transform(half + previous.gamma), or_transform(half - previous.gamma))
+    assert (objective <= start).all()
+
+
 def test_batch_matches_single_samples():
     values = masked_mlp_values(6, 3, seed=5)
     batch = decompose(values)
@@ -173,7 +191,8 @@ def test_batch_matches_single_samples():
         torch.testing.assert_close(
             and_or_objective(single.and_effects, single.or_effects),
             and_or_objective(batch.and_effects[i : i + 1], batch.or_effects[i : i + 1]),
-            rtol=1e-6,
+            # float32 iterates: batch shapes may round differently
+            rtol=1e-4,
             atol=0,
         )
 
@@ -252,37 +271,46 @@ def test_helpers_check_shapes():
         matching_error(values, values, values, values[:, :4])
 
 
-def test_dense_low_players_give_the_same_solution(monkeypatch):
-    """A GPU runs the lowest 12 players as one dense product instead of shear passes; both
+def test_dense_players_give_the_same_solution(monkeypatch):
+    """A GPU runs the highest 12 players as one dense product instead of shear passes; both
     layouts must give the same operators and hence the same ADMM run (checked here on CPU)."""
     import concept_tracker.and_or as and_or
 
     n = 7
     cpu = torch.device("cpu")
-    sheared, dense = and_or._Operators(n, cpu, low=3), and_or._Operators(n, cpu, low=n)
-    x = torch.randn(2, 4, 1 << n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f64 = torch.float64
+    sheared, dense = and_or._Operators(n, cpu, 0, f64), and_or._Operators(n, cpu, n, f64)
+    x = torch.randn(2, 1 << n, 4, dtype=f64, generator=torch.Generator().manual_seed(0))
     outs = []
     for ops in (sheared, dense):
-        buf, work = and_or._Buffer(x, ops.low), and_or._Buffer(x, ops.low)
+        buf = and_or._Buffer(x, ops.sheared)
         forward = ops.forward(x, buf).clone()
-        adjoint = ops.adjoint_(x.clone(), buf).clone()
         buf.data.copy_(x)
-        outs.append((forward, adjoint, ops.solve_(buf, work).clone()))
+        adjoint = ops.adjoint_(buf).clone()
+        buf.data.copy_(x)
+        outs.append((forward, adjoint, ops.solve_(buf).clone()))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    # The forward map is the AND transform and (on complements) the OR transform.
+    forward = outs[0][0]
+    torch.testing.assert_close(forward[0].T, and_transform(x[0].T), rtol=0, atol=1e-10)
+    torch.testing.assert_close(forward[1].T, or_transform(x[1].T.flip(-1)), rtol=0, atol=1e-10)
     # The solve inverts K^T K + theta I: applying that matrix to the solution gives x back.
     solved = outs[0][2]
-    kx = sheared.forward(solved, and_or._Buffer(x, 3)).clone()
-    back = sheared.adjoint_(kx, and_or._Buffer(x, 3)) + and_or._THETA * solved
+    buf = and_or._Buffer(x, sheared.sheared)
+    sheared.forward(solved, buf)
+    back = sheared.adjoint_(buf) + and_or._THETA * solved
     torch.testing.assert_close(back, x, rtol=0, atol=1e-9)
 
     values = masked_mlp_values(n, 3, seed=6)
     reference = decompose(values, AndOrConfig(max_iter=200))
-    monkeypatch.setattr(and_or, "_LOW_PLAYERS_CPU", n)
+    monkeypatch.setattr(and_or, "_DENSE_PLAYERS_CPU", n)
     and_or._operators.cache_clear()
     try:
         other = decompose(values, AndOrConfig(max_iter=200))
     finally:
         and_or._operators.cache_clear()
-    torch.testing.assert_close(other.and_effects, reference.and_effects, rtol=0, atol=1e-8)
-    torch.testing.assert_close(other.or_effects, reference.or_effects, rtol=0, atol=1e-8)
+    # The iterates are float32: the two runs agree to its precision, not bitwise.
+    scale = values.abs().max().item()
+    torch.testing.assert_close(other.and_effects, reference.and_effects, rtol=0, atol=1e-4 * scale)
+    torch.testing.assert_close(other.or_effects, reference.or_effects, rtol=0, atol=1e-4 * scale)

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from models import seeded
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -34,8 +35,6 @@ from concept_tracker import (
 )
 from concept_tracker.store import list_steps, load_step, step_path, tracked_settings
 from concept_tracker.writers import tags
-
-from models import seeded
 
 FEATURES, CLASSES = 4, 3
 FACTORY = textwrap.dedent(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import Product, mlp
+from oracles import brute_and, brute_or
 from torch import nn
 
 from concept_tracker import compute_interactions
@@ -18,9 +20,6 @@ from concept_tracker.players import TabularPlayers
 from concept_tracker.schedules import at_steps
 from concept_tracker.store import load_step
 from concept_tracker.tracker import ConceptTracker
-
-from models import Product, mlp
-from oracles import brute_and, brute_or
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

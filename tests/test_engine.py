@@ -286,6 +286,7 @@ def qat_training(tmp_path, track: bool) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max:UserWarning")  # torch's own x86 defaults
 def test_quantization_observers_do_not_learn_from_masked_inputs(tmp_path):
     plain, tracked = qat_training(tmp_path / "plain", False), qat_training(tmp_path / "tracked", True)
     observed = [k for k in plain if "min_val" in k or "scale" in k]
@@ -295,6 +296,7 @@ def test_quantization_observers_do_not_learn_from_masked_inputs(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max:UserWarning")  # torch's own x86 defaults
 def test_fake_quantization_uses_the_ranges_training_left_and_keeps_them():
     import torch.ao.quantization as tq
 

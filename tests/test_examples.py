@@ -39,3 +39,24 @@ def test_example_runs_a_few_steps(script, tmp_path):
     # the README warns against, nor the mean of a few probes), or words masked as the model knows.
     baseline = load_step(stored[0])[1]["baseline"]
     assert baseline.startswith(("mean (fit on", "mask token", "embedding: mean")), (script.name, baseline)
+
+
+@pytest.mark.slow
+def test_causal_lm_every_word_reads_the_sampled_spectrum(tmp_path):
+    # Every prompt word a player (31): the sampled order spectrum at step 0, half way and the end,
+    # at the example's own cost (8 probes x 800 forwards), and no exact interactions.
+    from concept_tracker.store import load_spectrum
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+    script = next(p for p in EXAMPLES if p.name == "causal_lm_sft.py")
+    result = subprocess.run(
+        [sys.executable, str(script), "--every-word", "--steps", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted(tmp_path.glob("runs/**/spectrum/step_*.safetensors"))
+    steps = [load_spectrum(p)[1] for p in files]
+    assert [m["step"] for m in steps] == [0, 2, 4]
+    assert all(m["n"] == 31 and 0 < m["forwards"] <= 8 * 800 for m in steps)
+    assert not list(tmp_path.glob("runs/**/interactions/step_*.safetensors"))
+    assert result.stdout.count("simple share") == 3

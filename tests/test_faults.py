@@ -30,6 +30,7 @@ from concept_tracker.tracker import ConceptTracker
 from concept_tracker.writers import tags
 
 D, CLASSES = 4, 3
+NO_FIGURES = ct.OutputConfig(figures=False)
 
 
 def data(rows: int = 5, width: int = D, seed: int = 0) -> torch.Tensor:
@@ -45,7 +46,13 @@ def tracker(log_dir, x=None, y=None, players=None, **options) -> ConceptTracker:
     x = data() if x is None else x
     y = torch.arange(x.shape[0]) % CLASSES if y is None else y
     options.setdefault("schedule", every(1))
-    return ConceptTracker(players or TabularPlayers(), x, y, log_dir=log_dir, figures=False, **options)
+    options.setdefault("output", NO_FIGURES)
+    return ConceptTracker(players or TabularPlayers(), (x, y), log_dir=log_dir, **options)
+
+
+def close_reports_the_failed_first_step(t: ConceptTracker) -> None:
+    with pytest.warns(UserWarning, match=r"0 steps tracked of 1 scheduled, 0 skipped \(max_overhead\), 1 failed"):
+        t.close()
 
 
 def scalar_steps(log_dir, tag: str = tags.PERF_SECONDS) -> list[int]:
@@ -143,7 +150,7 @@ def test_new_run_dir_gives_each_launch_its_own_folder_even_in_one_second(tmp_pat
 
 
 def test_a_rerun_into_the_folder_of_a_store_false_run_is_refused(tmp_path):
-    with tracker(tmp_path, store=False) as t:
+    with tracker(tmp_path, output=ct.OutputConfig(store=False, figures=False)) as t:
         t.step(model(), 0)
         t.step(model(), 1)
         state = t.state_dict()
@@ -152,7 +159,7 @@ def test_a_rerun_into_the_folder_of_a_store_false_run_is_refused(tmp_path):
         again.step(model(), 5)
     recorded(again.close)
     assert scalar_steps(tmp_path) == [0, 1] and list_steps(tmp_path) == []
-    with tracker(tmp_path, store=False) as resumed:  # the same run, resumed, goes on
+    with tracker(tmp_path, output=ct.OutputConfig(store=False, figures=False)) as resumed:  # the same run, resumed, goes on
         resumed.load_state_dict(state)
         assert resumed.step(model(), 2) is not None
     assert scalar_steps(tmp_path) == [0, 1, 2]
@@ -163,7 +170,7 @@ def test_the_state_of_run_a_is_refused_in_the_folder_of_run_b(tmp_path, store):
     with tracker(tmp_path / "a") as t:
         t.step(model(), 0)
         state = t.state_dict()
-    with tracker(tmp_path / "b", store=store) as b:
+    with tracker(tmp_path / "b", output=ct.OutputConfig(store=store, figures=False)) as b:
         b.step(model(), 3)
     with pytest.raises(ValueError, match=f"state is of run {state['run']} but log_dir=.*b' holds run [0-9a-f]+"):
         tracker(tmp_path / "b").load_state_dict(state)
@@ -213,8 +220,8 @@ def test_a_state_older_than_the_stored_steps_trims_them_with_one_message(tmp_pat
     "change, match",
     [
         (dict(players=TabularPlayers()), r"baseline: saved 'zero', now 'mean \(5 probe inputs\)'"),
-        (dict(simple_max=2), r"simple_max: saved None, now 2"),
-        (dict(complex_min=2), r"complex_min: saved None, now 2"),
+        (dict(readings=ct.ReadingsConfig(simple_max=2)), r"simple_max: saved None, now 2"),
+        (dict(readings=ct.ReadingsConfig(complex_min=2)), r"complex_min: saved None, now 2"),
     ],
 )
 def test_resume_with_another_baseline_or_band_is_refused_at_load(tmp_path, change, match):
@@ -300,7 +307,7 @@ def test_resume_with_other_players_or_n_is_refused(tmp_path):
     with tracker(tmp_path / "a") as t:
         t.step(model(), 0)
         state = t.state_dict()
-    other = ConceptTracker(TabularPlayers(features=[0, 1, 2]), data(), log_dir=tmp_path / "b", figures=False)
+    other = ConceptTracker(TabularPlayers(features=[0, 1, 2]), data(), log_dir=tmp_path / "b", output=NO_FIGURES)
     with pytest.raises(
         ValueError, match=r"another run \(n: saved 4, now 3; player_names: saved \['x0', 'x1', 'x2', 'x3'\], now"
     ):
@@ -338,11 +345,11 @@ def test_flipped_bytes_in_a_stored_step_are_detected(tmp_path):
             lambda p: ConceptTracker(TabularPlayers(baselines=torch.zeros(3)), data(), log_dir=p),
             r"cannot mask probes .*baselines has shape \(3,\)",
         ),
-        (lambda p: tracker(p, batch_size=0), r"batch_size=0 must be an int >= 1"),
-        (lambda p: tracker(p, simple_max=9), r"simple_max=9 must lie in \[0, n=4\]"),
-        (lambda p: tracker(p, complex_min=7), r"complex_min=7 must lie in"),
+        (lambda p: tracker(p, budget=ct.BudgetConfig(batch_size=0)), r"batch_size=0 must be an int >= 1"),
+        (lambda p: tracker(p, readings=ct.ReadingsConfig(simple_max=9)), r"simple_max=9 must lie in \[0, n=4\]"),
+        (lambda p: tracker(p, readings=ct.ReadingsConfig(complex_min=7)), r"complex_min=7 must lie in"),
         (
-            lambda p: tracker(p, heldout_inputs=data(width=D + 1)),
+            lambda p: tracker(p, heldout=ct.ProbeSet(data(width=D + 1))),
             r"heldout_inputs has samples of shape \(5,\) but probe_inputs has \(4,\)",
         ),
         (lambda p: tracker(p, y=["cat", "dog", "cat", "dog", "cat"]), "probes labels=.*holds strings"),
@@ -388,6 +395,7 @@ def test_out_of_range_classes_fail_at_the_first_step(tmp_path):
     t = tracker(tmp_path, y=[0, 1, 5, 0, 1])
     with pytest.raises(ValueError, match=r"classes 0..5, but the model gives 3 logits per row; pass classes in 0..2"):
         t.step(model(), 0)
+    close_reports_the_failed_first_step(t)
 
 
 class BatchMean(nn.Module):
@@ -408,11 +416,12 @@ class Transposed(BatchMean):
 
 @pytest.mark.parametrize("bad", [BatchMean, Transposed])
 def test_outputs_must_keep_one_row_per_input(tmp_path, bad):
-    t = tracker(tmp_path, batch_size=4)
+    t = tracker(tmp_path, budget=ct.BudgetConfig(batch_size=4))
     with pytest.raises(
         ValueError, match=r"returned outputs of shape \((1|3), (3|4)\) for a batch of 4 inputs; expected \[4, ...\]"
     ):
         t.step(bad(), 0)
+    close_reports_the_failed_first_step(t)
     assert list_steps(tmp_path) == []
 
 
@@ -429,8 +438,10 @@ def test_probes_are_cast_to_the_model_dtype(tmp_path, dtype):
 def test_a_model_of_mixed_dtypes_fails_clearly(tmp_path):
     mixed = model()
     mixed[2].double()
+    t = tracker(tmp_path)
     with pytest.raises(ValueError, match=r"forward failed on inputs of dtype torch.float32 .*model.to\(dtype\)"):
-        tracker(tmp_path).step(mixed, 0)
+        t.step(mixed, 0)
+    close_reports_the_failed_first_step(t)
 
 
 def test_distinct_failures_each_warn_once_and_close_reports(tmp_path):

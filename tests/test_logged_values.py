@@ -14,7 +14,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from concept_tracker import TabularPlayers, band_summary, order_profile, train_test_similarity
+from concept_tracker import (
+    OutputConfig,
+    ProbeSet,
+    ReadingsConfig,
+    TabularPlayers,
+    band_summary,
+    order_profile,
+    train_test_similarity,
+)
 from concept_tracker.schedules import every
 from concept_tracker.store import list_steps, load_step, step_path
 from concept_tracker.tracker import ConceptTracker
@@ -37,14 +45,12 @@ def run(tmp_path_factory):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     tracker = ConceptTracker(
         TabularPlayers(baselines="zero"),
-        x[:B],
-        y[:B],
-        heldout_inputs=x[B : 2 * B],
-        heldout_targets=y[B : 2 * B],
+        ProbeSet(x[:B], y[:B]),
+        ProbeSet(x[B : 2 * B], y[B : 2 * B]),
         log_dir=log_dir,
         schedule=every(3),
-        ratio=RATIO,
-        figures=False,
+        readings=ReadingsConfig(ratio=RATIO),
+        output=OutputConfig(figures=False),
         strict=True,
     )
     with tracker:

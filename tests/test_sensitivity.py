@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from concept_tracker.sensitivity import adversarial_inconsistency, noise_sensitivity
 from concept_tracker.players import TabularPlayers
+from concept_tracker.sensitivity import adversarial_inconsistency, noise_sensitivity
 
 N = 4
 

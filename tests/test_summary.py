@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from models import seeded
 from torch import nn
 
 from concept_tracker import report
@@ -27,8 +28,6 @@ from concept_tracker.store import load_step, step_path
 from concept_tracker.summary import StepSummary, concept_scalars, summarize_step
 from concept_tracker.tracker import ConceptTracker
 from concept_tracker.writers import tags
-
-from models import seeded
 
 FEATURES = 5
 STEPS = [0, 1, 3, 6, 10]

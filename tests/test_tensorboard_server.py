@@ -21,7 +21,7 @@ import torch
 from tensorboard import program
 from torch import nn
 
-from concept_tracker import TabularPlayers, band_summary, order_profile, train_test_similarity
+from concept_tracker import ProbeSet, TabularPlayers, band_summary, order_profile, train_test_similarity
 from concept_tracker.schedules import at_steps
 from concept_tracker.store import load_step, step_path
 from concept_tracker.tracker import ConceptTracker
@@ -40,7 +40,7 @@ def tiny_run(log_dir) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(N, 16), nn.Tanh(), nn.Linear(16, 2))
     with ConceptTracker(
-        TabularPlayers(baselines="zero"), x[:8], y[:8], heldout_inputs=x[8:], heldout_targets=y[8:],
+        TabularPlayers(baselines="zero"), ProbeSet(x[:8], y[:8]), ProbeSet(x[8:], y[8:]),
         log_dir=log_dir, schedule=at_steps(STEPS), strict=True,
     ) as tracker:
         for step in range(4):

@@ -12,10 +12,12 @@ import math
 import random
 import time
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+from models import seeded
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -29,8 +31,6 @@ from concept_tracker.schedules import at_steps, every
 from concept_tracker.store import list_steps, load_step
 from concept_tracker.tracker import DEFAULT_SCHEDULE, ConceptTracker
 from concept_tracker.writers import tags
-
-from models import seeded
 
 N_FEATURES = 6
 NO_FIGURES = OutputConfig(figures=False)
@@ -261,8 +261,10 @@ def test_under_a_budget_close_draws_no_figures(tmp_path):
     # sleeps below rule out unless the first step takes seconds.
     for budget in (None, 0.95):
         log_dir = tmp_path / str(budget)
-        with ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=every(1), budget=BudgetConfig(max_overhead=budget), strict=True,
-                            **probe_sets()) as tracker:
+        # Under the budget, step 0's figures are not drawn (asserted below), and one warning says so.
+        said = nullcontext() if budget is None else pytest.warns(UserWarning, match="figures of step 0 were not drawn")
+        with said, ConceptTracker(TabularPlayers(), log_dir=log_dir, schedule=every(1), budget=BudgetConfig(max_overhead=budget),
+                                  strict=True, **probe_sets()) as tracker:
             for step in range(3):
                 time.sleep(0.3)  # training time, so that the budget never skips
                 assert tracker.step(model, step) is not None
@@ -316,6 +318,8 @@ def test_bad_value_function_raises_at_the_first_step(tmp_path):
     )
     with pytest.raises(IndexError, match="out of bounds"):
         tracker.step(make_model(), 0)
+    with pytest.warns(UserWarning, match=r"0 steps tracked of 1 scheduled, 0 skipped \(max_overhead\), 1 failed"):
+        tracker.close()
 
 
 def test_targets_default_to_first_predictions_then_stay(tmp_path):
@@ -332,6 +336,7 @@ def test_targets_default_to_first_predictions_then_stay(tmp_path):
     assert tracker.state_dict()["probe"]["targets"].tolist() == first.tolist()
     res, _ = load_step(tmp_path / "interactions" / "step_00000001.safetensors")
     assert res.targets.tolist() == first.tolist()
+    tracker.close()
 
 
 def test_each_step_is_tracked_once(tmp_path):
@@ -342,6 +347,7 @@ def test_each_step_is_tracked_once(tmp_path):
     assert tracker.step(model, 0) is None  # e.g. gradient accumulation calls again
     assert tracker.step(model, 0) is None
     assert tracker.step(model, 1) is not None
+    tracker.close()
 
 
 def test_external_writer_is_left_open(tmp_path):
@@ -465,8 +471,10 @@ def test_joint_and_or_split_equals_one_solve_per_probe_set(tmp_path):
             and_or=config,
         )
         assert meta["kind"] == "and_or" and torch.equal(joint.outputs, alone.outputs)
+        # The solver iterates in float32, which rounds differently in another batch shape.
+        atol = 1e-4 * joint.outputs.abs().max().item()
         for name in ("and_effects", "or_effects", "gamma", "q"):
-            torch.testing.assert_close(getattr(joint, name), getattr(alone, name), rtol=0, atol=1e-9)
+            torch.testing.assert_close(getattr(joint, name), getattr(alone, name), rtol=0, atol=atol)
         assert matching_error(joint.outputs, joint.and_effects, joint.or_effects, joint.q).max() < 1e-12
 
 

@@ -37,6 +37,7 @@ from concept_tracker.integrations.transformers import STATE_DIR, STATE_FILE, Con
 from concept_tracker.metrics.phase import overfit_stop_step
 from concept_tracker.schedules import at_steps, every
 from concept_tracker.store import list_steps, load_step
+from concept_tracker.summary import StepSummary
 from concept_tracker.writers import tags
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -597,3 +598,34 @@ def test_a_second_launch_into_a_used_folder_warns_once(tmp_path):
     used = [str(w.message) for w in record if "already holds a run" in str(w.message)]
     assert len(used) == 1, used
     assert list_steps(tmp_path / "concepts") == [0, 3, 8]  # the first launch's run, untouched
+
+
+class LateReadings:
+    """Stands in for the tracker: the readings of step t arrive only once step t + 1 has been
+    reached, whatever ``summaries`` is asked to wait for; it records each ``wait``."""
+
+    def __init__(self, shares: list[float]):
+        self.shares, self.reached, self.given, self.waits = shares, -1, 0, []
+
+    def summaries(self, wait: bool = False) -> list[StepSummary]:
+        self.waits.append(wait)
+        arrived = range(self.given, self.reached)
+        self.given = max(self.given, self.reached)
+        return [StepSummary(step=t, scalars={tags.HIGH_ORDER_SHARE: self.shares[t]}) for t in arrived]
+
+
+def test_stop_on_overfit_decides_on_the_readings_arrived_without_waiting():
+    """With each step's readings one step late, the callback never waits for them and stops
+    one step after the replay on the full series fires: at the first step whose arrived
+    readings make the rule fire."""
+    shares = [a / (1 + a) for a in Plan.plan]
+    fired = overfit_stop_step(list(range(len(shares))), shares, patience=1)
+    assert fired is not None and fired + 1 < len(shares)
+    callback = ConceptTrackerCallback(TabularPlayers(), stop_on_overfit=True, patience=1)
+    callback.tracker = late = LateReadings(shares)
+    decisions = {}
+    for step in range(len(shares)):
+        late.reached = step
+        decisions[step] = callback._overfitting(step)
+    assert [step for step, stop in decisions.items() if stop] == [fired + 1]
+    assert late.waits and not any(late.waits)
