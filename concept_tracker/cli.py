@@ -625,6 +625,9 @@ def _run_report(args: argparse.Namespace) -> int:
     print(report.summary_table(runs))
     print("\nTrain-test similarity by order (last tracked step):")
     print(report.similarity_table(runs))
+    sampled = report.sampled_table(runs)
+    if sampled:
+        print(f"\n{sampled}")
     if html is not None:
         report.write_html(runs, html)
         print(f"\nWrote {html}")
@@ -746,8 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report",
         help="summarize tracked runs in a table and a self-contained HTML report",
-        description="Read the stored interactions and TensorBoard scalars of one or more runs, "
-        "print a summary per band and run, and optionally write an HTML report with figures.",
+        description="Read the stored interactions, sampled order spectra and TensorBoard scalars of one or "
+        "more runs, print a summary per band and run (the sampled spectrum's estimates in their own table), "
+        "and optionally write an HTML report with figures.",
     )
     rep.add_argument("log_dirs", nargs="+", metavar="LOG_DIR", help="tracker log directories")
     rep.add_argument("--html", help="write a self-contained HTML report here")

@@ -6,6 +6,12 @@ with the same pure functions the tracker logs with, so a report needs no TensorB
 The TensorBoard scalars of the same directory add what interactions cannot give: losses and
 accuracy (for the loss-gap step of SPEC §8) and the tracker's own timing.
 
+The sampled order spectrum a run stored (``spectrum/step_*.safetensors``: read beside the exact
+readings with ``ReadingsConfig(spectrum=...)``, or instead of them above ``tracker.SAMPLED_ABOVE``
+players) is read back as :class:`SampledSummary`: estimates with their intervals, shown in their
+own table and figure and never mixed into the exact readings. A run with only the spectrum
+reports it alone.
+
     >>> runs = [summarize_run("runs/demo/clean"), summarize_run("runs/demo/noisy")]
     >>> print(summary_table(runs))
     >>> write_html(runs, "report.html")
@@ -95,6 +101,12 @@ class RunSummary:
         readings: ``{step: {tag: value}}``, the concept scalars of every tracked step,
             recomputed by :func:`~concept_tracker.summary.summarize_step` exactly as the tracker
             logged them (the series above are read from it).
+        sampled: the run's stored sampled order spectrum, or None when it stored none.
+
+    A run with only the sampled spectrum (more players than the exact readings allow) has no
+    exact readings: ``steps`` and the series are empty, ``final_profile`` is None, the detour
+    ratios are NaN, ``sign_flips`` is None, ``kind`` is "and" (the spectrum estimates Harsanyi
+    AND strength), and ``n``, ``ratio`` and ``bands`` are the spectrum's.
     """
 
     name: str
@@ -109,12 +121,12 @@ class RunSummary:
     complex_strength: list[float]
     complex_ratio: list[float]
     num_concepts: list[float]
-    final_profile: OrderProfile
+    final_profile: OrderProfile | None
     train_test: Tensor | None
     detour_by_order: Tensor
     detour_simple: float
     detour_complex: float
-    sign_flips: int
+    sign_flips: int | None
     high_order_strength: list[float]
     high_order_share: list[float]
     phase_boundary: int | None
@@ -123,6 +135,7 @@ class RunSummary:
     defaulted: tuple[str, ...] = ()
     readings: dict[int, dict[str, float]] = field(default_factory=dict)
     baseline: str | None = None
+    sampled: SampledSummary | None = None
 
     @property
     def settings_note(self) -> str | None:
@@ -140,8 +153,24 @@ class RunSummary:
             f"the report used the default {', '.join(defaults[k] for k in self.defaulted)}."
         )
 
+    @property
+    def sampled_note(self) -> str | None:
+        """One sentence when the sampled spectrum was read with another ratio or other bands than
+        the exact readings are reported with (its shares cannot be recomputed), else None."""
+        s = self.sampled
+        if s is None or (s.ratio, s.bands) == (self.ratio, self.bands):
+            return None
+        return (
+            f"{self.name}: the sampled order spectrum keeps the ratio={s.ratio:g}, simple orders "
+            f"{_span(s.bands.simple)} and complex orders {_span(s.bands.complex)} it was tracked with; the "
+            "ratio and band options apply to the exact readings only."
+        )
+
     def reading(self, tag: str, step: int | None = None) -> float:
-        """The value of ``tag`` at ``step`` (default the last tracked step); NaN when absent."""
+        """The value of ``tag`` at ``step`` (default the last tracked step); NaN when absent
+        (always, for a run without exact readings)."""
+        if not self.steps:
+            return math.nan
         return self.readings[self.steps[-1] if step is None else step].get(tag, math.nan)
 
     def interval(self, tag: str, step: int | None = None) -> tuple[float, float]:
@@ -183,6 +212,103 @@ class RunSummary:
         if self.train_test is None or not orders:
             return math.nan
         return float(self.train_test[orders].mean())
+
+
+@dataclass
+class SampledSummary:
+    """The sampled order spectrum of a run, read back from ``<log_dir>/spectrum/`` as stored.
+
+    Estimates from random masks (:func:`~concept_tracker.order_spectrum`), kept apart from the
+    exact readings: their own steps, tags and intervals (which include the sampling error).
+
+    Attributes:
+        steps: tracked steps with a stored spectrum.
+        n: number of players.
+        forwards_per_probe: masked forwards per probe sample the run asked for.
+        forwards: per step, the masked forwards run (all probe samples together).
+        ratio: salience threshold ratio the spectrum was read with.
+        bands: its simple, medium and complex orders (as stored: they cannot be changed afterwards).
+        run: the run id its files record (None when they record none).
+        readings: ``{step: {tag: value}}``: the ``spectrum/*`` scalars, each share with its
+            ``_ci_low`` / ``_ci_high``, exactly as the tracker logged them.
+    """
+
+    steps: list[int]
+    n: int
+    forwards_per_probe: int
+    forwards: list[int]
+    ratio: float
+    bands: Bands
+    run: str | None
+    readings: dict[int, dict[str, float]]
+
+    def share(self, band: str, step: int | None = None) -> tuple[float, float, float]:
+        """``(value, low, high)``: the share of salient strength in ``band`` ("simple", "medium"
+        or "complex") at ``step`` (default the last), with its 95% interval."""
+        tag = tags.SPECTRUM_SHARES[tags.BANDS.index(band)]
+        at = self.readings[self.steps[-1] if step is None else step]
+        return at[tag], at[tags.ci_low(tag)], at[tags.ci_high(tag)]
+
+
+def spectrum_readings(meta: Mapping[str, Any]) -> dict[str, float]:
+    """The ``spectrum/*`` scalars of one stored spectrum, from :func:`store.load_spectrum`'s
+    metadata: each band's share averaged over the probes with its interval, and the forwards run.
+
+    Returns:
+        ``{tag: value}``, the tags the tracker logs for that step.
+    """
+    out: dict[str, float] = {}
+    for tag, band in zip(tags.SPECTRUM_SHARES, tags.BANDS):
+        value, low, high = meta["overall"][f"{band}_share"]
+        out.update({tag: float(value), tags.ci_low(tag): float(low), tags.ci_high(tag): float(high)})
+    out[tags.SPECTRUM_FORWARDS] = float(meta["forwards"])
+    return out
+
+
+def summarize_spectrum(log_dir: str | os.PathLike) -> SampledSummary | None:
+    """Read the sampled order spectrum files of a run (each checked: see :func:`store.load_spectrum`).
+
+    Returns:
+        :class:`SampledSummary`, or None when the run stored no spectrum.
+    Raises:
+        ValueError: if a file is damaged, copied, or disagrees with the first on the run id, the
+            number of players, the forwards per probe, the ratio or the bands (the message names
+            both files).
+    """
+    steps = store.list_spectra(log_dir)
+    if not steps:
+        return None
+    keys = ("run", "n", "forwards_per_probe", "ratio", "simple_max", "complex_min")
+    readings, forwards = {}, []
+    first_path = store.spectrum_path(log_dir, steps[0])
+    first = store.load_spectrum(first_path)[1]
+    for step in steps:
+        path = store.spectrum_path(log_dir, step)
+        meta = first if step == steps[0] else store.load_spectrum(path)[1]
+        differ = [k for k in keys if meta[k] != first[k]]
+        if differ:
+            what = "; ".join(f"{k}={meta[k]!r} there, {first[k]!r} in {first_path.name}" for k in differ)
+            hint = (
+                " (written by different trackers: give each run its own folder, concept_tracker.new_run_dir())"
+                if "run" in differ
+                else ""
+            )
+            raise ValueError(
+                f"{path} does not belong with {first_path}: {what}; one run directory must hold one tracked "
+                f"run{hint}. Delete the file that does not belong, or report the runs from separate folders."
+            )
+        readings[step] = spectrum_readings(meta)
+        forwards.append(meta["forwards"])
+    return SampledSummary(
+        steps=steps,
+        n=first["n"],
+        forwards_per_probe=first["forwards_per_probe"],
+        forwards=forwards,
+        ratio=first["ratio"],
+        bands=band_orders(first["n"], first["simple_max"], first["complex_min"]),
+        run=first["run"],
+        readings=readings,
+    )
 
 
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -269,7 +395,8 @@ def _settings_text(settings: dict[str, Any]) -> str:
 def summarize_run(
     log_dir: str | os.PathLike, name: str | None = None, readings: ReadingsConfig | Mapping[str, Any] | None = None
 ) -> RunSummary:
-    """Recompute the concept metrics of a run from its stored interactions.
+    """Recompute the concept metrics of a run from its stored interactions, and read its stored
+    sampled order spectrum (:func:`summarize_spectrum`, :attr:`RunSummary.sampled`).
 
     The salience ratio and band cut-offs default to those the run was tracked with, as its
     stored interactions record them (:func:`stored_settings`); ``readings`` overrides them.
@@ -287,18 +414,23 @@ def summarize_run(
         :class:`RunSummary`.
     Raises:
         FileNotFoundError: if ``log_dir`` does not exist.
-        ValueError: if it holds no interactions, or a stored file is truncated, corrupt, or
-            inconsistent with the others, settings included (the message names the file).
+        ValueError: if it holds neither interactions nor a sampled spectrum, or a stored file is
+            truncated, corrupt, copied, or inconsistent with the others, settings and run id
+            included (the message names the file).
     """
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
         raise FileNotFoundError(f"{log_dir} is not a directory; pass a tracker's log_dir.")
     steps = store.list_steps(log_dir)
-    if not steps:
+    sampled = summarize_spectrum(log_dir)
+    if not steps and sampled is None:
         raise ValueError(
-            f"{log_dir} holds no stored interactions ({store.step_path(log_dir, 0).parent}/step_*.safetensors); "
+            f"{log_dir} holds no stored interactions ({store.step_path(log_dir, 0).parent}/step_*.safetensors) "
+            f"and no sampled order spectrum ({store.spectrum_path(log_dir, 0).parent}/step_*.safetensors); "
             "pass the log_dir of a run tracked with store=True."
         )
+    if not steps:
+        return _sampled_only(log_dir, name or log_dir.name, cast(SampledSummary, sampled), readings)
     heldout_steps = set(store.list_steps(log_dir, "heldout"))
     stored = stored_settings(log_dir)
     defaulted: tuple[str, ...] = ()
@@ -317,6 +449,7 @@ def summarize_run(
         res, meta = store.load_step(path)
         if step == steps[0]:
             first, baseline = res, store.stored_baseline(meta)
+            _check_same_run(log_dir, sampled, path, res.n, meta.get("run"))
         elif (res.n, res.kind, res.num_samples) != (first.n, first.kind, first.num_samples):
             raise ValueError(
                 f"{path} holds n={res.n}, kind={res.kind!r}, {res.num_samples} samples but the "
@@ -334,11 +467,6 @@ def summarize_run(
     train_test = None if held is None else train_test_similarity(res, res.targets, held, held.targets)
     bands = band_orders(first.n, config.simple_max, config.complex_min)
     scalars = read_scalars(log_dir)
-    gap = None
-    for eval_tag, train_tag in LOSS_TAGS:
-        if scalars.get(eval_tag) and scalars.get(train_tag):
-            gap = loss_gap_step(scalars[eval_tag], scalars[train_tag])
-            break
     series = {tag: [per_step[step].get(tag, math.nan) for step in steps] for tag in per_step[steps[-1]]}
     last = per_step[steps[-1]]
     simple, medium, complex_ = (series[tag] for tag in tags.band_strength_tags())
@@ -364,11 +492,78 @@ def summarize_run(
         high_order_strength=series[tags.HIGH_ORDER_STRENGTH],
         high_order_share=series[tags.HIGH_ORDER_SHARE],
         phase_boundary=None if tags.PHASE_BOUNDARY not in last else int(last[tags.PHASE_BOUNDARY]),
-        loss_gap_step=gap,
+        loss_gap_step=_loss_gap(scalars),
         scalars=scalars,
         defaulted=defaulted,
         readings=per_step,
         baseline=baseline,
+        sampled=sampled,
+    )
+
+
+def _check_same_run(log_dir: Path, sampled: SampledSummary | None, path: Path, n: int, run: str | None) -> None:
+    """Refuse a spectrum that is not of the run of the exact step file ``path`` (``n`` players,
+    run id ``run``; None: the file records none and makes no claim)."""
+    if sampled is None:
+        return
+    other_run = None not in (run, sampled.run) and run != sampled.run
+    if other_run or sampled.n != n:
+        raise ValueError(
+            f"{store.spectrum_path(log_dir, sampled.steps[0])} holds the sampled spectrum of run {sampled.run} "
+            f"with n={sampled.n}, but {path} is of run {run} with n={n}; one run directory must hold one "
+            "tracked run. Delete the files that do not belong, or report the runs from separate folders."
+        )
+
+
+def _loss_gap(scalars: dict[str, list[tuple[int, float]]]) -> int | None:
+    """The step where the eval-train loss gap starts to grow, from the first loss pair logged."""
+    for eval_tag, train_tag in LOSS_TAGS:
+        if scalars.get(eval_tag) and scalars.get(train_tag):
+            return loss_gap_step(scalars[eval_tag], scalars[train_tag])
+    return None
+
+
+def _sampled_only(
+    log_dir: Path, name: str, sampled: SampledSummary, readings: ReadingsConfig | Mapping[str, Any] | None
+) -> RunSummary:
+    """The summary of a run that stored only the sampled spectrum: no exact readings. Ratio and
+    band options, which the stored spectrum cannot follow, are kept so that its note says so."""
+    given = (
+        readings
+        if isinstance(readings, ReadingsConfig)
+        else ReadingsConfig(**{"ratio": sampled.ratio, **{k: v for k, v in (readings or {}).items() if v is not None}})
+    )
+    bands = sampled.bands
+    if (given.simple_max, given.complex_min) != (None, None):
+        bands = band_orders(
+            sampled.n, given.simple_max or len(bands.simple), given.complex_min or sampled.n + 1 - len(bands.complex)
+        )
+    scalars = read_scalars(log_dir)
+    return RunSummary(
+        name=name,
+        log_dir=str(log_dir),
+        n=sampled.n,
+        kind="and",
+        ratio=given.ratio,
+        bands=bands,
+        steps=[],
+        simple_strength=[],
+        medium_strength=[],
+        complex_strength=[],
+        complex_ratio=[],
+        num_concepts=[],
+        final_profile=None,
+        train_test=None,
+        detour_by_order=torch.full((sampled.n + 1,), math.nan),
+        detour_simple=math.nan,
+        detour_complex=math.nan,
+        sign_flips=None,
+        high_order_strength=[],
+        high_order_share=[],
+        phase_boundary=None,
+        loss_gap_step=_loss_gap(scalars),
+        scalars=scalars,
+        sampled=sampled,
     )
 
 
@@ -402,6 +597,13 @@ def intervals_overlap(a: RunSummary, b: RunSummary, tag: str) -> bool | None:
     return low_a <= high_b and low_b <= high_a
 
 
+def _span(orders: Sequence[int]) -> str:
+    """Orders as ``"1-3"``, ``"4"`` or ``"none"``."""
+    if not orders:
+        return "none"
+    return str(orders[0]) if len(orders) == 1 else f"{orders[0]}-{orders[-1]}"
+
+
 def _shared_orders(runs: Sequence[RunSummary], band: str) -> tuple[int, ...] | None:
     """The orders of ``band`` when every run has the same, else None (runs with another n or
     other stored cut-offs)."""
@@ -417,8 +619,8 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
         return label, [_fmt(v) for v in values]
 
     def with_interval(label: str, tag: str) -> tuple[str, list[str]]:
-        """The reading at the last step with its 95% bootstrap interval."""
-        return label, [_fmt_interval(r.reading(tag), r.interval(tag)) for r in runs]
+        """The reading at the last step with its 95% bootstrap interval ("-" without exact readings)."""
+        return label, [_fmt_interval(r.reading(tag), r.interval(tag)) if r.steps else "-" for r in runs]
 
     def band_label(band: str) -> str:
         orders = _shared_orders(runs, band)
@@ -429,7 +631,7 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
         return f"{band} (order {orders[0]})" if len(orders) == 1 else f"{band} (orders {orders[0]}-{orders[-1]})"
 
     rows = [
-        ("last tracked step", [str(r.steps[-1]) for r in runs]),
+        ("last tracked step", [str(r.steps[-1]) if r.steps else "-" for r in runs]),
         ("baseline", [r.baseline or "unknown" for r in runs]),
         row("test accuracy", [r.test_accuracy for r in runs]),
         row("eval loss", [r.eval_loss for r in runs]),
@@ -444,7 +646,7 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[str]]]:
         with_interval("concepts per sample", tags.summary("num_concepts")),
         (
             "simple strength early (step)",
-            [f"{_fmt(r.early_simple_strength)} ({r.early_step})" for r in runs],
+            [f"{_fmt(r.early_simple_strength)} ({r.early_step})" if r.steps else "-" for r in runs],
         ),
     ]
     for band in tags.BANDS:
@@ -471,8 +673,62 @@ def summary_table(runs: Sequence[RunSummary]) -> str:
     lines = []
     for label, cells in rows:
         lines.append("  ".join([label.ljust(label_width), *(c.rjust(w) for c, w in zip(cells, widths))]))
-    notes = [r.settings_note for r in runs if r.settings_note]
+    notes = [note for r in runs for note in (r.settings_note, _sampled_only_note(r), r.sampled_note) if note]
     return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def _sampled_only_note(run: RunSummary) -> str | None:
+    if run.steps:
+        return None
+    return (
+        f"{run.name}: no exact readings (n={run.n} players: the tracker read only the sampled order "
+        "spectrum); its estimates are in the sampled order spectrum table."
+    )
+
+
+SAMPLED_HEADING = (
+    "Sampled order spectrum: estimates from random masks, not the exact readings "
+    "[95% interval, sampling error included]"
+)
+"""The heading of the sampled spectrum's table, in the text and the HTML report."""
+
+
+def sampled_rows(run: RunSummary) -> list[list[str]]:
+    """The stored sampled spectrum of ``run`` as rows: a header, then one row per step with the
+    sampled simple, medium and complex shares (``value [low, high]``) and the forwards run.
+    Empty when the run stored no spectrum."""
+    s = run.sampled
+    if s is None:
+        return []
+    header = ["step"] + [f"{band} share (sampled, orders {_span(getattr(s.bands, band))})" for band in tags.BANDS]
+    rows = [header + ["forwards"]]
+    for step, forwards in zip(s.steps, s.forwards):
+        shares = [s.share(band, step) for band in tags.BANDS]
+        rows.append([str(step), *(_fmt_interval(v, (lo, hi)) for v, lo, hi in shares), str(forwards)])
+    return rows
+
+
+def sampled_caption(run: RunSummary) -> str:
+    """What a run's sampled table shows: its size, forwards per probe and ratio."""
+    s = cast(SampledSummary, run.sampled)
+    return (
+        f"{run.name}: n={s.n}, {s.forwards_per_probe} masked forwards per probe sample, ratio={s.ratio:g}, "
+        f"{len(s.steps)} steps"
+    )
+
+
+def sampled_table(runs: Sequence[RunSummary]) -> str:
+    """The sampled spectrum of every run that stored one (:func:`sampled_rows`) under
+    :data:`SAMPLED_HEADING`, as plain text; empty when no run stored one."""
+    blocks = []
+    for r in runs:
+        rows = sampled_rows(r)
+        if not rows:
+            continue
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        body = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+        blocks.append("\n".join([sampled_caption(r), *body]))
+    return "\n\n".join([SAMPLED_HEADING, *blocks]) if blocks else ""
 
 
 BASELINE_DIR_PREFIX = "baseline-"
@@ -633,7 +889,7 @@ def order_profile_figure(runs: Sequence[RunSummary]) -> Figure:
         orders = torch.arange(1, r.n + 1)
         ax.bar(
             (orders + (i - (len(runs) - 1) / 2) * width).numpy(),
-            r.final_profile.strength[1:].numpy(),
+            cast(OrderProfile, r.final_profile).strength[1:].numpy(),
             width=width,
             label=f"{r.name} (step {r.steps[-1]})",
         )
@@ -720,17 +976,41 @@ def loss_figure(runs: Sequence[RunSummary]) -> Figure | None:
     return fig
 
 
+def sampled_figure(runs: Sequence[RunSummary]) -> Figure | None:
+    """The sampled spectrum's simple and complex shares over its steps with their 95% intervals,
+    one panel per run that stored one (None when none did)."""
+    sampled = [(r, r.sampled) for r in runs if r.sampled is not None]
+    if not sampled:
+        return None
+    fig, axes = _figure(5.5 * len(sampled), panels=len(sampled), height=3.8, left=0.08, wspace=0.3)
+    for ax, (r, s) in zip(axes, sampled):
+        for band, color in (("simple", "tab:blue"), ("complex", "tab:red")):
+            value, low, high = zip(*(s.share(band, step) for step in s.steps))
+            orders = _span(getattr(s.bands, band))
+            ax.plot(s.steps, value, marker="o", markersize=3, color=color, label=f"{band} share (orders {orders})")
+            ax.fill_between(s.steps, low, high, color=color, alpha=0.2)
+        ax.set_ylim(-0.02, 1.02)  # shares of 0 and 1 stay visible
+        _label(ax, f"{r.name}: sampled order spectrum (estimate)", legend="x-small")
+    axes[0].set_ylabel("share of salient strength")
+    return fig
+
+
 def report_figures(runs: Sequence[RunSummary]) -> dict[str, Figure]:
-    """The report's figures by file stem, in display order (figures without data left out)."""
-    figures = {
-        "band_strength": band_strength_figure(runs),
-        "complex_ratio": complex_ratio_figure(runs),
-        "order_profile": order_profile_figure(runs),
-        "train_test_similarity": train_test_figure(runs),
-        "detour_ratio": detour_figure(runs),
-        "phase_boundary": phase_figure(runs),
-        "loss": loss_figure(runs),
-    }
+    """The report's figures by file stem, in display order (figures without data left out; the
+    exact readings' figures show the runs that have them)."""
+    exact = [r for r in runs if r.steps]
+    figures: dict[str, Figure | None] = {}
+    if exact:
+        figures = {
+            "band_strength": band_strength_figure(exact),
+            "complex_ratio": complex_ratio_figure(exact),
+            "order_profile": order_profile_figure(exact),
+            "train_test_similarity": train_test_figure(exact),
+            "detour_ratio": detour_figure(exact),
+            "phase_boundary": phase_figure(exact),
+        }
+    figures["sampled_spectrum"] = sampled_figure(runs)
+    figures["loss"] = loss_figure(runs)
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
@@ -780,13 +1060,30 @@ def render_html(
         + "</tr>"
         for r in runs
     )
-    sources = "".join(
-        f"<li>{esc(r.name)}: <code>{esc(r.log_dir)}</code>, n={r.n}, kind={esc(r.kind)}, "
-        f"{len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}, "
-        f"baseline {esc(r.baseline or 'unknown')}"
-        f"{f'. {esc(r.settings_note)}' if r.settings_note else ''}</li>"
-        for r in runs
-    )
+
+    def source(r: RunSummary) -> str:
+        exact = (
+            f"kind={esc(r.kind)}, {len(r.steps)} tracked steps ({r.steps[0]}-{r.steps[-1]}), ratio={r.ratio}, "
+            f"baseline {esc(r.baseline or 'unknown')}"
+            if r.steps
+            else "no exact readings"
+        )
+        sampled = "" if r.sampled is None else f"; sampled order spectrum at {len(r.sampled.steps)} steps"
+        notes = "".join(f". {esc(note)}" for note in (r.settings_note, _sampled_only_note(r), r.sampled_note) if note)
+        return f"<li>{esc(r.name)}: <code>{esc(r.log_dir)}</code>, n={r.n}, {exact}{sampled}{notes}</li>"
+
+    sources = "".join(source(r) for r in runs)
+
+    def sampled_html(r: RunSummary) -> str:
+        head, *rows = sampled_rows(r)
+        cells = "".join(f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rows)
+        return (
+            f"<p>{esc(sampled_caption(r))}</p><table><tr>{''.join(f'<th>{esc(c)}</th>' for c in head)}</tr>"
+            f"{cells}</table>"
+        )
+
+    sampled = "".join(sampled_html(r) for r in runs if r.sampled is not None)
+    sampled = f"<h2>{esc(SAMPLED_HEADING)}</h2>{sampled}" if sampled else ""
 
     def band_text(r: RunSummary) -> str:
         return ", ".join(f"{band} {list(getattr(r.bands, band))}" for band in ("simple", "medium", "complex"))
@@ -814,6 +1111,7 @@ img {{ max-width: 100%; }}
 <table><tr><th></th>{head}</tr>{body}</table>
 <h2>Train-test similarity by order (last tracked step)</h2>
 <table><tr><th>order</th>{sim_head}</tr>{sim_body}</table>
+{sampled}
 <h2>Figures</h2>
 {images}
 <p>Metric definitions: docs/metrics.md of concept-tracker. Bands (orders): {bands}.</p>

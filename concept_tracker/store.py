@@ -26,6 +26,11 @@ of the current format without a checksum (re-saved by another tool), and a file 
 Files of the first format (``concept-tracker/interactions/1``), written before checksums were
 recorded, have none and still load.
 
+Sampled order spectra (:func:`save_spectrum`) live in ``<log_dir>/spectrum/step_{step:08d}.safetensors``,
+apart from the exact interactions, with their own format (``concept-tracker/spectrum/1``). They
+carry the same ``sha256`` checksum, ``step`` and ``run``, and :func:`load_spectrum` makes the same
+checks: a damaged file, a file without a checksum and a byte copy of another step are refused.
+
 Files are written to a temporary name (``.<name>.<pid>.tmp`` in the same directory) and
 renamed, so a crash never leaves a half-written step file behind. A temporary file left by a
 process killed during a save is removed by the first save into that directory of a later
@@ -349,31 +354,81 @@ def save_spectrum(log_dir: str | os.PathLike, step: int, spectrum: Any, *, run: 
 
 
 def load_spectrum(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a file written by :func:`save_spectrum`.
+    """Read a file written by :func:`save_spectrum`, checked like a step file (see the module
+    docstring): its checksum is verified, and a file without one, or whose recorded step is not
+    the one its name says, is refused.
 
     Returns:
-        ``(tensors, metadata)`` with the integers and ``overall`` decoded.
+        ``(tensors, metadata)`` with the integers and ``overall`` decoded, and ``run`` None when
+        the writer gave no run id.
     Raises:
-        ValueError: if the file is damaged or not a spectrum file.
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is truncated, damaged (checksum mismatch), not a spectrum file,
+            without a checksum, or copied from another step (the message names the file and the fix).
     """
     tensors, raw = _read(path)
+    return tensors, _decode_spectrum(path, raw)
+
+
+def load_spectrum_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of one spectrum file, as :func:`load_spectrum` returns it, read from
+    the file's header alone (the checksum is not verified; every other check is made).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_spectrum`.
+    """
+    return _decode_spectrum(path, _read(path, tensors=False)[1])
+
+
+def list_spectra(log_dir: str | os.PathLike) -> list[int]:
+    """Sorted steps that have a sampled order spectrum file under ``log_dir`` (empty if none)."""
+    folder = Path(log_dir) / SPECTRUM_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
+
+
+_SPECTRUM_INTS = (
+    "step",
+    "n",
+    "forwards",
+    "forwards_per_probe",
+    "exact_order",
+    "seen_order",
+    "simple_max",
+    "complex_min",
+)
+
+
+def _decode_spectrum(path: str | os.PathLike, raw: dict[str, str]) -> dict[str, Any]:
+    path = Path(path)
     if raw.get("format") != SPECTRUM_FORMAT:
-        raise ValueError(f"{path} is not a sampled order spectrum file (format {raw.get('format')!r}).")
-    meta: dict[str, Any] = dict(raw)
-    for key in (
-        "step",
-        "n",
-        "forwards",
-        "forwards_per_probe",
-        "exact_order",
-        "seen_order",
-        "simple_max",
-        "complex_min",
-    ):
-        meta[key] = int(raw[key])
-    meta["ratio"] = float(raw["ratio"])
-    meta["overall"] = {k: tuple(v) for k, v in json.loads(raw["overall"]).items()}
-    return tensors, meta
+        raise ValueError(
+            f"{path} is not a sampled order spectrum file (metadata format={raw.get('format')!r}, expected "
+            f"{SPECTRUM_FORMAT!r}). Move it out of {SPECTRUM_DIR}/, or delete it and track that step again."
+        )
+    if CHECKSUM not in raw:
+        raise ValueError(
+            f"{path} has no {CHECKSUM} checksum, which every sampled order spectrum file carries: it was "
+            "re-saved by another tool and cannot be verified. Restore it from a copy or delete it and "
+            "track that step again."
+        )
+    meta: dict[str, Any] = {k: v for k, v in raw.items() if k != CHECKSUM}
+    try:
+        for key in _SPECTRUM_INTS:
+            meta[key] = int(raw[key])
+        meta["ratio"] = float(raw["ratio"])
+        meta["overall"] = {k: tuple(v) for k, v in json.loads(raw["overall"]).items()}
+        meta["run"] = None if raw["run"] == "None" else raw["run"]
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path} has incomplete or unreadable metadata: {err!r}.") from err
+    match = _STEP_FILE.match(path.name)
+    if match is not None and meta["step"] != int(match.group(1)):
+        raise ValueError(
+            f"{path} holds the sampled spectrum of step {meta['step']}: it was copied or renamed from another "
+            "step file. Delete it (or put it back where it came from) and track that step again."
+        )
+    return meta
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

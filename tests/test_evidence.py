@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+import concept_tracker as ct
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import evidence  # noqa: E402
 
@@ -304,3 +306,56 @@ def test_committed_results_recompute():
         for key, stat in (("psi", "psi"), ("overall", "tau")):
             got, want = out[key]["gap_error"][name][stat], saved["stats"][key]["gap_error"][name][stat]
             assert (want is None and math.isnan(got)) or got == pytest.approx(want, abs=1e-9)
+    # and so do the sampled readings' agreement with their exact twins
+    for name, info in saved["stats"]["sampled"]["readings"].items():
+        for task, tau in info["rank_agreement"].items():
+            got = out["sampled"]["readings"][name]["rank_agreement"][task]
+            assert (tau is None and math.isnan(got)) or got == pytest.approx(tau, abs=1e-9)
+    assert out["sampled"]["forwards_fraction"] == pytest.approx(saved["stats"]["sampled"]["forwards_fraction"])
+
+
+# ---------------------------------------------------------------- the sampled readings
+
+
+def test_sampled_readings_are_secondary_and_each_has_an_exact_twin():
+    assert evidence.PRIMARY not in evidence.SAMPLED and not set(evidence.SAMPLED) & set(evidence.OURS)
+    for name, twin in evidence.SAMPLED.items():
+        assert twin in evidence.OURS and evidence.ORIENTATION[name][0] == evidence.ORIENTATION[twin][0]
+        assert evidence.kind_of(name) == "ours, sampled"
+    assert set(evidence.MEASURES) == set(evidence.ORIENTATION)
+
+
+def test_sampled_readings_at_every_forward_equal_the_exact_ones(monkeypatch):
+    """With 2**n forwards per probe the spectrum evaluates every coalition: its shares are the
+    exact readings; at a quarter of them it runs at most a quarter of the exact forwards."""
+    task = evidence.planted_task()
+    torch.manual_seed(0)
+    model = evidence.build_mlp(10, 2, 16, 1)
+    init = ct.compute_interactions(model, task.pool_x[:2], task.players)
+    exact = evidence.ours(model, task, init)
+    monkeypatch.setattr(evidence, "SAMPLED_FRACTION", 1)
+    full, cost = evidence.sampled_readings(model, task)
+    assert full["sampled_simple_share"] == pytest.approx(exact["simple_share"], abs=1e-9)
+    assert full["sampled_complex_share"] == pytest.approx(exact["complex_ratio"], abs=1e-9)
+    assert cost["forwards"] == cost["exact_forwards"] == 2**10 * len(task.probe_idx)
+    monkeypatch.setattr(evidence, "SAMPLED_FRACTION", 4)
+    quarter, cost = evidence.sampled_readings(model, task)
+    assert cost["forwards"] <= cost["exact_forwards"] // 4
+    assert all(0.0 <= v <= 1.0 for v in quarter.values())
+
+
+def test_sampled_agreement_ranks_each_reading_against_its_twin():
+    def readings(c, s):
+        share = level(c, "train_size") + 0.1 * level(c, "label_noise") + 0.01 * s
+        # the sampled simple share follows its twin; the sampled complex share reverses it
+        return {"simple_share": share, "sampled_simple_share": 2 * share + 1,
+                "complex_ratio": share, "sampled_complex_share": -share}
+
+    models = planted_zoo(lambda c, s: 0.0, readings)
+    for m in models:
+        m["sampled_cost"] = {"forwards": 250, "exact_forwards": 1000}
+    out = evidence.analyse(models, reps=3)["sampled"]
+    assert out["forwards_fraction"] == pytest.approx(0.25)
+    simple, complex_ = (out["readings"][n]["rank_agreement"] for n in evidence.SAMPLED)
+    assert simple == {"digits": pytest.approx(1.0), "planted": pytest.approx(1.0)}
+    assert complex_ == {"digits": pytest.approx(-1.0), "planted": pytest.approx(-1.0)}

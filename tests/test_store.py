@@ -368,3 +368,99 @@ def test_numpy_integers_as_steps_ids_and_settings(tmp_path):
 def test_bad_step_names_the_parameter(tmp_path, step):
     with pytest.raises(ValueError, match="step="):
         save_step(tmp_path, step, make_result("and"))
+
+
+# ---------------------------------------------------------------- sampled spectrum files
+
+
+def spectrum_file(folder, step: int = 2, run: str | None = "a1"):
+    """A sampled order spectrum of 2 samples of a 4-player model, saved at ``step``."""
+    import concept_tracker as ct
+    from concept_tracker.store import save_spectrum
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    spectrum = ct.order_spectrum(model, x, ct.TabularPlayers(baselines="zero"), forwards_per_probe=12)
+    return save_spectrum(folder, step, spectrum, run=run)
+
+
+def test_spectrum_files_carry_their_step_run_and_checksum(tmp_path):
+    from concept_tracker.store import list_spectra, load_spectrum, load_spectrum_metadata
+
+    path = spectrum_file(tmp_path, 7, run="0123abcd")
+    with safe_open(str(path), framework="pt") as fh:
+        raw = fh.metadata()
+    assert raw["step"] == "7" and raw["run"] == "0123abcd" and len(raw[CHECKSUM]) == 64
+    tensors, meta = load_spectrum(path)
+    assert meta["step"] == 7 and meta["run"] == "0123abcd" and CHECKSUM not in meta
+    assert load_spectrum_metadata(path) == meta and tensors["strength"].shape == (2, 5)
+    assert load_spectrum(spectrum_file(tmp_path, 8, run=None))[1]["run"] is None
+    assert list_spectra(tmp_path) == [7, 8] and list_steps(tmp_path) == []
+
+
+def test_a_damaged_spectrum_file_names_the_file(tmp_path):
+    from concept_tracker.store import load_spectrum
+
+    path = spectrum_file(tmp_path)
+    flip_byte(path)
+    with pytest.raises(ValueError, match="spectrum/step_00000002.safetensors is damaged: its sha256 checksum"):
+        load_spectrum(path)
+
+
+def test_a_spectrum_file_with_edited_metadata_fails_the_checksum(tmp_path):
+    from concept_tracker.store import load_spectrum
+
+    path = spectrum_file(tmp_path)
+    with safe_open(str(path), framework="pt") as fh:
+        raw = fh.metadata()
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    save_file(tensors, str(path), metadata={**raw, "run": "b2"})
+    with pytest.raises(ValueError, match="step_00000002.safetensors is damaged"):
+        load_spectrum(path)
+
+
+def test_a_truncated_spectrum_file_names_the_file(tmp_path):
+    from concept_tracker.store import load_spectrum
+
+    path = spectrum_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="spectrum/step_00000002.safetensors is truncated"):
+        load_spectrum(path)
+
+
+def test_a_spectrum_file_resaved_without_its_checksum_is_refused(tmp_path):
+    from concept_tracker.store import load_spectrum, load_spectrum_metadata
+
+    path = spectrum_file(tmp_path)
+    with safe_open(str(path), framework="pt") as fh:
+        raw = {k: v for k, v in fh.metadata().items() if k != CHECKSUM}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    save_file(tensors, str(path), metadata=raw)
+    for read in (load_spectrum, load_spectrum_metadata):
+        with pytest.raises(ValueError, match=f"step_00000002.safetensors has no {CHECKSUM} checksum.*Restore it"):
+            read(path)
+
+
+def test_a_spectrum_file_copied_over_another_step_is_refused(tmp_path):
+    from concept_tracker.store import load_spectrum, load_spectrum_metadata, spectrum_path
+
+    source = spectrum_file(tmp_path)
+    target = spectrum_path(tmp_path, 3)
+    target.write_bytes(source.read_bytes())
+    for read in (load_spectrum, load_spectrum_metadata):
+        with pytest.raises(ValueError, match="step_00000003.safetensors holds the sampled spectrum of step 2.*copied"):
+            read(target)
+    assert load_spectrum(source)[1]["step"] == 2
+
+
+def test_files_of_the_other_kind_are_refused_both_ways(tmp_path):
+    from concept_tracker.store import load_spectrum, spectrum_path
+
+    step_file = save_step(tmp_path, 2, make_result("and"), run="a1")
+    spectrum_path(tmp_path, 2).parent.mkdir(parents=True, exist_ok=True)
+    spectrum_path(tmp_path, 2).write_bytes(step_file.read_bytes())
+    with pytest.raises(ValueError, match="spectrum/step_00000002.safetensors is not a sampled order spectrum file"):
+        load_spectrum(spectrum_path(tmp_path, 2))
+    step_file.write_bytes(spectrum_file(tmp_path / "other").read_bytes())
+    with pytest.raises(ValueError, match="not a concept-tracker interactions file"):
+        load_step(step_file)
