@@ -170,8 +170,9 @@ def tracker_options(options: dict[str, Any], owner: str) -> dict[str, Any]:
     unknown = sorted(set(options) - set(TRACKER_OPTIONS) - loose)
     if unknown:
         raise ValueError(f"{owner} got unknown tracker option(s) {unknown}; tracker options are {TRACKER_OPTIONS}.")
-    legacy = dict(options)
+    passed_on = ("value", "strict")  # taken as they are, like ConceptTracker's own keywords
+    legacy = {key: value for key, value in options.items() if key not in passed_on}
     given = {"kind": legacy.pop("kind", "and"), **{name: legacy.pop(name, None) for name in CONFIGS}}
     found, moved = configs(given, legacy, owner)
     warn_legacy(owner, moved, legacy, stacklevel=4)
-    return {**{key: options[key] for key in ("value", "strict") if key in options}, **found}
+    return {**{key: options[key] for key in passed_on if key in options}, **found}

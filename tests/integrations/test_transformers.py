@@ -295,6 +295,20 @@ def test_bad_arguments_name_the_parameter():
         ConceptTrackerCallback(TokenPlayers(), probe_size=3)
 
 
+def test_tracker_keywords_pass_through_the_callback():
+    """``strict`` and ``value`` are ConceptTracker's own keywords: taken as given, with no
+    deprecation warning; configs are built and kept."""
+    from concept_tracker import BudgetConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callback = ConceptTrackerCallback(
+            TokenPlayers(), strict=True, value="log_prob", kind="and", budget=BudgetConfig(max_overhead=0.1)
+        )
+    options = callback.tracker_options
+    assert options["strict"] is True and options["value"] == "log_prob" and options["kind"] == "and"
+    assert options["budget"].max_overhead == 0.1
+
 def test_compiled_models_are_tracked_through_their_original_module():
     model = nn.Linear(2, 2)
     assert unwrap(torch.compile(model)) is model
