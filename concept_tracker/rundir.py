@@ -376,8 +376,7 @@ class RunGuard:
         the resumed history continues from the state."""
         at = cast(int, self._resumed_at)
         later = {split: [s for s in store.list_steps(self.log_dir, split) if s > at] for split in store.SPLITS}
-        spectra = sorted(Path(self.log_dir, store.SPECTRUM_DIR).glob("step_*.safetensors"))
-        later["spectrum"] = [int(p.stem[5:]) for p in spectra if p.stem[5:].isdigit() and int(p.stem[5:]) > at]
+        later["spectrum"] = [s for s in store.list_spectra(self.log_dir) if s > at]
         if not any(later.values()):
             return
         for split, steps in later.items():

@@ -285,7 +285,11 @@ def interactions_from_state(state: dict[str, Any]) -> Interactions:
 
 def list_steps(log_dir: str | os.PathLike, split: str = "probe") -> list[int]:
     """Sorted steps that have an interactions file under ``log_dir`` (empty if none)."""
-    folder = _split_dir(log_dir, split)
+    return _steps_in(_split_dir(log_dir, split))
+
+
+def _steps_in(folder: Path) -> list[int]:
+    """Sorted steps of the ``step_{step:08d}.safetensors`` files in ``folder`` (empty if none)."""
     if not folder.is_dir():
         return []
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
@@ -382,10 +386,7 @@ def load_spectrum_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def list_spectra(log_dir: str | os.PathLike) -> list[int]:
     """Sorted steps that have a sampled order spectrum file under ``log_dir`` (empty if none)."""
-    folder = Path(log_dir) / SPECTRUM_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
+    return _steps_in(Path(log_dir) / SPECTRUM_DIR)
 
 
 _SPECTRUM_INTS = (
