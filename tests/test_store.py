@@ -28,6 +28,15 @@ from concept_tracker.store import (
 )
 
 
+def rewrite_metadata(path, drop=(), **changes):
+    """Re-save a stored file with the same tensors, its metadata keys ``drop`` left out and
+    ``changes`` set, as a tool that edits files would (the checksum is not recomputed)."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = {k: v for k, v in fh.metadata().items() if k not in drop}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    save_file(tensors, str(path), metadata={**meta, **changes})
+
+
 def make_result(kind: str, n: int = 3, samples: int = 2) -> Interactions:
     gen = torch.Generator().manual_seed(0)
 
@@ -99,10 +108,7 @@ def test_file_without_settings_still_loads(tmp_path):
     res = make_result("and")
     path = save_step(tmp_path, 9, res, probe_ids=[1, 2], ratio=0.1)
     dropped = ("ratio", "simple_max", "complex_min", "baseline", "run", CHECKSUM)
-    with safe_open(str(path), framework="pt") as fh:
-        raw = {k: v for k, v in fh.metadata().items() if k not in dropped}
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    save_file(tensors, str(path), metadata={**raw, "format": "concept-tracker/interactions/1"})
+    rewrite_metadata(path, drop=dropped, format="concept-tracker/interactions/1")
     loaded, meta = load_step(path)
     assert torch.equal(loaded.and_effects, res.and_effects) and meta["probe_ids"] == [1, 2]
     assert not {"ratio", "simple_max", "complex_min", "baseline"} & set(meta)
@@ -228,20 +234,14 @@ def test_flipped_tensor_byte_in_a_state_file_names_the_file(tmp_path):
 
 def test_edited_metadata_fails_the_checksum(tmp_path):
     path = save_step(tmp_path, 2, make_result("and"))
-    with safe_open(str(path), framework="pt") as fh:
-        raw = fh.metadata()
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    save_file(tensors, str(path), metadata={**raw, "step": "3"})
+    rewrite_metadata(path, step="3")
     with pytest.raises(ValueError, match="step_00000002.safetensors is damaged"):
         load_step(path)
 
 
 def test_a_step_file_resaved_without_its_checksum_is_refused(tmp_path):
     path = save_step(tmp_path, 2, make_result("and"), run="a1")
-    with safe_open(str(path), framework="pt") as fh:
-        raw = {k: v for k, v in fh.metadata().items() if k != CHECKSUM}
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    save_file(tensors, str(path), metadata=raw)
+    rewrite_metadata(path, drop=(CHECKSUM,))
     for read in (load_step, load_step_metadata):
         with pytest.raises(ValueError, match=f"step_00000002.safetensors has no {CHECKSUM} checksum"):
             read(path)
@@ -411,10 +411,7 @@ def test_a_spectrum_file_with_edited_metadata_fails_the_checksum(tmp_path):
     from concept_tracker.store import load_spectrum
 
     path = spectrum_file(tmp_path)
-    with safe_open(str(path), framework="pt") as fh:
-        raw = fh.metadata()
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    save_file(tensors, str(path), metadata={**raw, "run": "b2"})
+    rewrite_metadata(path, run="b2")
     with pytest.raises(ValueError, match="step_00000002.safetensors is damaged"):
         load_spectrum(path)
 
@@ -432,10 +429,7 @@ def test_a_spectrum_file_resaved_without_its_checksum_is_refused(tmp_path):
     from concept_tracker.store import load_spectrum, load_spectrum_metadata
 
     path = spectrum_file(tmp_path)
-    with safe_open(str(path), framework="pt") as fh:
-        raw = {k: v for k, v in fh.metadata().items() if k != CHECKSUM}
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    save_file(tensors, str(path), metadata=raw)
+    rewrite_metadata(path, drop=(CHECKSUM,))
     for read in (load_spectrum, load_spectrum_metadata):
         with pytest.raises(ValueError, match=f"step_00000002.safetensors has no {CHECKSUM} checksum.*Restore it"):
             read(path)
