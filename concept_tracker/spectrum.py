@@ -22,8 +22,10 @@ How the ``F`` forwards of one sample are spent (:func:`plan_spectrum`):
 3. **Candidate concepts, exactly.** The ``c`` most influential players form a candidate set C; every
    subset of C is evaluated, so the Harsanyi effect of every coalition inside C is exact (sparse
    Moebius recovery on a support found from the residual). A sparse model's high-order concepts
-   (planted ANDs, parities) are recovered whole.
-4. **Everything else, without bias.** ``blocks`` uniform random sets U of ``u`` players each;
+   (planted ANDs, parities) are recovered whole; a dense residual (more influential players than
+   a lattice holds) is left to the blocks.
+4. **Everything else, without bias.** ``blocks`` uniform random sets U of ``u`` players each
+   (drawn from their own stream, so the same seed draws the same blocks for two models);
    every subset of U is evaluated, so each effect inside U is exact. A coalition S of order m
    lies in a uniform u-set with probability ``C(u, m) / C(n, m)``; weighting what a block sees by
    the inverse of that probability (Horvitz-Thompson) gives an unbiased estimate of the strength
@@ -67,8 +69,11 @@ LOW_SHARE = 0.7
 """Largest fraction of the forwards the exact low-order lattice may take."""
 PILOT_SHARE = 0.25
 """Fraction of the forwards left after the low orders that go to the pilot masks."""
-CANDIDATE_SHARE = 0.5
+CANDIDATE_SHARE = 0.15
 """Fraction of the forwards left after the pilot that the candidate groups may take."""
+MIN_BLOCKS = 12
+"""Random blocks the layout aims for (:func:`block_layout`): the spread of the mean square effect
+over the blocks weighs the tail's fit, and a few blocks give a poor reading of it."""
 MIN_Z = 4.0
 """Influence z-score above which a player is taken as part of a high-order concept."""
 MAX_ROUNDS = 4
@@ -78,8 +83,10 @@ MAX_LATTICE = 14
 TAIL_ORDERS = 8
 """Highest orders a block sees whose mean square effect is extrapolated to the orders above them."""
 TAIL_FACTOR = 0.5
-"""Salient strength of an order above the blocks' reach per ``sum I**2 / tau`` of its effects:
-chosen on the n = 20 models of ``benchmarks/spectrum.py``, the same ones it is scored on there."""
+"""Salient strength of an order above the blocks' reach per ``sum I**2 / tau`` of its effects.
+
+This and the shares above were chosen on the tuning split of the n = 20 zoo in
+``benchmarks/spectrum.py`` and are scored there on a held-out split (docs/metrics.md, section 12)."""
 
 
 @dataclass(frozen=True)
@@ -146,14 +153,16 @@ def plan_spectrum(n: int, forwards_per_probe: int, complex_min: int) -> Spectrum
 
 
 def block_layout(forwards: float, n: int, k: int) -> tuple[int, int]:
-    """Size and number of random blocks that fit in ``forwards``: the largest size of which two fit.
+    """Size and number of random blocks that fit in ``forwards``: the largest size of which
+    :data:`MIN_BLOCKS` fit, or of which two fit if that size is at most ``k + 3`` (three orders
+    above the exact ones, for the tail's line, outweigh more blocks on a small budget).
 
     Returns:
         (u, blocks); (0, 0) when not even two blocks larger than ``k`` fit.
     """
     for size in range(min(n, MAX_LATTICE), k, -1):
         cost = lattice_cost(size, k)
-        if 2 * cost <= forwards:
+        if MIN_BLOCKS * cost <= forwards or (size <= k + 3 and 2 * cost <= forwards):
             return size, int(forwards // cost)
     return 0, 0
 
@@ -458,8 +467,16 @@ def tail_strength(
     mean = e / c.clamp(min=1)
     # No energy at a fit order (a sparse function, its concepts already found): no tail.
     valid = (mean > 0).all(-1) & (tau > 0)
-    y = mean.clamp(min=torch.finfo(mean.dtype).tiny).log()
+    tiny = torch.finfo(mean.dtype).tiny
+    y = mean.clamp(min=tiny).log()
+    # Each order weighs by the inverse variance of its log mean square over the blocks (delta
+    # method): the top orders are seen in few coalitions and their heavy tails make them the
+    # noisiest, so weighting by the coalitions seen would trust them most. Below MIN_BLOCKS
+    # blocks that variance is itself too noisy to weigh by, and the coalitions seen weigh.
     x, w = fit.orders, c
+    if energy.shape[0] >= MIN_BLOCKS:
+        per = (energy / count.clamp(min=1))[None] if picks is None else (energy / count.clamp(min=1))[picks]
+        w = 1.0 / (per.var(1) / per.shape[1] / mean.clamp(min=tiny) ** 2).clamp(min=1e-12)
     total = w.sum(-1, keepdim=True).clamp(min=1)
     mx, my = (w * x).sum(-1, keepdim=True) / total, (w * y).sum(-1, keepdim=True) / total
     slope = (w * (x - mx) * (y - my)).sum(-1) / (w * (x - mx) ** 2).sum(-1).clamp(min=torch.finfo(x.dtype).tiny)
@@ -512,6 +529,7 @@ def estimate_spectrum(
         zero = torch.zeros(b, dtype=f64, device=device)
         return SpectrumEstimate(strength, empty, zero, top, 1 << n, 0, 0, 0, torch.zeros_like(strength))
 
+    block_generator = torch.Generator().manual_seed(int(torch.randint(1 << 62, (1,), generator=generator)))
     # Stage 1: every coalition of at most k players, and their exact effects.
     table = low_order_sets(n, k, device)
     low_values = value_of(set_coalitions(table, n)[None].expand(b, -1, -1)).to(f64)
@@ -554,7 +572,9 @@ def estimate_spectrum(
                 g = grow_support(pilot[i], left[i], z[i])
                 if len(g) <= k:  # no AND-like support (a parity, say): the influential players together
                     ranked = [p for p in torch.argsort(z[i], descending=True).tolist() if z[i, p] > MIN_Z]
-                    g = sorted(ranked[: max_lattice(room[i] - spent[i], len(ranked), k)])
+                    # Only when they all fit: a residual spread over more players than one lattice
+                    # holds is dense, and the blocks estimate it better than one biased group.
+                    g = sorted(ranked) if len(ranked) <= max_lattice(room[i] - spent[i], len(ranked), k) else []
                 fits = lattice_cost(len(g), k) <= room[i] - spent[i] and len(g) <= MAX_LATTICE
                 picked.append(g if len(g) > k and fits and g not in groups[i] else [])
             if not any(picked):
@@ -584,7 +604,8 @@ def estimate_spectrum(
     u, blocks = block_layout(budget - forwards, n, k)
     block = known = fit = None
     if blocks:
-        universe = torch.sort(torch.rand(b, blocks, n, generator=generator).argsort(-1)[..., :u], -1).values
+        draws = torch.rand(blocks, b, n, generator=block_generator).transpose(0, 1)
+        universe = torch.sort(draws.argsort(-1)[..., :u], -1).values
         universe = universe.to(device)
         block = sub_lattice(universe)
         forwards += blocks * lattice_cost(u, k)

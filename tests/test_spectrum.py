@@ -318,7 +318,7 @@ def test_random_blocks_are_unbiased_per_order():
 
     draws = 300
     plan = sp.SpectrumPlan(n=10, k=2, pilot=0, keep=1.0)
-    est = sp.estimate_spectrum(oracle, draws, plan, 300, generator=torch.Generator().manual_seed(0), resamples=10)
+    est = sp.estimate_spectrum(oracle, draws, plan, 600, generator=torch.Generator().manual_seed(0), resamples=10)
     assert est.block_size >= 6 and est.blocks >= 2
     mean, se = est.strength.mean(0), est.strength.std(0) / draws**0.5
     assert torch.allclose(mean[:3], exact[:3], rtol=1e-9, atol=1e-12)  # orders <= k: exact
@@ -437,3 +437,53 @@ def test_tail_extrapolates_the_energy_line():
     assert short[u + 1 : 2 * u + 1].gt(0).all() and short[2 * u + 1 :].eq(0).all()
     sparse = sp.TailFit(orders, count * square * (orders != 5), count)
     assert sp.tail_strength(sparse, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, known).eq(0).all()
+
+
+def test_tail_trusts_the_orders_the_blocks_agree_on():
+    """MIN_BLOCKS blocks agree on the energy line at orders 4-6 and disagree a hundredfold at
+    order 3, which holds most coalitions. The fit weighs each order by the inverse spread of its
+    mean square over the blocks, so the tail follows the line. With two blocks that spread is
+    not trusted and the coalitions seen weigh: order 3's mean pulls the line off."""
+    n, u, tau = 12, 6, 0.3
+    j = sp.MIN_BLOCKS
+    orders = torch.arange(3, u + 1, dtype=torch.float64)
+    count = torch.tensor([20.0, 15.0, 6.0, 1.0]).expand(1, j, -1)
+    square = torch.exp(-2.0 + 0.7 * orders).expand(1, j, -1).clone()
+    square[0, 0::2, 0] *= 10.0
+    square[0, 1::2, 0] *= 0.1
+    fit = sp.TailFit(orders, count * square, count)
+    out = sp.tail_strength(fit, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, [0] * (n + 1))
+    line = torch.tensor(
+        [sp.TAIL_FACTOR * math.comb(n, m) * math.exp(-2.0 + 0.7 * m) / tau for m in range(u + 1, n + 1)],
+        dtype=torch.float64,
+    )
+    assert torch.allclose(out[u + 1 :], line, rtol=1e-3)
+    two = sp.TailFit(orders, fit.energy[:, :2], fit.count[:, :2])
+    out = sp.tail_strength(two, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, [0] * (n + 1))
+    assert ((out[u + 1 :] - line).abs() > 0.5 * line).all()
+
+
+def test_a_dense_residual_goes_to_the_blocks():
+    """Every player of a dense function takes part in high-order effects, more than one
+    candidate lattice holds: no candidate group is evaluated, the forwards go to at least
+    MIN_BLOCKS random blocks. A sparse parity (five influential players) still gets its group."""
+    n = 20
+    w = torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+
+    def values(f):  # the oracle takes a [B, M, n] batch or a list of B [M_b, n] groups
+        return lambda c: f(c) if isinstance(c, torch.Tensor) else [f(x) for x in c]
+
+    def dense(coalitions):
+        return torch.sin(2.0 * (coalitions.to(torch.float64) * w).sum(-1))
+
+    plan = sp.plan_spectrum(n, 10485, 11)
+    est = sp.estimate_spectrum(values(dense), 2, plan, 10485, generator=torch.Generator().manual_seed(0), resamples=10)
+    assert est.candidates == 0
+    assert est.blocks >= sp.MIN_BLOCKS and est.forwards <= 10485
+    support = [1, 6, 11, 15, 18]
+
+    def parity(coalitions):
+        return ((coalitions[..., support]).sum(-1) % 2).to(torch.float64)
+
+    est = sp.estimate_spectrum(values(parity), 2, plan, 10485, generator=torch.Generator().manual_seed(0), resamples=10)
+    assert est.candidates == len(support)
