@@ -82,7 +82,16 @@ MAX_LATTICE = 14
 """Largest candidate or block set (``2**14`` subsets)."""
 TAIL_ORDERS = 8
 """Highest orders a block sees whose mean square effect is extrapolated to the orders above them."""
-TAIL_FACTOR = 0.5
+TAIL_FLOOR = 0.01
+"""Effects below this fraction of the salience threshold are left out of the tail's energy: far
+from salient, and on a near-additive model all float rounding (the energy that decides the tail
+is in effects near and above the threshold)."""
+ROUNDING = 1e-5
+"""Effects below this fraction of the sample's largest value are left out of the tail's energy
+too: float32 rounding (about 6e-8 of a value) grows as ``2**(m / 2)`` in an order-m Moebius sum,
+which stays below 1e-5 up to order 14 (:data:`MAX_LATTICE`). It matters where every effect is
+tiny (a model at initialization), so that the threshold itself is near the rounding."""
+TAIL_FACTOR = 1.0
 """Salient strength of an order above the blocks' reach per ``sum I**2 / tau`` of its effects.
 
 This and the shares above were chosen on the tuning split of the n = 20 zoo in
@@ -409,21 +418,30 @@ class TailFit:
         energy: [B, J, O] float64 sum of ``I(S)**2`` over the coalitions of each fit order in
             each block that no earlier stage knows.
         count: [B, J, O] float64 how many such coalitions.
+        salient: [B, J] float64 how many of them, at any fit order, are salient.
     """
 
     orders: Tensor
     energy: Tensor
     count: Tensor
+    salient: Tensor
 
 
-def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int) -> TailFit | None:
-    """Energy per order at the top of the blocks' reach.
+def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int, floor: Tensor, tau: Tensor) -> TailFit | None:
+    """Energy per order at the top of the blocks' reach, of the effects above a floor.
+
+    Effects below ``floor`` do not count: a near-additive model's high-order effects are float
+    rounding, which grows with the order of a Moebius sum, and counted they would extrapolate
+    to a large tail.
 
     Args:
         block: [B, J, 2**u] exact effects of every subset of each block (local bitmasks).
         known: [B, J, 2**u] bool, coalitions an earlier stage knows exactly.
         block_sizes: [2**u] order of each local bitmask.
         k: highest order known exactly.
+        floor: [B] smallest effect counted, per sample (:data:`TAIL_FLOOR` times the threshold,
+            at least :data:`ROUNDING` times the largest value).
+        tau: [B] salience threshold per sample.
     Returns:
         :class:`TailFit`, or None when the blocks see fewer than two orders above k.
     """
@@ -432,9 +450,12 @@ def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int) -> TailF
     if len(orders) < 2:
         return None
     unknown = ~known
-    energy = torch.stack([(block.pow(2) * unknown * (block_sizes == m)).sum(-1) for m in orders], -1)
+    counted = block * (block.abs() > floor[:, None, None])
+    energy = torch.stack([(counted.pow(2) * unknown * (block_sizes == m)).sum(-1) for m in orders], -1)
     count = torch.stack([(unknown & (block_sizes == m)).sum(-1) for m in orders], -1).to(block.dtype)
-    return TailFit(torch.tensor(orders, dtype=block.dtype, device=block.device), energy, count)
+    at_fit = (block_sizes >= orders[0]) & unknown
+    salient = (at_fit & (block.abs() > tau[:, None, None])).sum(-1).to(block.dtype)
+    return TailFit(torch.tensor(orders, dtype=block.dtype, device=block.device), energy, count, salient)
 
 
 def tail_strength(
@@ -446,8 +467,8 @@ def tail_strength(
     least-squares line through ``log e(m)`` (weighted by the coalitions seen) is carried to the
     orders ``u + 1 .. min(n, 2u)``, and their salient strength is taken as
     ``TAIL_FACTOR * (C(n, m) - known) * e(m) / tau``: ``sum I**2 / tau`` bounds the salient
-    strength of effects above ``tau``, and :data:`TAIL_FACTOR` is the ratio measured on trained
-    MLPs (see docs/metrics.md, section 12). Orders above ``2u`` are left to ``unseen``.
+    strength of effects above ``tau``, and :data:`TAIL_FACTOR` was chosen on trained MLPs (see
+    docs/metrics.md, section 12). Orders above ``2u`` are left to ``unseen``.
 
     Args:
         fit: from :func:`fit_tail`.
@@ -459,14 +480,15 @@ def tail_strength(
     Returns:
         [n + 1] float64 (or [R, n + 1] with ``picks``), zero at orders <= u and above 2u.
     """
-    energy, count = fit.energy[sample], fit.count[sample]  # [J, O]
+    energy, count, salient = fit.energy[sample], fit.count[sample], fit.salient[sample]  # [J, O], [J]
     if picks is None:
-        e, c = energy.sum(0)[None], count.sum(0)[None]
+        e, c, seen = energy.sum(0)[None], count.sum(0)[None], salient.sum()[None]
     else:
-        e, c = energy[picks].sum(1), count[picks].sum(1)  # [R, O]
+        e, c, seen = energy[picks].sum(1), count[picks].sum(1), salient[picks].sum(1)  # [R, O], [R]
     mean = e / c.clamp(min=1)
-    # No energy at a fit order (a sparse function, its concepts already found): no tail.
-    valid = (mean > 0).all(-1) & (tau > 0)
+    # No energy at a fit order (a sparse function, its concepts already found), or no salient
+    # effect at any fit order (nothing salient up there to carry on): no tail.
+    valid = (mean > 0).all(-1) & (seen > 0) & (tau > 0)
     tiny = torch.finfo(mean.dtype).tiny
     y = mean.clamp(min=tiny).log()
     # Each order weighs by the inverse variance of its log mean square over the blocks (delta
@@ -619,10 +641,12 @@ def estimate_spectrum(
             for g in groups[i]:
                 members = (universe[i][..., None] == torch.tensor(g, device=device)).any(-1)  # [J, u]
                 known[i] |= ~(bits[None] & ~members[:, None, :]).any(-1)
-        if u < n:
-            fit = fit_tail(block, known, block_sizes, k)
 
     tau = (ratio * known_max)[:, None]
+    if block is not None and known is not None and u < n:
+        scale = low_values.abs().amax(1)
+        floor = torch.maximum(TAIL_FLOOR * tau[:, 0], ROUNDING * scale)
+        fit = fit_tail(block, known, block_sizes, k, floor, tau[:, 0])
     fixed = torch.zeros(b, n + 1, dtype=f64, device=device).index_add_(1, low_sizes, _salient(low, tau))
     concepts: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(b)]
     for i in range(b):

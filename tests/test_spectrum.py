@@ -418,12 +418,12 @@ def test_tracker_above_16_players_reads_the_sampled_spectrum_only(tmp_path):
 def test_tail_extrapolates_the_energy_line():
     """Mean square effects exactly on a line in log scale at the fit orders: the tail is
     ``TAIL_FACTOR * C(n, m) * e(m) / tau`` above the blocks' reach (up to 2u), zero below; a fit
-    order without energy (a sparse function) gives no tail."""
+    order without energy (a sparse function), or fit orders without a salient effect, give no tail."""
     n, u, tau = 12, 6, 0.3
     orders = torch.arange(3, u + 1, dtype=torch.float64)
     count = torch.tensor([[[20.0, 15.0, 6.0, 1.0], [20.0, 15.0, 6.0, 1.0]]])  # [B, J, O]
     square = torch.exp(-2.0 + 0.7 * orders)
-    fit = sp.TailFit(orders, count * square, count)
+    fit = sp.TailFit(orders, count * square, count, torch.ones(count.shape[:2]))
     known = [0] * (n + 1)
     known[8] = 5
     out = sp.tail_strength(fit, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, known)
@@ -435,8 +435,11 @@ def test_tail_extrapolates_the_energy_line():
     assert torch.allclose(reps, expected.expand(2, -1), rtol=1e-9)
     short = sp.tail_strength(fit, 0, None, torch.tensor(tau, dtype=torch.float64), 20, u, [0] * 21)
     assert short[u + 1 : 2 * u + 1].gt(0).all() and short[2 * u + 1 :].eq(0).all()
-    sparse = sp.TailFit(orders, count * square * (orders != 5), count)
+    sparse = sp.TailFit(orders, count * square * (orders != 5), count, torch.ones(count.shape[:2]))
     assert sp.tail_strength(sparse, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, known).eq(0).all()
+    # Energy at every fit order but no salient effect there (rounding noise, say): no tail.
+    quiet = sp.TailFit(orders, count * square, count, torch.zeros(count.shape[:2]))
+    assert sp.tail_strength(quiet, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, known).eq(0).all()
 
 
 def test_tail_trusts_the_orders_the_blocks_agree_on():
@@ -451,14 +454,14 @@ def test_tail_trusts_the_orders_the_blocks_agree_on():
     square = torch.exp(-2.0 + 0.7 * orders).expand(1, j, -1).clone()
     square[0, 0::2, 0] *= 10.0
     square[0, 1::2, 0] *= 0.1
-    fit = sp.TailFit(orders, count * square, count)
+    fit = sp.TailFit(orders, count * square, count, torch.ones(count.shape[:2]))
     out = sp.tail_strength(fit, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, [0] * (n + 1))
     line = torch.tensor(
         [sp.TAIL_FACTOR * math.comb(n, m) * math.exp(-2.0 + 0.7 * m) / tau for m in range(u + 1, n + 1)],
         dtype=torch.float64,
     )
     assert torch.allclose(out[u + 1 :], line, rtol=1e-3)
-    two = sp.TailFit(orders, fit.energy[:, :2], fit.count[:, :2])
+    two = sp.TailFit(orders, fit.energy[:, :2], fit.count[:, :2], fit.salient[:, :2])
     out = sp.tail_strength(two, 0, None, torch.tensor(tau, dtype=torch.float64), n, u, [0] * (n + 1))
     assert ((out[u + 1 :] - line).abs() > 0.5 * line).all()
 
@@ -487,3 +490,37 @@ def test_a_dense_residual_goes_to_the_blocks():
 
     est = sp.estimate_spectrum(values(parity), 2, plan, 10485, generator=torch.Generator().manual_seed(0), resamples=10)
     assert est.candidates == len(support)
+
+
+class Offset(nn.Module):
+    """Two float32 logits: ``[offset + scale * sum_i tanh(x_i) w_i, 0]``; additive in the players."""
+
+    def __init__(self, offset: float, scale: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.offset, self.scale = nn.Linear(32, 1), offset, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.offset + self.scale * self.lin(torch.tanh(x))
+        return torch.cat([z, torch.zeros_like(z)], -1)
+
+
+@pytest.mark.parametrize(("offset", "scale"), [(0.0, 1.0), (2.0, 1e-3)])
+def test_rounding_noise_gets_no_tail(offset, scale):
+    """A float32 model additive in its 32 players: its effects above order 1 are rounding noise,
+    which grows with the order of the Moebius sum. Counted, that noise would extrapolate to a
+    large tail; it is far below the salience threshold (first case), or, where every effect is
+    tiny next to the values as in a model at initialization (second case), near the threshold
+    but below the rounding floor. Either way none of it becomes high-order strength."""
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    out = ct.order_spectrum(
+        Offset(offset, scale),
+        x,
+        ct.TabularPlayers(baselines="zero"),
+        target=0,
+        forwards_per_probe=2000,
+        simple_max=3,
+        complex_min=6,
+    )
+    assert out.tail is not None and out.tail.abs().max().item() == 0.0
+    assert out.overall["simple_share"][0] > 1 - 1e-6
