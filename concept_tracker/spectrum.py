@@ -65,7 +65,7 @@ ValueOracle = Callable[[Any], Any]
 """Values of coalitions: bool [B, M, n] (M coalitions of every sample) -> [B, M] float64, or a
 list of B bool [M_b, n] (a different number per sample) -> a list of B [M_b] float64."""
 
-LOW_SHARE = 0.7
+LOW_SHARE = 0.5
 """Largest fraction of the forwards the exact low-order lattice may take."""
 PILOT_SHARE = 0.25
 """Fraction of the forwards left after the low orders that go to the pilot masks."""
@@ -91,7 +91,7 @@ ROUNDING = 1e-5
 too: float32 rounding (about 6e-8 of a value) grows as ``2**(m / 2)`` in an order-m Moebius sum,
 which stays below 1e-5 up to order 14 (:data:`MAX_LATTICE`). It matters where every effect is
 tiny (a model at initialization), so that the threshold itself is near the rounding."""
-TAIL_FACTOR = 1.0
+TAIL_FACTOR = 0.5
 """Salient strength of an order above the blocks' reach per ``sum I**2 / tau`` of its effects.
 
 This and the shares above were chosen on the tuning split of the n = 20 zoo in
@@ -418,16 +418,14 @@ class TailFit:
         energy: [B, J, O] float64 sum of ``I(S)**2`` over the coalitions of each fit order in
             each block that no earlier stage knows.
         count: [B, J, O] float64 how many such coalitions.
-        salient: [B, J] float64 how many of them, at any fit order, are salient.
     """
 
     orders: Tensor
     energy: Tensor
     count: Tensor
-    salient: Tensor
 
 
-def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int, floor: Tensor, tau: Tensor) -> TailFit | None:
+def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int, floor: Tensor) -> TailFit | None:
     """Energy per order at the top of the blocks' reach, of the effects above a floor.
 
     Effects below ``floor`` do not count: a near-additive model's high-order effects are float
@@ -441,7 +439,6 @@ def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int, floor: T
         k: highest order known exactly.
         floor: [B] smallest effect counted, per sample (:data:`TAIL_FLOOR` times the threshold,
             at least :data:`ROUNDING` times the largest value).
-        tau: [B] salience threshold per sample.
     Returns:
         :class:`TailFit`, or None when the blocks see fewer than two orders above k.
     """
@@ -453,9 +450,7 @@ def fit_tail(block: Tensor, known: Tensor, block_sizes: Tensor, k: int, floor: T
     counted = block * (block.abs() > floor[:, None, None])
     energy = torch.stack([(counted.pow(2) * unknown * (block_sizes == m)).sum(-1) for m in orders], -1)
     count = torch.stack([(unknown & (block_sizes == m)).sum(-1) for m in orders], -1).to(block.dtype)
-    at_fit = (block_sizes >= orders[0]) & unknown
-    salient = (at_fit & (block.abs() > tau[:, None, None])).sum(-1).to(block.dtype)
-    return TailFit(torch.tensor(orders, dtype=block.dtype, device=block.device), energy, count, salient)
+    return TailFit(torch.tensor(orders, dtype=block.dtype, device=block.device), energy, count)
 
 
 def tail_strength(
@@ -480,15 +475,14 @@ def tail_strength(
     Returns:
         [n + 1] float64 (or [R, n + 1] with ``picks``), zero at orders <= u and above 2u.
     """
-    energy, count, salient = fit.energy[sample], fit.count[sample], fit.salient[sample]  # [J, O], [J]
+    energy, count = fit.energy[sample], fit.count[sample]  # [J, O]
     if picks is None:
-        e, c, seen = energy.sum(0)[None], count.sum(0)[None], salient.sum()[None]
+        e, c = energy.sum(0)[None], count.sum(0)[None]
     else:
-        e, c, seen = energy[picks].sum(1), count[picks].sum(1), salient[picks].sum(1)  # [R, O], [R]
+        e, c = energy[picks].sum(1), count[picks].sum(1)  # [R, O]
     mean = e / c.clamp(min=1)
-    # No energy at a fit order (a sparse function, its concepts already found), or no salient
-    # effect at any fit order (nothing salient up there to carry on): no tail.
-    valid = (mean > 0).all(-1) & (seen > 0) & (tau > 0)
+    # No energy at a fit order (a sparse function, its concepts already found): no tail.
+    valid = (mean > 0).all(-1) & (tau > 0)
     tiny = torch.finfo(mean.dtype).tiny
     y = mean.clamp(min=tiny).log()
     # Each order weighs by the inverse variance of its log mean square over the blocks (delta
@@ -646,7 +640,7 @@ def estimate_spectrum(
     if block is not None and known is not None and u < n:
         scale = low_values.abs().amax(1)
         floor = torch.maximum(TAIL_FLOOR * tau[:, 0], ROUNDING * scale)
-        fit = fit_tail(block, known, block_sizes, k, floor, tau[:, 0])
+        fit = fit_tail(block, known, block_sizes, k, floor)
     fixed = torch.zeros(b, n + 1, dtype=f64, device=device).index_add_(1, low_sizes, _salient(low, tau))
     concepts: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(b)]
     for i in range(b):
