@@ -4,6 +4,8 @@
   (a model factory for ``concept-tracker analyze --model-factory``); ``sys.path`` and
   ``sys.modules`` are restored afterwards.
 - ``logged``: reads the scalars a TensorBoard folder holds, ``{tag: {step: value}}``.
+- ``torch_threads``: ``set(k)`` sets torch's intra-op thread count for the test; the session's
+  count comes back afterwards.
 
 Marker ``slow`` (registered in pyproject.toml): the subprocess runs of the scripts in
 examples/. The suite runs them (CI runs everything); ``pytest -m "not slow"`` leaves them out.
@@ -18,10 +20,11 @@ process path, and that it gives the same readings as the inline one.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -63,3 +66,11 @@ def logged() -> Callable[[Path | str], dict[str, dict[int, float]]]:
         return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
     return read
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """``set(k)``: the test runs with ``k`` intra-op threads; the session's count comes back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

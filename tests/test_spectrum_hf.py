@@ -114,16 +114,8 @@ def test_task_rule_and_label_noise():
     assert not spectrum_hf.flipped_items(256, 0.0, seed=2)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread, as the benchmark runs (a tiny model's ops wait for a busy second core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_tiny_tracked_run_reads_the_spectrum_of_every_word(tmp_path, one_thread):
+def test_tiny_tracked_run_reads_the_spectrum_of_every_word(tmp_path, torch_threads):
+    torch_threads(1)  # as the benchmark runs: a tiny model's ops wait for a busy second core
     # Every word a player (n = 20 > 16: the sampled spectrum only), two tracked steps.
     tiny = replace(
         SETUP, words=20, train_size=32, test_size=8, steps=2, tracked=(0, 2), probes=12, forwards=120, hidden=16

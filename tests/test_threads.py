@@ -16,12 +16,9 @@ from concept_tracker.transforms import and_inverse, and_transform, coalition_mat
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(torch_threads):
     """The test runs with 2 intra-op threads; the session's setting comes back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    torch_threads(2)
 
 
 def mlp_values(n: int, samples: int) -> torch.Tensor:
