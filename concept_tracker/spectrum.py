@@ -459,7 +459,7 @@ def tail_strength(
     """Salient strength of the orders above the blocks' reach, extrapolated (a model, not a sample).
 
     The mean square effect per order, ``e(m)``, is read from the blocks at the fit orders; a
-    least-squares line through ``log e(m)`` (weighted by the coalitions seen) is carried to the
+    weighted least-squares line through ``log e(m)`` (see the comment below) is carried to the
     orders ``u + 1 .. min(n, 2u)``, and their salient strength is taken as
     ``TAIL_FACTOR * (C(n, m) - known) * e(m) / tau``: ``sum I**2 / tau`` bounds the salient
     strength of effects above ``tau``, and :data:`TAIL_FACTOR` was chosen on trained MLPs (see
@@ -491,7 +491,8 @@ def tail_strength(
     # blocks that variance is itself too noisy to weigh by, and the coalitions seen weigh.
     x, w = fit.orders, c
     if energy.shape[0] >= MIN_BLOCKS:
-        per = (energy / count.clamp(min=1))[None] if picks is None else (energy / count.clamp(min=1))[picks]
+        per = energy / count.clamp(min=1)
+        per = per[None] if picks is None else per[picks]  # [R, J, O]
         w = 1.0 / (per.var(1) / per.shape[1] / mean.clamp(min=tiny) ** 2).clamp(min=1e-12)
     total = w.sum(-1, keepdim=True).clamp(min=1)
     mx, my = (w * x).sum(-1, keepdim=True) / total, (w * y).sum(-1, keepdim=True) / total
@@ -625,11 +626,11 @@ def estimate_spectrum(
         universe = universe.to(device)
         block = sub_lattice(universe)
         forwards += blocks * lattice_cost(u, k)
-        block_sizes = _bits(u, device).sum(-1)
+        bits = _bits(u, device)
+        block_sizes = bits.sum(-1)
         known_max = torch.maximum(known_max, (block * (block_sizes > k)).abs().flatten(1).amax(1))
         # A coalition that an earlier stage knows exactly (low order, or inside a group) is not
         # counted again by a block.
-        bits = _bits(u, device)
         known = torch.zeros(b, blocks, 1 << u, dtype=torch.bool, device=device)
         for i in range(b):
             for g in groups[i]:
@@ -836,7 +837,7 @@ class OrderSpectrum:
     complex_min: int
     ratio: float
     targets: Tensor | None
-    tail: Tensor | None = None
+    tail: Tensor
 
 
 def spectrum_scalars(spectrum: OrderSpectrum) -> dict[str, float]:
