@@ -31,12 +31,11 @@ from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
-from spectrum import N20_GRID, N20_SPLITS, PlantedAnds, digits, mlp, train
-from torch import Tensor, nn
+from spectrum import N20_GRID, N64_RULES, PlantedAnds, digits, n20_model, n20_probes, n20_shares
+from torch import Tensor
 
 import concept_tracker as ct
 from concept_tracker import spectrum as sp
-from concept_tracker.demo import corrupt_labels
 from concept_tracker.engine import coalition_values, preserved_state, split_samples
 from concept_tracker.transforms import and_transform
 from concept_tracker.values import resolve_value
@@ -56,16 +55,13 @@ def tuning_tables(cache: Path) -> list[Tensor]:
     """[4, 2**20] values of every coalition for each tuning model (computed once)."""
     x, y = digits()
     players = ct.ImagePatchPlayers(grid=(5, 4), baselines="mean").fit(x)
-    init, noise_seed, batches, first = N20_SPLITS["tuning"]
-    probes, target = x[first : first + 4], y[first : first + 4]
+    probes, target = n20_probes(x, y, "tuning")
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for noise, width, depth in N20_GRID:
         path = cache / f"values_{noise}_{width}_{depth}.pt"
         if not path.exists():
-            torch.manual_seed(init)
-            model = mlp(width, depth)
-            train(model, x, corrupt_labels(y, noise, seed=noise_seed), 600, batches=batches)
+            model = n20_model(x, y, "tuning", noise, width, depth)
             with preserved_state(model):
                 players.prepare(probes)
                 values = coalition_values(model, split_samples(probes), players, target, resolve_value("log_odds"))
@@ -86,20 +82,9 @@ def lookup(values: Tensor):
     return value_of
 
 
-def simple_share(strength: Tensor) -> float:
-    """Simple share (orders 1-6 of 20) of the strength averaged over the probes."""
-    return float(sp.band_shares(strength.mean(0), 6, 11)[0])
-
-
 def planted_ok() -> bool:
     """Both planted checks within 0.02 of 4/7 and 3/7."""
-
-    class Small(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            kept = x > 0.5
-            return 4.0 * kept[:, [0, 3]].all(1).double() + 3.0 * kept[:, [1, 2, 5, 6, 8, 9]].all(1).double()
-
-    for model, n, forwards in ((Small(), 10, 512), (PlantedAnds(), 64, 5000)):
+    for model, n, forwards in ((PlantedAnds([0, 3], [1, 2, 5, 6, 8, 9]), 10, 512), (PlantedAnds(*N64_RULES), 64, 5000)):
         out = ct.order_spectrum(
             model,
             torch.ones(3, n),
@@ -126,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     tables = tuning_tables(args.cache)
-    exact = [simple_share(sp.exact_strength(and_transform(v), 0.05)) for v in tables]
+    exact = [n20_shares(sp.exact_strength(and_transform(v), 0.05))[0] for v in tables]
     defaults = {name: getattr(sp, name) for name in GRID}
     rows = []
     for setting in itertools.product(*GRID.values()):
@@ -141,7 +126,7 @@ def main() -> None:
                 plan = sp.plan_spectrum(N, BUDGET, 11)
                 gen = torch.Generator().manual_seed(seed)
                 est = sp.estimate_spectrum(lookup(values), values.shape[0], plan, BUDGET, generator=gen, resamples=10)
-                got.append(simple_share(est.strength))
+                got.append(n20_shares(est.strength)[0])
             rho.append(float(spearmanr(exact, got)[0]))
         rows.append({"setting": chosen, "planted_ok": ok, "spearman": rho, "mean": sum(rho) / len(rho)})
         print(
