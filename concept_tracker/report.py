@@ -39,6 +39,7 @@ from .interactions import Interactions
 from .metrics.dynamics import Trajectory, loss_gap_step
 from .metrics.profile import Bands, OrderProfile, band_orders, stack_effects
 from .metrics.similarity import train_test_similarity
+from .spectrum import overall_scalars
 from .summary import summarize_step
 from .writers import tags
 from .writers.render import figure_png
@@ -250,21 +251,6 @@ class SampledSummary:
         return at[tag], at[tags.ci_low(tag)], at[tags.ci_high(tag)]
 
 
-def spectrum_readings(meta: Mapping[str, Any]) -> dict[str, float]:
-    """The ``spectrum/*`` scalars of one stored spectrum, from :func:`store.load_spectrum`'s
-    metadata: each band's share averaged over the probes with its interval, and the forwards run.
-
-    Returns:
-        ``{tag: value}``, the tags the tracker logs for that step.
-    """
-    out: dict[str, float] = {}
-    for tag, band in zip(tags.SPECTRUM_SHARES, tags.BANDS):
-        value, low, high = meta["overall"][f"{band}_share"]
-        out.update({tag: float(value), tags.ci_low(tag): float(low), tags.ci_high(tag): float(high)})
-    out[tags.SPECTRUM_FORWARDS] = float(meta["forwards"])
-    return out
-
-
 def summarize_spectrum(log_dir: str | os.PathLike) -> SampledSummary | None:
     """Read the sampled order spectrum files of a run (each checked: see :func:`store.load_spectrum`).
 
@@ -297,7 +283,7 @@ def summarize_spectrum(log_dir: str | os.PathLike) -> SampledSummary | None:
                 f"{path} does not belong with {first_path}: {what}; one run directory must hold one tracked "
                 f"run{hint}. Delete the file that does not belong, or report the runs from separate folders."
             )
-        readings[step] = spectrum_readings(meta)
+        readings[step] = overall_scalars(meta["overall"], meta["forwards"])
         forwards.append(meta["forwards"])
     return SampledSummary(
         steps=steps,

@@ -45,7 +45,7 @@ n may exceed 63. A set of at most k players is a row of ``k`` player ids padded 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -841,8 +841,14 @@ class OrderSpectrum:
 
 
 def spectrum_scalars(spectrum: OrderSpectrum) -> dict[str, float]:
-    """The TensorBoard scalars of a sampled order spectrum: ``spectrum/{band}_share`` averaged
-    over the probes with their ``_ci_low`` / ``_ci_high``, and ``spectrum/forwards``.
+    """The TensorBoard scalars of a sampled order spectrum (:func:`overall_scalars`)."""
+    return overall_scalars(spectrum.overall, spectrum.forwards)
+
+
+def overall_scalars(overall: Mapping[str, Sequence[float]], forwards: int) -> dict[str, float]:
+    """``spectrum/{band}_share`` averaged over the probes with their ``_ci_low`` / ``_ci_high``,
+    and ``spectrum/forwards``, from :attr:`OrderSpectrum.overall` (or the ``overall`` a stored
+    spectrum file records) and the forwards run.
 
     Returns:
         ``{tag: value}`` (tags from :mod:`concept_tracker.writers.tags`).
@@ -850,10 +856,10 @@ def spectrum_scalars(spectrum: OrderSpectrum) -> dict[str, float]:
     from .writers import tags
 
     out: dict[str, float] = {}
-    for tag, name in zip(tags.SPECTRUM_SHARES, ("simple_share", "medium_share", "complex_share")):
-        value, low, high = spectrum.overall[name]
-        out.update({tag: value, tags.ci_low(tag): low, tags.ci_high(tag): high})
-    out[tags.SPECTRUM_FORWARDS] = float(spectrum.forwards)
+    for tag, band in zip(tags.SPECTRUM_SHARES, tags.BANDS):
+        value, low, high = overall[f"{band}_share"]
+        out.update({tag: float(value), tags.ci_low(tag): float(low), tags.ci_high(tag): float(high)})
+    out[tags.SPECTRUM_FORWARDS] = float(forwards)
     return out
 
 
