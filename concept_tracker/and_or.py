@@ -650,15 +650,11 @@ def _admm(
 
         last = it == config.max_iter
         if it % _EVAL_EVERY == 0 or last:
-            objective = ops.forward(z_s, kx).abs().sum((0, 1), dtype=torch.float64)
-            better = objective < best
-            best = torch.where(better, objective, best)
-            best_z = torch.where(better[None, None, :], z_s, best_z)
-            mean_z = primal_sum / dual_count
-            objective = ops.forward(mean_z, kx).abs().sum((0, 1), dtype=torch.float64)
-            better = objective < best
-            best = torch.where(better, objective, best)
-            best_z = torch.where(better[None, None, :], mean_z, best_z)
+            for point in (z_s, primal_sum / dual_count):  # the iterate, then the running average
+                objective = ops.forward(point, kx).abs().sum((0, 1), dtype=torch.float64)
+                better = objective < best
+                best = torch.where(better, objective, best)
+                best_z = torch.where(better[None, None, :], point, best_z)
         if (config.tol > 0 and it % config.check_every == 0) or last:
             duals = torch.stack([rho * u_c, dual_sum / dual_count]).transpose(-1, -2).double().contiguous()
             lower = torch.maximum(lower, _lower_bound(duals, v, bound))
